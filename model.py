@@ -1,0 +1,564 @@
+"""
+Llama-3, written out by hand: the model ProLong continues to train on long documents.
+
+Conventions the rest of the repository relies on:
+- Parameter names are Hugging Face's (`model.layers.3.self_attn.q_proj.weight`, ...), so a state dict is an HF
+  checkpoint with no renaming table; `from_pretrained` and `save_pretrained` read and write HF safetensors.
+- The forward pass takes a *packed* sequence: `input_ids` of shape (T,) (or (B, T): B documents of length T) and
+  `cu_seqlens` marking document boundaries. RoPE positions restart at 0 in every document unless `position_ids`
+  are given, and attention never crosses a boundary (attention.py).
+- RoPE angles are computed in float64 from the positions actually present, once per forward pass and shared by all
+  layers: at position 524,287 with base 1.28e8 a float32 angle would be off by ~0.03 rad.
+- With `labels` (aligned with the inputs: labels[i] is the target for position i, -100 where nothing is to be
+  predicted) the forward pass returns (summed loss, number of valid labels) so that the caller can average over
+  exactly the tokens it wants (an optimizer step across all devices). The loss is a chunked cross-entropy that
+  never materialises the (T x vocab) logits, not even for the backward pass.
+- Sequence parallelism wraps the two attention entry points `prepare`/`attend` (`model.attention_ops`); the model
+  does not know whether it is distributed.
+"""
+import difflib
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+import attention
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# configuration
+
+
+@dataclass
+class LlamaConfig:
+    """Fields are Hugging Face `LlamaConfig` keys, so config.json maps 1:1."""
+    hidden_size: int = 4096
+    num_hidden_layers: int = 32
+    num_attention_heads: int = 32
+    num_key_value_heads: int = 8
+    intermediate_size: int = 14336
+    vocab_size: int = 128256
+    rope_theta: float = 500000.0
+    rope_scaling: dict = None  # None, or {"rope_type": "llama3"|"linear", "factor": ..., ...}
+    rms_norm_eps: float = 1e-5
+    tie_word_embeddings: bool = False
+    max_position_embeddings: int = 8192
+    head_dim: int = None  # None: hidden_size // num_attention_heads
+    initializer_range: float = 0.02
+    bos_token_id: int = 128000
+    eos_token_id: object = 128001  # an id or a list of ids, as in HF configs
+
+    def __post_init__(self):
+        if self.head_dim is None:
+            self.head_dim = self.hidden_size // self.num_attention_heads
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError(f"num_attention_heads ({self.num_attention_heads}) must be divisible by "
+                             f"num_key_value_heads ({self.num_key_value_heads})")
+        if self.head_dim % 2:
+            raise ValueError(f"head_dim must be even for RoPE, got {self.head_dim}")
+        kind = rope_type(self.rope_scaling)
+        if kind not in ("default", "linear", "llama3"):
+            raise ValueError(f"rope_scaling type {kind!r} is not supported (use 'llama3', 'linear' or none)")
+
+    # Presets. Llama-3-8B is the recipe's starting point; Llama-3.2-1B a small real model; tiny runs in seconds.
+    @classmethod
+    def llama3_8b(cls, **overrides):
+        return cls(**overrides)
+
+    @classmethod
+    def llama3_2_1b(cls, **overrides):
+        return cls(**{**dict(hidden_size=2048, num_hidden_layers=16, intermediate_size=8192, head_dim=64,
+                             tie_word_embeddings=True, max_position_embeddings=131072,
+                             rope_scaling={"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
+                                           "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}),
+                      **overrides})
+
+    @classmethod
+    def tiny(cls, **overrides):
+        return cls(**{**dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                             intermediate_size=176), **overrides})
+
+    @classmethod
+    def from_hf_dict(cls, d):
+        d = dict(d)
+        if "rope_parameters" in d:  # the newer HF spelling: theta and scaling in one dict
+            params = dict(d.pop("rope_parameters") or {})
+            if "rope_theta" in params:
+                d["rope_theta"] = params.pop("rope_theta")
+            if params.get("rope_type", params.get("type", "default")) != "default":
+                d["rope_scaling"] = params
+        for key, expected in _HF_REQUIREMENTS.items():
+            if key in d and d.pop(key) not in expected:
+                raise ValueError(f"config {key} must be one of {expected} for a Llama model")
+        ours = {f.name for f in fields(cls)}
+        unknown = [k for k in d if k not in ours and k not in _HF_KEYS_IGNORED]
+        if unknown:
+            close = difflib.get_close_matches(unknown[0], ours, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ValueError(f"unknown config key {unknown[0]!r}{hint}")
+        return cls(**{k: v for k, v in d.items() if k in ours})
+
+    def to_hf_dict(self):
+        # The older spelling (rope_theta + rope_scaling) loads in every transformers version, 4.x and 5.x.
+        d = asdict(self)
+        d.update(architectures=["LlamaForCausalLM"], model_type="llama", hidden_act="silu", attention_bias=False,
+                 mlp_bias=False, torch_dtype="float32")
+        return d
+
+
+_HF_REQUIREMENTS = {"model_type": ("llama",), "hidden_act": ("silu",), "attention_bias": (False,),
+                    "mlp_bias": (False,), "pretraining_tp": (1,), "attention_dropout": (0.0, 0)}
+# Keys that HF writes but that change nothing in this model.
+_HF_KEYS_IGNORED = {"architectures", "torch_dtype", "dtype", "transformers_version", "pad_token_id", "use_cache",
+                    "_name_or_path", "output_attentions", "output_hidden_states", "return_dict", "id2label",
+                    "label2id", "problem_type", "chunk_size_feed_forward", "is_encoder_decoder", "tie_encoder_decoder",
+                    "is_llama_config", "rope_interleaved", "transformers.js_config", "_attn_implementation_autoset"}
+
+
+def rope_type(scaling):
+    if not scaling:
+        return "default"
+    return scaling.get("rope_type", scaling.get("type", "default"))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# rotary position embedding
+
+
+def rope_inv_freq(config):
+    """Inverse frequencies in float64, with Llama-3.1 ("llama3") or linear scaling applied."""
+    dim = config.head_dim
+    inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim))
+    scaling, kind = config.rope_scaling, rope_type(config.rope_scaling)
+    if kind == "linear":
+        return inv_freq / scaling["factor"]
+    if kind == "llama3":
+        # Long wavelengths are slowed down by `factor`, short ones kept, the band in between interpolated smoothly.
+        factor, low, high = scaling["factor"], scaling["low_freq_factor"], scaling["high_freq_factor"]
+        old_len = scaling["original_max_position_embeddings"]
+        wavelen = 2 * math.pi / inv_freq
+        smooth = (old_len / wavelen - low) / (high - low)
+        blended = (1 - smooth) * inv_freq / factor + smooth * inv_freq
+        inv_freq = torch.where(wavelen > old_len / low, inv_freq / factor,
+                               torch.where(wavelen < old_len / high, inv_freq, blended))
+    return inv_freq
+
+
+def rope_cos_sin(positions, inv_freq, dtype):
+    """cos and sin tables of shape (T, head_dim / 2) for integer positions; angles in float64, then cast."""
+    angles = positions.to(torch.float64)[:, None] * inv_freq.to(positions.device)[None, :]
+    return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+def apply_rope(x, cos, sin):
+    """Rotate x (T, heads, head_dim); HF's convention pairs dimension i with i + head_dim/2."""
+    x1, x2 = x.chunk(2, dim=-1)
+    cos, sin = cos[:, None, :], sin[:, None, :]
+    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+
+
+def document_positions(cu_seqlens, num_tokens):
+    """Position of every token within its own document."""
+    starts = cu_seqlens[:-1].long()
+    lengths = cu_seqlens[1:].long() - starts
+    return torch.arange(num_tokens, device=cu_seqlens.device) - torch.repeat_interleave(starts, lengths,
+                                                                                        output_size=num_tokens)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the network
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim, eps):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        # normalise in float32 whatever the compute dtype, as Llama was trained
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * h.to(x.dtype)
+
+
+class Attention(nn.Module):
+    def __init__(self, config, layer_idx):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.n_heads, self.n_kv_heads, self.head_dim = (config.num_attention_heads, config.num_key_value_heads,
+                                                        config.head_dim)
+        self.q_proj = nn.Linear(config.hidden_size, self.n_heads * self.head_dim, bias=False)
+        self.k_proj = nn.Linear(config.hidden_size, self.n_kv_heads * self.head_dim, bias=False)
+        self.v_proj = nn.Linear(config.hidden_size, self.n_kv_heads * self.head_dim, bias=False)
+        self.o_proj = nn.Linear(self.n_heads * self.head_dim, config.hidden_size, bias=False)
+        self.ops = attention  # replaced (through Llama.attention_ops) by sequence parallelism
+
+    def forward(self, x, cos, sin, docs, cache=None):
+        T = x.shape[0]
+        q = apply_rope(self.q_proj(x).view(T, self.n_heads, self.head_dim), cos, sin)
+        k = apply_rope(self.k_proj(x).view(T, self.n_kv_heads, self.head_dim), cos, sin)
+        v = self.v_proj(x).view(T, self.n_kv_heads, self.head_dim)
+        if cache is None:
+            out = self.ops.attend(q, k, v, docs)
+        else:
+            k, v = cache.append(self.layer_idx, k, v)
+            out = attention.attend_cached(q, k, v)
+        return self.o_proj(out.reshape(T, self.n_heads * self.head_dim))
+
+
+class MLP(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Block(nn.Module):
+    def __init__(self, config, layer_idx):
+        super().__init__()
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.self_attn = Attention(config, layer_idx)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.mlp = MLP(config)
+
+    def forward(self, x, cos, sin, docs, cache=None):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, docs, cache)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Decoder(nn.Module):
+    """Holds the `model.*` parameters of an HF checkpoint."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(Block(config, i) for i in range(config.num_hidden_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+
+class Llama(nn.Module):
+    def __init__(self, config, cross_document=False):
+        super().__init__()
+        self.config = config
+        self.cross_document = cross_document  # the paper's ablation: no document masks, continuous positions
+        self.model = Decoder(config)
+        self.lm_head = None if config.tie_word_embeddings else nn.Linear(config.hidden_size, config.vocab_size,
+                                                                         bias=False)
+        self.loss_chunk_size = 4096  # tokens per chunk of the cross-entropy; 4096 x 128,256 fp32 logits = 2 GiB
+        self.attention_backend = None  # None: picked by attention.py from the device
+        if not any(p.is_meta for p in self.parameters()):
+            self.reset_parameters()
+
+    def reset_parameters(self):
+        """HF Llama's initialisation: normal(0, initializer_range) for matrices, ones for norms."""
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(module.weight, mean=0.0, std=self.config.initializer_range)
+            elif isinstance(module, RMSNorm):
+                nn.init.ones_(module.weight)
+
+    @property
+    def attention_ops(self):
+        return self.model.layers[0].self_attn.ops
+
+    @attention_ops.setter
+    def attention_ops(self, ops):
+        """Swap the attention implementation (an object with `prepare` and `attend`), e.g. Ulysses."""
+        for layer in self.model.layers:
+            layer.self_attn.ops = ops
+
+    @property
+    def head_weight(self):
+        return self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
+
+    def forward(self, input_ids, cu_seqlens=None, position_ids=None, labels=None, reduction="sum"):
+        """Logits (T, vocab) without labels; with labels (loss summed or per token, number of valid labels)."""
+        input_ids, cu_seqlens, batch_shape = _flatten_batch(input_ids, cu_seqlens)
+        hidden = self.hidden_states(input_ids, cu_seqlens, position_ids)
+        if labels is None:
+            return F.linear(hidden, self.head_weight).view(*batch_shape, -1)
+        labels = labels.reshape(-1)
+        losses = chunked_cross_entropy(hidden, self.head_weight, labels, self.loss_chunk_size)
+        n_valid = (labels != -100).sum()
+        if reduction == "none":
+            return losses.view(batch_shape), n_valid
+        if reduction != "sum":
+            raise ValueError(f"reduction must be 'sum' or 'none', got {reduction!r}")
+        return losses.sum(), n_valid
+
+    def hidden_states(self, input_ids, cu_seqlens=None, position_ids=None, cache=None):
+        """Final-norm hidden states (T, hidden) of a packed 1-D sequence."""
+        T = input_ids.shape[0]
+        if input_ids.dim() != 1:
+            raise ValueError(f"input_ids must be (T,) or (B, T), got shape {tuple(input_ids.shape)}")
+        if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= self.config.vocab_size):
+            raise ValueError(f"token ids must lie in [0, {self.config.vocab_size}) for this model's vocabulary; "
+                             f"got ids from {int(input_ids.min())} to {int(input_ids.max())}")
+        docs = None
+        if cache is None:
+            docs = self.attention_ops.prepare(cu_seqlens, T, input_ids.device, cross_document=self.cross_document,
+                                              backend=self.attention_backend)
+        if position_ids is None:
+            if cache is not None:
+                position_ids = torch.arange(cache.length, cache.length + T, device=input_ids.device)
+            elif self.cross_document or cu_seqlens is None:
+                position_ids = torch.arange(T, device=input_ids.device)
+            else:
+                position_ids = document_positions(docs.cu_seqlens, T)
+        x = self.model.embed_tokens(input_ids)
+        # Not a buffer: `model.to(torch.bfloat16)` would round the frequencies; 64 values cost nothing to redo.
+        cos, sin = rope_cos_sin(position_ids.reshape(-1), rope_inv_freq(self.config), x.dtype)
+        for layer in self.model.layers:
+            x = layer(x, cos, sin, docs, cache)
+        if cache is not None:
+            cache.length += T
+        return self.model.norm(x)
+
+    # ------------------------------------------------------------------------------------------------------------
+    # generation
+
+    @torch.no_grad()
+    def generate(self, prompt_ids, max_new_tokens, temperature=0.0, top_p=1.0, stop_tokens=(), prefill_chunk=4096,
+                 generator=None):
+        """Continue one prompt; greedy when temperature == 0. Returns the new token ids, without the stop token.
+
+        The prompt is prefilled through the KV cache `prefill_chunk` tokens at a time, so that activations stay
+        bounded at long context; only the last position's logits are ever computed."""
+        param = self.head_weight
+        prompt = torch.as_tensor(prompt_ids, dtype=torch.long, device=param.device).reshape(-1)
+        if prompt.numel() == 0:
+            raise ValueError("generate needs a prompt of at least one token")
+        cache = KVCache(self.config, prompt.numel() + max_new_tokens, param.dtype, param.device)
+        stop_tokens = set(stop_tokens)
+        for start in range(0, prompt.numel(), prefill_chunk):
+            hidden = self.hidden_states(prompt[start:start + prefill_chunk], cache=cache)
+        new_tokens = []
+        for _ in range(max_new_tokens):
+            logits = F.linear(hidden[-1], param).float()
+            token = sample_token(logits, temperature, top_p, generator)
+            if token in stop_tokens:
+                break
+            new_tokens.append(token)
+            hidden = self.hidden_states(torch.tensor([token], device=prompt.device), cache=cache)
+        return new_tokens
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Hugging Face checkpoints
+
+    @classmethod
+    def from_pretrained(cls, path_or_hub_id, dtype=torch.float32, device="cpu"):
+        path = resolve_checkpoint(path_or_hub_id)
+        with open(os.path.join(path, "config.json")) as f:
+            config = LlamaConfig.from_hf_dict(json.load(f))
+        with torch.device("meta"):
+            model = cls(config)
+        state = read_safetensors(path)
+        expected = {name: p.shape for name, p in model.state_dict().items()}
+        for name in list(state):
+            if name not in expected:
+                # rotary tables saved by old HF versions, and a tied head some checkpoints store anyway
+                if name.endswith("rotary_emb.inv_freq") or (name == "lm_head.weight" and config.tie_word_embeddings):
+                    del state[name]
+                else:
+                    raise ValueError(f"checkpoint {path} has tensor {name!r}, which a Llama with this config.json "
+                                     f"does not have")
+        for name, shape in expected.items():
+            if name not in state:
+                raise ValueError(f"checkpoint {path} is missing tensor {name!r}")
+            if state[name].shape != shape:
+                raise ValueError(f"checkpoint {path}: tensor {name!r} has shape {tuple(state[name].shape)}, "
+                                 f"config.json implies {tuple(shape)}")
+        model.load_state_dict({k: v.to(device=device, dtype=dtype) for k, v in state.items()}, assign=True)
+        return model
+
+    def save_pretrained(self, path, state_dict=None, dtype=None, max_shard_bytes=5 * 2**30):
+        """Write config.json and safetensors (sharded with an index past `max_shard_bytes`) in HF's layout.
+
+        `state_dict` lets a distributed caller pass the gathered full weights."""
+        state = self.state_dict() if state_dict is None else state_dict
+        save_safetensors(state, path, dtype=dtype, max_shard_bytes=max_shard_bytes)
+        config = self.config.to_hf_dict()
+        config["torch_dtype"] = str(dtype or next(iter(state.values())).dtype).removeprefix("torch.")
+        _write_atomically(os.path.join(path, "config.json"), lambda f: f.write(json.dumps(config, indent=2)), "w")
+
+
+def _flatten_batch(input_ids, cu_seqlens):
+    """(B, T) without boundaries is B documents of length T; the model itself works on one packed sequence."""
+    if input_ids.dim() == 1:
+        return input_ids, cu_seqlens, input_ids.shape
+    if input_ids.dim() != 2:
+        raise ValueError(f"input_ids must be (T,) or (B, T), got shape {tuple(input_ids.shape)}")
+    B, T = input_ids.shape
+    if cu_seqlens is None:
+        cu_seqlens = torch.arange(0, B * T + 1, T, dtype=torch.int32, device=input_ids.device)
+    elif B != 1:
+        raise ValueError("with cu_seqlens, input_ids must be one packed sequence: (T,) or (1, T)")
+    return input_ids.reshape(-1), cu_seqlens, input_ids.shape
+
+
+class KVCache:
+    """Keys and values of every layer for one sequence, preallocated to the longest length generation reaches."""
+
+    def __init__(self, config, max_len, dtype, device):
+        shape = (config.num_hidden_layers, max_len, config.num_key_value_heads, config.head_dim)
+        self.k = torch.empty(shape, dtype=dtype, device=device)
+        self.v = torch.empty(shape, dtype=dtype, device=device)
+        self.length = 0  # positions filled in every layer
+
+    def append(self, layer, k, v):
+        end = self.length + k.shape[0]
+        if end > self.k.shape[1]:
+            raise ValueError(f"KV cache holds {self.k.shape[1]} positions; {end} needed")
+        self.k[layer, self.length:end] = k
+        self.v[layer, self.length:end] = v
+        return self.k[layer, :end], self.v[layer, :end]
+
+
+def sample_token(logits, temperature, top_p, generator=None):
+    if temperature == 0:
+        return int(logits.argmax())
+    probs = torch.softmax(logits / temperature, dim=-1)
+    if top_p < 1.0:  # nucleus: keep the smallest set of tokens whose mass reaches top_p
+        sorted_probs, order = probs.sort(descending=True)
+        outside = sorted_probs.cumsum(-1) - sorted_probs >= top_p
+        probs = torch.zeros_like(probs).scatter_(-1, order, sorted_probs.masked_fill(outside, 0.0))
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# chunked cross-entropy
+
+
+class _ChunkedCrossEntropy(torch.autograd.Function):
+    """Per-token cross-entropy of softmax(hidden @ weight.T) without ever holding all (T x vocab) logits.
+
+    Forward keeps only each token's log-sum-exp; backward recomputes each chunk's logits and turns them into
+    gradients at once (softmax - one_hot), so peak memory is one chunk of logits, at the price of one extra
+    (hidden x vocab) matmul. Logits and softmax are in float32 at least, as HF upcasts them."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, labels, chunk_size):
+        losses = torch.zeros(labels.shape, dtype=torch.promote_types(hidden.dtype, torch.float32),
+                             device=hidden.device)
+        lse = torch.zeros_like(losses)
+        for s in range(0, hidden.shape[0], chunk_size):
+            logits = (hidden[s:s + chunk_size] @ weight.T).to(losses.dtype)
+            lse[s:s + chunk_size] = torch.logsumexp(logits, dim=-1)
+            target = labels[s:s + chunk_size]
+            valid = target != -100
+            picked = logits.gather(-1, target.clamp(min=0)[:, None])[:, 0]
+            losses[s:s + chunk_size] = torch.where(valid, lse[s:s + chunk_size] - picked, 0.0)
+        ctx.save_for_backward(hidden, weight, labels, lse)
+        ctx.chunk_size = chunk_size
+        return losses
+
+    @staticmethod
+    def backward(ctx, grad_losses):
+        hidden, weight, labels, lse = ctx.saved_tensors
+        grad_hidden = torch.zeros_like(hidden) if ctx.needs_input_grad[0] else None
+        grad_weight = torch.zeros(weight.shape, dtype=lse.dtype, device=weight.device) \
+            if ctx.needs_input_grad[1] else None
+        n = ctx.chunk_size
+        for s in range(0, hidden.shape[0], n):
+            h, target = hidden[s:s + n], labels[s:s + n]
+            valid = target != -100
+            if not valid.any():  # a chunk without labels (a prompt, padding) contributes exactly zero
+                continue
+            probs = torch.exp((h @ weight.T).to(lse.dtype) - lse[s:s + n, None])
+            probs[torch.arange(len(target), device=h.device), target.clamp(min=0)] -= 1.0
+            grad_logits = (probs * torch.where(valid, grad_losses[s:s + n], 0.0)[:, None]).to(hidden.dtype)
+            if grad_hidden is not None:
+                grad_hidden[s:s + n] = grad_logits @ weight
+            if grad_weight is not None:
+                grad_weight += (grad_logits.T @ h).to(grad_weight.dtype)
+        if grad_weight is not None:
+            grad_weight = grad_weight.to(weight.dtype)
+        return grad_hidden, grad_weight, None, None
+
+
+def chunked_cross_entropy(hidden, weight, labels, chunk_size=4096):
+    """Per-token losses (T,), 0 where labels == -100. hidden (T, d), weight (vocab, d), labels (T,)."""
+    if labels.shape[0] != hidden.shape[0]:
+        raise ValueError(f"labels has {labels.shape[0]} tokens, the inputs {hidden.shape[0]}")
+    return _ChunkedCrossEntropy.apply(hidden, weight, labels, chunk_size)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# safetensors in Hugging Face's layout
+
+
+def resolve_checkpoint(path_or_hub_id):
+    """A local directory is used as it is (never the network); anything else is a hub id to download."""
+    if os.path.isdir(path_or_hub_id):
+        if not os.path.exists(os.path.join(path_or_hub_id, "config.json")):
+            raise FileNotFoundError(f"checkpoint directory {path_or_hub_id} has no config.json")
+        return path_or_hub_id
+    if os.path.exists(path_or_hub_id) or path_or_hub_id.startswith((".", "/", "~")) or \
+            path_or_hub_id.count("/") != 1:
+        raise FileNotFoundError(f"no checkpoint directory at {path_or_hub_id} (and it is not a hub id 'org/name')")
+    from huggingface_hub import snapshot_download
+    return snapshot_download(path_or_hub_id, allow_patterns=["*.json", "*.safetensors", "original/tokenizer.model"])
+
+
+def read_safetensors(path):
+    index = os.path.join(path, "model.safetensors.index.json")
+    if os.path.exists(index):
+        with open(index) as f:
+            files = sorted(set(json.load(f)["weight_map"].values()))
+    else:
+        files = sorted(f for f in os.listdir(path) if f.endswith(".safetensors"))
+    if not files:
+        raise FileNotFoundError(f"checkpoint {path} has no .safetensors files")
+    state = {}
+    for name in files:
+        file = os.path.join(path, name)
+        if not os.path.exists(file):
+            raise FileNotFoundError(f"checkpoint {path}: the index names {name}, which is missing")
+        try:
+            state.update(load_file(file))
+        except Exception as e:  # safetensors raises its own error types for truncated or corrupt files
+            raise ValueError(f"checkpoint file {file} cannot be read ({e})") from None
+    return state
+
+
+def save_safetensors(state, path, dtype=None, max_shard_bytes=5 * 2**30):
+    os.makedirs(path, exist_ok=True)
+    tensors = {k: (v if dtype is None else v.to(dtype)).detach().cpu().contiguous() for k, v in state.items()}
+    shards, current, size = [], {}, 0
+    for name, t in tensors.items():
+        nbytes = t.numel() * t.element_size()
+        if current and size + nbytes > max_shard_bytes:
+            shards.append(current)
+            current, size = {}, 0
+        current[name], size = t, size + nbytes
+    shards.append(current)
+    if len(shards) == 1:
+        names = ["model.safetensors"]
+    else:
+        names = [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+    for name, shard in zip(names, shards):
+        file = os.path.join(path, name)
+        save_file(shard, file + ".tmp", metadata={"format": "pt"})
+        os.replace(file + ".tmp", file)
+    if len(shards) > 1:
+        index = {"metadata": {"total_size": sum(t.numel() * t.element_size() for t in tensors.values())},
+                 "weight_map": {k: n for n, shard in zip(names, shards) for k in shard}}
+        _write_atomically(os.path.join(path, "model.safetensors.index.json"),
+                          lambda f: f.write(json.dumps(index, indent=2)), "w")
+
+
+def _write_atomically(file, write, mode):
+    tmp = file + ".tmp"
+    with open(tmp, mode) as f:
+        write(f)
+    os.replace(tmp, file)
