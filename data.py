@@ -571,7 +571,7 @@ class Mixture:
         self.fingerprint = hashlib.sha256(json.dumps([seq_len, [(c["name"], c["length"], c["mode"], c["p"],
                                           len(c["docs"]), c["units"]) for c in self.comps]]).encode()).hexdigest()[:16]
         if num_sequences:
-            needed = self._counts(-(-num_sequences // self.block) * self.block) * [c["per_seq"] for c in self.comps]
+            needed = self._seen(num_sequences)[0] * [c["per_seq"] for c in self.comps]
             for c, need in zip(self.comps, needed):
                 if need > c["units"] and not allow_repeat:
                     raise DataError(f"{c['name']}: {num_sequences} sequences need {need} units of {c['length']} tokens"
@@ -605,13 +605,16 @@ class Mixture:
         counts[np.argsort(-(x - counts), kind="stable")[:n - counts.sum()]] += 1
         return counts
 
-    def _block(self, b):
+    def _seen(self, g):
+        """How many of the first g global sequences each component fills, and (for g) the component of sequence g."""
+        b, j = divmod(g, self.block)
         if b not in self._blocks:
             comps = np.repeat(np.arange(len(self.comps)),
                               self._counts((b + 1) * self.block) - self._counts(b * self.block))
             np.random.default_rng([self.seed, 1_000_003, b]).shuffle(comps)
-            self._blocks = {b: (comps, self._counts(b * self.block))}
-        return self._blocks[b]
+            self._blocks = {b: comps}
+        comps = self._blocks[b]
+        return self._counts(b * self.block) + np.bincount(comps[:j], minlength=len(self.comps)), int(comps[j])
 
     def _unit(self, ci, k):
         """Document pieces (doc, start, end) of unit k of component ci; epochs beyond the first reshuffle."""
@@ -644,11 +647,9 @@ class Mixture:
 
     def sequence(self, g):
         """Global sequence g: the same on every rank, computed without reading any other sequence's tokens."""
-        b, j = divmod(g, self.block)
-        comps, before = self._block(b)
-        ci = int(comps[j])
+        seen, ci = self._seen(g)
         c, dom = self.comps[ci], self.comps[ci]["domain"]
-        first = (before[ci] + np.count_nonzero(comps[:j] == ci)) * c["per_seq"]
+        first = seen[ci] * c["per_seq"]
         ids, labels, cu = [], [], [0]
         for k in range(first, first + c["per_seq"]):
             for doc, start, end in self._unit(ci, k):
@@ -750,6 +751,8 @@ def mds_samples(src):
         if n != shard["samples"]:
             raise DataError(f"{path}: holds {n} samples but index.json says {shard['samples']}")
         offsets = np.frombuffer(data, np.uint32, n + 1, 4).astype(np.int64)
+        if offsets[-1] != len(data):
+            raise DataError(f"{path}: {len(data)} bytes but its offsets end at {offsets[-1]} (truncated or corrupt)")
         variable = [i for i, s in enumerate(sizes) if s is None]
         for i in range(n):
             where = f"{path}: sample {i}"
