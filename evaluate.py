@@ -508,21 +508,12 @@ def category_averages(scores):
 
 
 def read_documents(path, tok, max_docs):
-    """Token documents from a data.py domain directory (NAME.bin uint32 + NAME.idx int64 offsets), one .bin file,
-    or a text file (one document, BOS first)."""
-    if os.path.isdir(path) or path.endswith(".bin"):
-        bins = sorted(os.path.join(path, f) for f in os.listdir(path) if f.endswith(".bin")) \
-            if os.path.isdir(path) else [path]
-        if not bins:
-            raise ValueError(f"{path} has no NAME.bin token files")
-        docs = []
-        for b in bins:
-            tokens = np.memmap(b, dtype=np.uint32, mode="r")
-            idx = np.fromfile(b[:-4] + ".idx", dtype=np.int64)
-            docs += [tokens[idx[i]:idx[i + 1]] for i in range(len(idx) - 1)]
-            if len(docs) >= max_docs:
-                break
-        return docs[:max_docs]
+    """Token documents from a data.py domain directory (NAME.bin/.idx/.json shards), or a text file (one document,
+    BOS first)."""
+    if os.path.isdir(path):
+        from data import open_domain
+        domain = open_domain(path)
+        return [domain.tokens(i) for i in range(min(len(domain), max_docs))]
     with open(path, encoding="utf-8") as f:
         return [np.array([tok.bos_id] + tok.encode(f.read()), dtype=np.int64)]
 
@@ -569,6 +560,7 @@ def lm_eval_adapter(model, tok, LM):
     """An lm_eval `LM` over our model and tokenizer: loglikelihood, rolling loglikelihood and generate_until."""
     device, window = model.head_weight.device, model.config.max_position_embeddings
 
+    @torch.no_grad()
     def logprobs(ctx_ids, cont_ids):
         ids = (ctx_ids + cont_ids)[-(window + 1):]
         logits = model(torch.tensor(ids[:-1], device=device)).float().log_softmax(-1)[-len(cont_ids):]
@@ -628,8 +620,8 @@ def run_lm_eval(model, tok, tasks, limit=None):
 # output: table, heatmap, main
 
 
-def format_table(scores, averages, lengths):
-    lines = [f"{'task':<22}" + "".join(f"{L:>10}" for L in lengths)]
+def format_table(scores, averages, lengths, first="task"):
+    lines = [f"{first:<22}" + "".join(f"{L:>10}" for L in lengths)]
     for name, row in list(scores.items()) + [(f"{c} (avg)", {L: v["score"] for L, v in r.items()})
                                              for c, r in averages.items()]:
         lines.append(f"{name:<22}" + "".join(f"{row[L]:>10.1f}" if L in row else f"{'-':>10}" for L in lengths))
@@ -669,15 +661,15 @@ def heatmap(results, path):
 
 
 def load_checkpoint(ckpt, tokenizer=None, device="cpu", dtype=torch.float32):
-    # imported here so that the scoring and task code above can be used without the model code
-    from data import load_tokenizer
+    # imported here so that the scoring and task code above can be used without the model and data code
+    from data import DataError, load_tokenizer
     from model import Llama
-    model = Llama.from_pretrained(ckpt, dtype=dtype, device=device).eval()
-    try:
-        tok = load_tokenizer(tokenizer if tokenizer is not None else ckpt)
-    except (FileNotFoundError, OSError, ValueError) as e:
-        raise SystemExit(f"could not load a tokenizer for {ckpt} ({e}); pass --tokenizer SPEC (a tokenizer.model "
-                         f"file, a checkpoint directory, or 'llama3' for the package's Llama-3 tokenizer)")
+    try:  # "llama3" names the Llama-3 tokenizer that the llama-models package ships
+        tok = load_tokenizer(ckpt if tokenizer is None else None if tokenizer == "llama3" else tokenizer)
+    except DataError as e:
+        raise SystemExit(f"no tokenizer for {ckpt}: {e}\npass --tokenizer SPEC: a tokenizer.model file, a directory "
+                         f"holding one, a hub id, or 'llama3' for the Llama-3 tokenizer of the llama-models package")
+    model = Llama.from_pretrained(ckpt, dtype=dtype, device=device).eval()  # after the tokenizer: fail fast
     if tok.n_vocab > model.config.vocab_size:
         raise SystemExit(f"tokenizer has {tok.n_vocab} tokens but the model's vocabulary is "
                          f"{model.config.vocab_size}: pass the checkpoint's own tokenizer with --tokenizer")
@@ -695,7 +687,7 @@ def main(argv=None):
     p.add_argument("--samples", type=int, default=100, help="samples per task and length (HELMET: 100)")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--helmet-data", default=None, help="HELMET's data/ folder: read the published files")
-    p.add_argument("--ppl", default=None, help="token domain directory, .bin file or text file for perplexity")
+    p.add_argument("--ppl", default=None, help="token domain directory (data.py) or text file for perplexity")
     p.add_argument("--ppl-length", type=int, default=None, help="tokens per document (default: longest length)")
     p.add_argument("--ppl-docs", type=int, default=16)
     p.add_argument("--lm-eval", default=None, help="comma list of lm-eval-harness tasks (needs lm_eval)")
@@ -751,7 +743,7 @@ def main(argv=None):
     if kv_depths:
         print("\njson_kv SubEM by depth of the gold key")
         print(format_table({f"depth {d}": {L: r["by_depth"][d] for L, r in kv_depths.items() if d in r["by_depth"]}
-                            for d in next(iter(kv_depths.values()))["by_depth"]}, {}, lengths))
+                            for d in next(iter(kv_depths.values()))["by_depth"]}, {}, lengths, first="depth"))
 
     if args.ppl:
         length = args.ppl_length or max(lengths)
