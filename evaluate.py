@@ -430,11 +430,11 @@ def helmet_records(task, test_file, demo_file, samples, seed, shots=2):
             for d in _demo_order(str(rec["qid"]), demos, ("qid", rec["qid"])):
                 if d["qid"] not in seen and len(seen) < shots:
                     seen.add(d["qid"])
-                    ranking = " > ".join(c["id"] for c in sorted(d["ctxs"], key=lambda c: c["label"], reverse=True))
+                    ranking = " > ".join(str(c["id"]) for c in sorted(d["ctxs"], key=lambda c: -c["label"]))
                     text += "\n\n".join(passage.format(**c) for c in d["ctxs"]) + \
                         f"\n\nQuery: {d['query']}\nRanking: {ranking}\n\n"
             rec.update(demos=text, question=rec["query"], context="\n\n".join(passage.format(**c) for c in rec["ctxs"]),
-                       qrels={c["id"]: int(c["label"]) for c in rec["ctxs"]})
+                       qrels={str(c["id"]): int(c["label"]) for c in rec["ctxs"]})
         out.append(rec)
     return out
 
@@ -463,7 +463,7 @@ def stop_tokens(tok, model, newline):
     return tuple(sorted(s for s in stops if s is not None))
 
 
-def run_task(model, tok, task, records, length, prefill_chunk=4096, label=""):
+def run_task(model, tok, task, records, length, prefill_chunk=4096):
     """Generate for each record and score it; returns per-sample results (the prompt itself is not kept)."""
     _, (_, system), gen_len, newline, metric = TASKS[task]
     stops = stop_tokens(tok, model, newline)
@@ -479,7 +479,7 @@ def run_task(model, tok, task, records, length, prefill_chunk=4096, label=""):
         results.append({"depth": rec.get("depth"), "input_len": len(ids), "output_len": len(new), "output": text,
                         "answer": rec.get("answer", rec.get("outputs", rec.get("answers"))),
                         metric: score(task, output, rec)})
-        log(f"  {label}{task} @ {length}: {i + 1}/{len(records)} ({time.time() - start:.1f}s)")
+        log(f"  {task} @ {length}: {i + 1}/{len(records)} ({time.time() - start:.1f}s)")
     return results
 
 
@@ -507,15 +507,21 @@ def category_averages(scores):
 # perplexity by position
 
 
-def read_documents(path, tok, max_docs):
-    """Token documents from a data.py domain directory (NAME.bin/.idx/.json shards), or a text file (one document,
-    BOS first)."""
+def read_documents(path, tok, max_docs, length):
+    """Token documents from a data.py domain directory (NAME.bin/.idx/.json shards), or a text file cut into
+    documents of `length` tokens, each BOS first."""
     if os.path.isdir(path):
         from data import open_domain
         domain = open_domain(path)
+        made_with = domain.meta.get("tokenizer_sha256")
+        if made_with and made_with != getattr(tok, "sha256", made_with):
+            log(f"warning: {path} was tokenized with another tokenizer ({domain.meta.get('tokenizer')}) than the "
+                f"checkpoint's: its perplexity means little")
         return [domain.tokens(i) for i in range(min(len(domain), max_docs))]
     with open(path, encoding="utf-8") as f:
-        return [np.array([tok.bos_id] + tok.encode(f.read()), dtype=np.int64)]
+        ids = tok.encode(f.read())
+    return [np.array([tok.bos_id] + ids[i:i + length - 1], dtype=np.int64)
+            for i in range(0, len(ids), length - 1)][:max_docs]
 
 
 @torch.no_grad()
@@ -680,8 +686,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--ckpt", required=True, help="checkpoint directory or hub id (HF-format Llama)")
     p.add_argument("--tokenizer", default=None, help="tokenizer spec when the checkpoint has none (data.py)")
-    p.add_argument("--tasks", default=None, help=f"comma list from {', '.join(TASKS)}; default: the synthetic "
-                   "recall tasks, plus RAG and re-rank with --helmet-data")
+    p.add_argument("--tasks", default=None, help=f"comma list from {', '.join(TASKS)}, or none; default: the "
+                   "synthetic recall tasks, plus RAG and re-rank with --helmet-data")
     p.add_argument("--lengths", default=None, help="comma list of token lengths (default: HELMET's 8K-128K that "
                    "fit the model's max_position_embeddings, else that window)")
     p.add_argument("--samples", type=int, default=100, help="samples per task and length (HELMET: 100)")
@@ -706,18 +712,25 @@ def main(argv=None):
     lengths = [int(x) for x in args.lengths.split(",")] if args.lengths else \
         ([L for L in (8192, 16384, 32768, 65536, 131072) if L <= window] or [window])
     if args.tasks:
-        tasks = args.tasks.split(",")
+        tasks = [] if args.tasks == "none" else args.tasks.split(",")
     else:
         tasks = SYNTHETIC + ([t for t in TASKS if t not in SYNTHETIC] if args.helmet_data else [])
     unknown = [t for t in tasks if t not in TASKS]
     if unknown:
         raise SystemExit(f"unknown task(s) {unknown}; choose from {list(TASKS)}")
-    if max(lengths) > window:
+    if max(lengths) > window and tasks:
         log(f"note: lengths above the model's max_position_embeddings ({window}) test extrapolation")
     out = args.out or (os.path.join(args.ckpt, "eval_results.json") if os.path.isdir(args.ckpt)
                        else os.path.join("runs", "eval", args.ckpt.replace("/", "__") + ".json"))
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
 
-    report = {"ckpt": args.ckpt, "args": vars(args), "lengths": lengths, "tasks": {}, "skipped": []}
+    def save():  # after every task and length, so a long run that dies keeps what it measured
+        with open(out + ".tmp", "w") as f:
+            json.dump(report, f, indent=1)
+        os.replace(out + ".tmp", out)  # never a half-written results file
+
+    report = {"ckpt": args.ckpt, "tokenizer": getattr(tok, "name", None), "args": vars(args), "lengths": lengths,
+              "tasks": {}, "skipped": []}
     scores = {}
     for task in tasks:
         for length in lengths:
@@ -733,12 +746,16 @@ def main(argv=None):
                 records = synthetic_records(task, length, args.samples, tok, args.seed)
             else:
                 raise SystemExit(f"{task} reads HELMET's files: pass --helmet-data DIR")
+            start = time.time()
             results = run_task(model, tok, task, records, length, args.prefill_chunk)
             summary = summarize(results, TASKS[task][4])
-            report["tasks"].setdefault(task, {})[length] = {**summary, "samples": results}
+            report["tasks"].setdefault(task, {})[length] = {**summary, "seconds": time.time() - start,
+                                                            "samples": results}
             scores.setdefault(task, {})[length] = summary["score"]
+            save()
     report["averages"] = category_averages(scores)
-    print(format_table(scores, report["averages"], lengths))
+    if scores:
+        print(format_table(scores, report["averages"], lengths))
     kv_depths = {L: r for L, r in report["tasks"].get("json_kv", {}).items() if r["by_depth"]}
     if kv_depths:
         print("\njson_kv SubEM by depth of the gold key")
@@ -747,7 +764,7 @@ def main(argv=None):
 
     if args.ppl:
         length = args.ppl_length or max(lengths)
-        ppl = perplexity_by_position(model, read_documents(args.ppl, tok, args.ppl_docs), length)
+        ppl = perplexity_by_position(model, read_documents(args.ppl, tok, args.ppl_docs, length), length)
         report["perplexity"] = {"path": args.ppl, **ppl}
         print(f"\nloss by position on {args.ppl} ({ppl['documents']} documents, first {length} tokens)")
         for row in ppl["buckets"]:
@@ -757,13 +774,9 @@ def main(argv=None):
     if args.lm_eval:
         report["lm_eval"] = run_lm_eval(model, tok, args.lm_eval.split(","), args.lm_eval_limit)
 
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     if kv_depths:
         report["heatmap"] = heatmap(kv_depths, os.path.splitext(out)[0] + "_json_kv.png")
-    tmp = out + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(report, f, indent=1)
-    os.replace(tmp, out)  # never leave a half-written results file behind
+    save()
     log(f"results written to {out}")
     return report
 

@@ -294,6 +294,27 @@ def test_oracle_scores_100_and_silence_scores_0(tok, task):
         assert newline <= set(stops) if ev.TASKS[task][3] else not newline & set(stops)
 
 
+def test_main_on_helmet_data_with_an_oracle(monkeypatch, tok, tmp_path, capsys):
+    present = ["json_kv", "ruler_niah_mk_2", "ruler_niah_mv", "kilt_nq", "msmarco_rerank_psg"]
+    answers = {}
+    for task in present:
+        gen = ev.TASKS[task][2]
+        for r in ev.helmet_records(task, *ev.helmet_files(task, 8192, FIXTURES), 100, 42):
+            prompt = ev.fit_context(task, ev.prompt_fields(task, r), tok, 8192 - gen)
+            answers[tuple(prompt)] = tok.encode(oracle_text(task, r))
+    monkeypatch.setattr(ev, "load_checkpoint", lambda *a, **k: (StubModel(answers), tok))
+    report = ev.main(["--ckpt", "hub/id", "--helmet-data", FIXTURES, "--lengths", "8192",
+                      "--out", str(tmp_path / "r.json")])
+    assert sorted(report["tasks"]) == sorted(present)
+    assert all(report["tasks"][t][8192]["score"] == 100.0 for t in present)
+    assert {s.split(" @")[0] for s in report["skipped"]} == set(ev.TASKS) - set(present)
+    assert report["averages"]["Re-rank"][8192] == {"score": 100.0, "tasks": ["msmarco_rerank_psg"], "complete": True}
+    assert report["averages"]["RAG"][8192]["complete"] is False
+    out = capsys.readouterr().out
+    assert "Re-rank (avg)" in out and "RAG (avg)" in out
+    assert json.loads((tmp_path / "r.json").read_text())["tasks"]["kilt_nq"]["8192"]["score"] == 100.0
+
+
 def test_summary_by_depth_and_category_averages():
     results = [{"depth": d, "m": v} for d, v in [(0.0, 1), (0.0, 0), (1.0, 1), (1.0, 1)]]
     s = ev.summarize(results, "m")
@@ -332,7 +353,7 @@ def test_perplexity_by_position_equals_direct_loss(tmp_path):
     docs = [rng.integers(0, 300, n) for n in (200, 64, 37, 1, 300)]
     write_domain(str(tmp_path / "dom"), docs)
     length, buckets = 128, 4
-    got = ev.perplexity_by_position(model, ev.read_documents(str(tmp_path / "dom"), None, 10), length, buckets)
+    got = ev.perplexity_by_position(model, ev.read_documents(str(tmp_path / "dom"), None, 10, length), length, buckets)
     # reference: full logits, float64 log-softmax, per document; nll[p - 1] is the loss of the token at position p
     pos, nlls, halves = [], [], []
     with torch.no_grad():
@@ -361,14 +382,18 @@ def test_perplexity_of_a_text_file(tmp_path, tok):
     torch.manual_seed(0)
     model = Llama(LlamaConfig.tiny(vocab_size=128256)).eval()
     path = tmp_path / "t.txt"
-    path.write_text("The grass is green. " * 40)
-    docs = ev.read_documents(str(path), tok, 5)
-    assert len(docs) == 1 and docs[0][0] == tok.bos_id and list(docs[0][1:]) == tok.encode(path.read_text())
+    path.write_text("The grass is green. " * 80)
+    docs = ev.read_documents(str(path), tok, 5, 64)  # a text file is cut into documents of 64 tokens, BOS first
+    ids = tok.encode(path.read_text())
+    assert [list(d) for d in docs] == [[tok.bos_id] + ids[i:i + 63] for i in range(0, len(ids), 63)][:5]
     got = ev.perplexity_by_position(model, docs, 64, 2)
-    ids = torch.tensor(docs[0][:64])
+    loss_sum = n_sum = 0
     with torch.no_grad():
-        loss, n = model(ids, labels=torch.cat([ids[1:], torch.tensor([-100])]))
-    assert got["loss"] == pytest.approx(float(loss / n), rel=1e-5) and got["tokens"] == int(n) == 63
+        for d in docs:
+            d = torch.tensor(d)
+            loss, n = model(d, labels=torch.cat([d[1:], torch.tensor([-100])]))
+            loss_sum, n_sum = loss_sum + float(loss), n_sum + int(n)
+    assert got["loss"] == pytest.approx(loss_sum / n_sum, rel=1e-5) and got["tokens"] == n_sum == 5 * 63
 
 # ------------------------------------------------------------------------------------------------------------
 # lm-eval-harness: a clear skip without it; the adapter's log-likelihoods are the model's own
