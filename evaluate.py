@@ -676,6 +676,13 @@ def load_checkpoint(ckpt, tokenizer=None, device="cpu", dtype=torch.float32):
         raise SystemExit(f"no tokenizer for {ckpt}: {e}\npass --tokenizer SPEC: a tokenizer.model file, a directory "
                          f"holding one, a hub id, or 'llama3' for the Llama-3 tokenizer of the llama-models package")
     model = Llama.from_pretrained(ckpt, dtype=dtype, device=device).eval()  # after the tokenizer: fail fast
+    gen_config = os.path.join(ckpt, "generation_config.json")
+    if os.path.exists(gen_config):  # HELMET stops at the generation config's eos ids (e.g. Instruct's eot, eom)
+        with open(gen_config) as f:
+            extra = json.load(f).get("eos_token_id") or []
+        ours = model.config.eos_token_id
+        model.config.eos_token_id = sorted({*(ours if isinstance(ours, list) else [ours]),
+                                            *(extra if isinstance(extra, list) else [extra])} - {None})
     if tok.n_vocab > model.config.vocab_size:
         raise SystemExit(f"tokenizer has {tok.n_vocab} tokens but the model's vocabulary is "
                          f"{model.config.vocab_size}: pass the checkpoint's own tokenizer with --tokenizer")

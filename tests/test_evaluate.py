@@ -489,8 +489,10 @@ def test_cli_missing_tokenizer_vocab_mismatch_and_unknown_task(tiny_ckpt, tmp_pa
     os.remove(bare / "tokenizer.model")
     with pytest.raises(SystemExit, match="(?s)no tokenizer for .*bare: .*pass --tokenizer SPEC"):  # a message,
         ev.main(["--ckpt", str(bare), "--lengths", "512", "--samples", "1", "--tasks", "json_kv"])  # no traceback
+    (bare / "generation_config.json").write_text('{"eos_token_id": [128001, 128008, 128009]}')
     model, tok2 = ev.load_checkpoint(str(bare), tokenizer="llama3")  # the package's Llama-3 tokenizer instead
     assert tok2.encode("hello world") == tok.encode("hello world")
+    assert set(ev.stop_tokens(tok2, model, False)) == {128001, 128008, 128009}  # as HELMET: generation config's
     small = tmp_path / "small"
     Llama(LlamaConfig.tiny(vocab_size=1000)).save_pretrained(str(small))
     tok.save(str(small))
