@@ -695,8 +695,8 @@ def main(argv=None):
     p.add_argument("--tokenizer", default=None, help="tokenizer spec when the checkpoint has none (data.py)")
     p.add_argument("--tasks", default=None, help=f"comma list from {', '.join(TASKS)}, or none; default: the "
                    "synthetic recall tasks, plus RAG and re-rank with --helmet-data")
-    p.add_argument("--lengths", default=None, help="comma list of token lengths (default: HELMET's 8K-128K that "
-                   "fit the model's max_position_embeddings, else that window)")
+    p.add_argument("--lengths", default=None, help="comma list of token lengths, 8k = 8192 (default: HELMET's "
+                   "8K-128K that fit the model's max_position_embeddings, else that window)")
     p.add_argument("--samples", type=int, default=100, help="samples per task and length (HELMET: 100)")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--helmet-data", default=None, help="HELMET's data/ folder: read the published files")
@@ -716,8 +716,8 @@ def main(argv=None):
     dtype = getattr(torch, args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32"))
     model, tok = load_checkpoint(args.ckpt, args.tokenizer, args.device, dtype)
     window = model.config.max_position_embeddings
-    lengths = [int(x) for x in args.lengths.split(",")] if args.lengths else \
-        ([L for L in (8192, 16384, 32768, 65536, 131072) if L <= window] or [window])
+    lengths = [int(x[:-1]) * 1024 if x[-1] in "kK" else int(x) for x in args.lengths.split(",")] \
+        if args.lengths else ([L for L in (8192, 16384, 32768, 65536, 131072) if L <= window] or [window])
     if args.tasks:
         tasks = [] if args.tasks == "none" else args.tasks.split(",")
     else:

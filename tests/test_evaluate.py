@@ -6,7 +6,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 import types
 
 import numpy as np
@@ -71,7 +70,8 @@ def test_rag_prompt_from_helmet_kilt_files():
     rec = next(r for r in recs if r["question"] == "what is the capital of norway")
     demos = [rag_demo("who painted the mona lisa", "Leonardo da Vinci",
                       [("Mona Lisa", "The Mona Lisa is a portrait painting by Leonardo da Vinci.")]),
-             rag_demo("how many legs does a spider have", "eight", [("Spider", "Spiders are arachnids with eight legs.")]),
+             rag_demo("how many legs does a spider have", "eight",
+                      [("Spider", "Spiders are arachnids with eight legs.")]),
              rag_demo("what is the largest planet", "Jupiter",
                       [("Jupiter", "Jupiter is the largest planet in the Solar System.")])]
     body = ("Document (Title: Bergen): Bergen is a city on the west coast of Norway.\n\nDocument (Title: Oslo): Oslo "
@@ -303,7 +303,7 @@ def test_main_on_helmet_data_with_an_oracle(monkeypatch, tok, tmp_path, capsys):
             prompt = ev.fit_context(task, ev.prompt_fields(task, r), tok, 8192 - gen)
             answers[tuple(prompt)] = tok.encode(oracle_text(task, r))
     monkeypatch.setattr(ev, "load_checkpoint", lambda *a, **k: (StubModel(answers), tok))
-    report = ev.main(["--ckpt", "hub/id", "--helmet-data", FIXTURES, "--lengths", "8192",
+    report = ev.main(["--ckpt", "hub/id", "--helmet-data", FIXTURES, "--lengths", "8k",
                       "--out", str(tmp_path / "r.json")])
     assert sorted(report["tasks"]) == sorted(present)
     assert all(report["tasks"][t][8192]["score"] == 100.0 for t in present)
