@@ -146,7 +146,7 @@ class Tokenizer:
                 atomic_write(os.path.join(directory, os.path.basename(f)), src.read())
 
 
-def _tiktoken_tokenizer(path, name=None):
+def _tiktoken_tokenizer(path):
     import tiktoken
     from tiktoken.load import load_tiktoken_bpe
     try:
@@ -156,7 +156,7 @@ def _tiktoken_tokenizer(path, name=None):
     special = {tok: len(ranks) + i for i, tok in enumerate(LLAMA3_SPECIAL)}
     enc = tiktoken.Encoding(name=os.path.basename(path), pat_str=LLAMA3_PATTERN, mergeable_ranks=ranks,
                             special_tokens=special)
-    tok = Tokenizer(name or "tiktoken:" + os.path.abspath(path), [path], special,
+    tok = Tokenizer("tiktoken:" + os.path.abspath(path), [path], special,
                     lambda texts, threads: enc.encode_ordinary_batch(texts, num_threads=threads) if threads > 1
                     else [enc.encode_ordinary(t) for t in texts], enc.decode, enc.n_vocab,
                     "<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>", splits_safely=True)
@@ -179,9 +179,11 @@ def _hf_tokenizer(directory):
     cfg_path, cfg = os.path.join(directory, "tokenizer_config.json"), {}
     if os.path.exists(cfg_path):
         cfg = json.load(open(cfg_path))
-    pick = lambda key, *names: next((n if isinstance(n, str) else n.get("content") for n in
-                                     [cfg.get(key)] + list(names) if n and (n if isinstance(n, str) else
-                                     n.get("content")) in special), None)
+    content = lambda t: t.get("content") if isinstance(t, dict) else t  # configs spell tokens both ways
+
+    def pick(key, *fallbacks):  # the config's token for `key`, else the first fallback this vocabulary has
+        return next((t for t in [content(cfg.get(key)), *fallbacks] if t in special), None)
+
     eos = pick("eos_token", "<|endoftext|>", "</s>")
     if eos is None:
         raise DataError(f"{path}: cannot tell the end-of-text token (no eos_token in tokenizer_config.json)")
@@ -546,8 +548,8 @@ class Mixture:
             if mode not in ("chunk", "pack") or not 1 < length <= seq_len or not p > 0:
                 raise DataError(f"mixture[{i}]: mode must be chunk or pack, 1 < length <= seq_len ({seq_len}) and "
                                 f"proportion > 0; got {spec}")
-            dom = domains.setdefault(os.path.realpath(spec["path"]), None) or open_domain(spec["path"])
-            domains[os.path.realpath(spec["path"])] = dom
+            key = os.path.realpath(spec["path"])
+            dom = domains[key] = domains[key] if key in domains else open_domain(spec["path"])
             self.comps.append(dict(name=spec.get("name", f"{spec['path']}@{length}"), domain=dom, length=length,
                                    mode=mode, p=p, per_seq=seq_len // length, docs=np.arange(len(dom))))
         self._split_shared_domains()
@@ -587,14 +589,14 @@ class Mixture:
         for c in self.comps:
             groups.setdefault(id(c["domain"]), []).append(c)
         for group in (g for g in groups.values() if len(g) > 1):
-            dom, got = group[0]["domain"], np.zeros(len(group))
+            dom, got, p = group[0]["domain"], np.zeros(len(group)), np.array([c["p"] for c in group])
+            usable = np.stack([dom.lengths if c["mode"] == "pack" else dom.lengths // c["length"] * c["length"]
+                               for c in group], 1).astype(float)
             owner = np.full(len(dom), -1)
             for d in np.random.default_rng([self.seed, 7919]).permutation(len(dom)):
-                usable = np.array([dom.lengths[d] if c["mode"] == "pack" else dom.lengths[d] // c["length"] *
-                                   c["length"] for c in group], float)
-                if usable.max() > 0:
-                    j = int(np.argmin(np.where(usable > 0, got / [c["p"] for c in group], np.inf)))
-                    owner[d], got[j] = j, got[j] + usable[j]
+                if usable[d].max() > 0:
+                    j = int(np.argmin(np.where(usable[d] > 0, got / p, np.inf)))
+                    owner[d], got[j] = j, got[j] + usable[d, j]
             for j, c in enumerate(group):
                 c["docs"] = np.flatnonzero(owner == j)
 
@@ -831,7 +833,7 @@ def _stdlib_docstrings(stdlib):
         for node, prefix in nodes:
             if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
                 doc = ast.get_docstring(node)
-                if doc and not getattr(node, "name", "_").startswith("_"):
+                if doc and not getattr(node, "name", "").startswith("_"):
                     sig = f"({ast.unparse(node.args)})" if hasattr(node, "args") else ""
                     yield module, prefix + getattr(node, "name", ""), sig, doc
 
