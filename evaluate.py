@@ -155,7 +155,10 @@ CATEGORIES = {c: [t for t, spec in TASKS.items() if spec[0] == c] for c in ("Rec
 
 def build_prompt(task, fields):
     user, system = TASKS[task][1]
-    return user.format(**fields) + "\n" + system.format(**fields)
+    try:
+        return user.format(**fields) + "\n" + system.format(**fields)
+    except KeyError as e:
+        raise ValueError(f"{task}: the record has no {e.args[0]!r} field, which the prompt template needs") from None
 
 
 def prompt_fields(task, rec):
@@ -166,8 +169,8 @@ def prompt_fields(task, rec):
     if task.startswith("ruler_"):
         example = rec.get("example") or ""
         return {"context": rec["context"], "query": rec.get("query", rec.get("question", "")),
-                "type_needle_v": rec.get("type_needle_v", ""), "num_v": rec.get("num_v", ""),
-                "example": example + "\n\n" if example else ""}
+                "example": example + "\n\n" if example else "", **{k: rec[k] for k in ("type_needle_v", "num_v")
+                                                                    if k in rec}}
     return {"context": rec["context"], "question": rec["question"], "demos": rec.get("demos", "")}
 
 

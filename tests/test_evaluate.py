@@ -433,6 +433,11 @@ def test_lm_eval_adapter_loglikelihood(tok):
 # errors a user can cause
 
 
+def test_record_without_a_template_field_is_a_clear_error():
+    with pytest.raises(ValueError, match="ruler_niah_mk_2: the record has no 'type_needle_v' field"):
+        ev.build_prompt("ruler_niah_mk_2", ev.prompt_fields("ruler_niah_mk_2", {"context": "c", "query": "q"}))
+
+
 def test_malformed_jsonl_names_file_and_line(tmp_path):
     path = tmp_path / "bad.jsonl"
     path.write_text('{"a": 1}\n{not json\n')
