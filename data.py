@@ -16,7 +16,9 @@ when both are in the same segment, else -100; so the last token of every segment
 before a cut) predicts nothing and no label ever crosses a document boundary; imported SFT masks set -100 where the
 mask of the predicted token is 0. Which component fills global sequence g is fixed by the seed alone (blocks of
 sequences with exact per-block counts, shuffled), so proportions hold within a block, every data-parallel rank can
-compute any sequence independently, and resuming needs one number: how many global sequences were consumed.
+compute any sequence independently (rank r of n takes global sequences r, r + n, ...), and resuming needs one number:
+how many global sequences were consumed. A domain listed at two lengths is split so that no document serves both.
+Sequences are numpy arrays (torch.from_numpy is free), so this file needs no torch.
 
 Tokenising very long text: tiktoken's BPE is quadratic on huge pre-tokenizer pieces and runs out of memory on huge
 inputs, so text is cut into pieces of about 64K characters, only at points where Llama-3's split regex always
@@ -26,10 +28,10 @@ llama_models' own rule (runs of more than 25,000 whitespace or non-whitespace ch
 equal llama_models' Tokenizer for any text under its 400,000-character window; for longer texts we do not add its
 arbitrary 400,000-character cuts. Only if 4M characters pass with no safe point at all is the text cut anyway.
 """
-import argparse, ast, base64, bz2, codecs, glob, gzip, hashlib, importlib.util, io, json, os, random, re, shutil
-import sys, sysconfig, tarfile, time
-from typing import NamedTuple
+import argparse, ast, bz2, codecs, glob, gzip, hashlib, importlib.util, io, json, os, random, re, sys, sysconfig
+import tarfile, time
 from concurrent.futures import ThreadPoolExecutor
+from typing import NamedTuple
 
 import numpy as np
 
