@@ -33,10 +33,15 @@ try:  # optional: only builds where CUDA is present
 except ImportError:
     flash_attn_varlen_func = None
 
-try:  # PyTorch >= 2.10; CUDA only at run time
-    from torch.nn.attention.varlen import varlen_attn
-except ImportError:
-    varlen_attn = None
+
+def _varlen_attn():
+    """PyTorch's own varlen flash attention (torch >= 2.10, CUDA), or None. Imported only when a GPU asks for it:
+    the module pulls in torch._dynamo, seconds of start-up that CPU runs need not pay."""
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+        return varlen_attn
+    except ImportError:
+        return None
 
 BACKENDS = ("flash", "varlen", "flex", "sdpa")
 
@@ -57,7 +62,7 @@ def default_backend(device):
         return "sdpa"
     if flash_attn_varlen_func is not None:
         return "flash"
-    if varlen_attn is not None:
+    if _varlen_attn() is not None:
         return "varlen"
     return "flex"
 
@@ -94,7 +99,7 @@ def attend(q, k, v, docs):
         return flash_attn_varlen_func(q, k, v, docs.cu_seqlens, docs.cu_seqlens, docs.max_seqlen,
                                       docs.max_seqlen, causal=True)
     if backend == "varlen":
-        return varlen_attn(q, k, v, docs.cu_seqlens, docs.cu_seqlens, docs.max_seqlen, docs.max_seqlen,
+        return _varlen_attn()(q, k, v, docs.cu_seqlens, docs.cu_seqlens, docs.max_seqlen, docs.max_seqlen,
                            window_size=(-1, 0), enable_gqa=q.shape[1] != k.shape[1])
     if backend == "flex":
         return _flex(q, k, v, docs.block_mask)

@@ -28,7 +28,7 @@ def available_backends():
     names = ["sdpa"]
     if DEVICE == "cuda":
         names.append("flex")
-        if attention.varlen_attn is not None:
+        if attention._varlen_attn() is not None:
             names.append("varlen")
         if attention.flash_attn_varlen_func is not None:
             names.append("flash")
