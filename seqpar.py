@@ -19,7 +19,7 @@ rank receives exactly the one KV head its H/sp query heads use. q, k and v trave
 one out, per layer and direction.
 
 Cost per layer and rank, forward (backward sends the same again): (sp-1)/sp of T_local x D x (H + 2 max(H_kv, sp)
-+ H) elements (for H_kv divisible by sp, max(H_kv, sp) is H_kv). `python seqpar.py` prints it for Llama-3-8B.
++ H) elements, the minimum for this exchange. `python seqpar.py` prints it for Llama-3-8B.
 
 Exact loss: each rank sums the loss of its slice; train.py divides by the valid-label count of the whole step over
 all ranks and FSDP sums gradients, so sp changes nothing but the order of additions.
@@ -50,7 +50,7 @@ def check_heads(config, sp):
 
 def kv_heads_exchanged(n_kv_heads, sp):
     """KV heads a rank puts into the exchange: its own, or each one replicated sp / n_kv times when sp > n_kv."""
-    return n_kv_heads if n_kv_heads % sp == 0 else sp
+    return max(n_kv_heads, sp)  # check_heads: either sp divides n_kv_heads or n_kv_heads divides sp
 
 
 # ----------------------------------------------------------------------------------------------------------------
