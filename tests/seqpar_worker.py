@@ -110,35 +110,31 @@ MODEL = dict(vocab_size=1000, hidden_size=64, num_hidden_layers=2, num_attention
 
 
 def build_model(cfg, mesh):
-    """train.build_model, with workarounds for three train.py bugs this test found (reported; drop them once fixed).
-    Each is recorded in WORKAROUNDS only when the unpatched code still shows it, and the test then warns.
+    """train.build_model, with workarounds for three train.py bugs this test found (reported). Each applies, and is
+    recorded in WORKAROUNDS (the test then warns), only while train.build_model still shows it:
     1. The meta model is built in float32, so master weights and gradients are float32 whatever param_dtype.
     2. set_gradient_divide_factor(1.0) on the root reaches only the root's parameters: blocks still average
        gradients over ranks instead of summing them (block gradients 1/world too small on any multi-rank run).
     3. With that factor, fp32/bf16 gradients are reduced with PREMUL_SUM, which gloo does not have: any multi-rank
        CPU run stops at its first backward; forcing plain SUM reductions avoids it."""
     dtype = getattr(torch, cfg["param_dtype"])
-
-    def llama_in_param_dtype(*args, **kwargs):
-        m = Llama(*args, **kwargs)
-        if {p.dtype for p in m.parameters()} != {dtype}:
-            WORKAROUNDS.add(f"train.build_model builds master weights in float32, not param_dtype {dtype}")
-        return m.to(dtype)
-
-    train.Llama = llama_in_param_dtype
-    try:
-        model = train.build_model(cfg, mesh, torch.device("cpu"), lambda msg: None)
-    finally:
-        train.Llama = Llama
+    model = train.build_model(cfg, mesh, torch.device("cpu"), lambda msg: None)
+    if {p.dtype for p in model.parameters()} != {dtype}:
+        WORKAROUNDS.add(f"train.build_model builds master weights in float32, not param_dtype {dtype}")
+        train.Llama = lambda *args, **kwargs: Llama(*args, **kwargs).to(dtype)
+        try:
+            model = train.build_model(cfg, mesh, torch.device("cpu"), lambda msg: None)
+        finally:
+            train.Llama = Llama
     for module in [*model.model.layers, model]:
         for group in module._get_fsdp_state()._fsdp_param_groups:
             if group.gradient_divide_factor != 1.0:
                 WORKAROUNDS.add("train.build_model sets gradient_divide_factor 1 on the root only; blocks average")
+                group.gradient_divide_factor = 1.0
             if not group.force_sum_reduction_for_comms:
                 WORKAROUNDS.add("train.build_model: a divide factor of 1 makes FSDP reduce fp32/bf16 gradients with "
                                 "PREMUL_SUM, which gloo lacks; set_force_sum_reduction_for_comms(True) avoids it")
-        module.set_gradient_divide_factor(1.0)
-        module.set_force_sum_reduction_for_comms(True)
+                group.force_sum_reduction_for_comms = True
     return model
 
 
