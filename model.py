@@ -181,8 +181,8 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x):
-        # normalise in float32 whatever the compute dtype, as Llama was trained
-        h = x.float()
+        # normalise in float32 at least, whatever the compute dtype, as Llama was trained
+        h = x.to(torch.promote_types(x.dtype, torch.float32))
         h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * h.to(x.dtype)
 
@@ -475,9 +475,10 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
             valid = target != -100
             if not valid.any():  # a chunk without labels (a prompt, padding) contributes exactly zero
                 continue
-            probs = torch.exp((h @ weight.T).to(lse.dtype) - lse[s:s + n, None])
+            # softmax - one_hot, scaled by the upstream gradient, in place: on CPU this loop is memory-bound
+            probs = (h @ weight.T).to(lse.dtype).sub_(lse[s:s + n, None]).exp_()
             probs[torch.arange(len(target), device=h.device), target.clamp(min=0)] -= 1.0
-            grad_logits = (probs * torch.where(valid, grad_losses[s:s + n], 0.0)[:, None]).to(hidden.dtype)
+            grad_logits = probs.mul_(torch.where(valid, grad_losses[s:s + n], 0.0)[:, None]).to(hidden.dtype)
             if grad_hidden is not None:
                 grad_hidden[s:s + n] = grad_logits @ weight
             if grad_weight is not None:

@@ -91,6 +91,13 @@ DEFAULTS = dict(
 )
 
 
+# names other trainers use, to point at ours
+SYNONYMS = {"learning_rate": "lr", "min_learning_rate": "min_lr", "warmup_ratio": "warmup_fraction",
+            "max_grad_norm": "grad_clip", "batch_size": "tokens_per_step", "seq_length": "seq_len",
+            "max_seq_length": "seq_len", "gradient_checkpointing": "activation_checkpointing",
+            "output_dir": "out_dir", "model_name_or_path": "init_from", "save_steps": "checkpoint_interval"}
+
+
 class ConfigError(Exception):
     pass
 
@@ -126,7 +133,7 @@ def load_config(argv):
 def check_keys(cfg, where):
     for key, value in cfg.items():
         if key not in DEFAULTS:
-            close = difflib.get_close_matches(key, DEFAULTS, n=1)
+            close = [SYNONYMS[key]] if key in SYNONYMS else difflib.get_close_matches(key, DEFAULTS, n=1)
             raise ConfigError(f"unknown setting {key!r} {where}" + (f"; did you mean {close[0]!r}?" if close else ""))
         default = DEFAULTS[key]
         if default is None or value is None or isinstance(value, type(default)):
@@ -211,9 +218,12 @@ def build_model(cfg, mesh, device, log):
         config.rope_theta = float(cfg["rope_theta"])
     if cfg["sp_size"] > 1:
         import seqpar
-        seqpar.check_heads(config, cfg["sp_size"])
+        try:
+            seqpar.check_heads(config, cfg["sp_size"])
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
     with torch.device("meta"):
-        model = Llama(config, cross_document=cfg["cross_document"])
+        model = Llama(config, cross_document=cfg["cross_document"]).to(param_dtype)
     model.attention_backend = cfg["attention_backend"]
     blocks = model.model.layers
     for i, block in enumerate(blocks):
@@ -226,7 +236,11 @@ def build_model(cfg, mesh, device, log):
     for block in blocks:
         fully_shard(block, mesh=mesh, mp_policy=mp)
     fully_shard(model, mesh=mesh, mp_policy=mp)
-    model.set_gradient_divide_factor(1.0)  # sum gradients across ranks: the loss is already divided globally
+    for module in (*blocks, model):  # each FSDP module reduces its own parameters' gradients
+        # Sum them across ranks (the loss is already divided by the global count), as a plain SUM: a divide factor
+        # alone makes FSDP reduce with PREMUL_SUM, which gloo does not have.
+        module.set_gradient_divide_factor(1.0)
+        module.set_force_sum_reduction_for_comms(True)
     model.to_empty(device=device)
     set_model_state_dict(model, full_state, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
     n_params = sum(p.numel() for p in full_state.values()) if full_state else 0

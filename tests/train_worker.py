@@ -1,0 +1,52 @@
+"""Launched by tests/test_train.py under torchrun: one step's loss and full gradients for a fixed global batch.
+
+usage: torchrun --nproc_per_node N tests/train_worker.py OUT.pt
+Rank r of N takes sequences [r * 4/N, (r+1) * 4/N) of the same four-sequence global batch and accumulates over
+them, exactly as train.py does, in float64 with FSDP2 and activation checkpointing."""
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import train  # noqa: E402
+from torch.distributed.device_mesh import init_device_mesh  # noqa: E402
+
+VOCAB = 1000
+
+
+def global_batch():
+    """Four sequences of 96 tokens with unequal documents and unequal numbers of valid labels."""
+    g = torch.Generator().manual_seed(1234)
+    sequences = []
+    for doc_lengths, masked in (([96], 0), ([10, 50, 36], 30), ([1, 2, 93], 5), ([40, 40, 16], 60)):
+        ids = torch.randint(0, VOCAB, (96,), generator=g)
+        cu = torch.tensor([0] + torch.tensor(doc_lengths).cumsum(0).tolist(), dtype=torch.int32)
+        labels = ids.roll(-1)
+        labels[cu[1:].long() - 1] = -100  # the last token of each document predicts nothing
+        labels[:masked] = -100  # e.g. a prompt: fewer valid labels on some ranks than on others
+        sequences.append(train.data.Sequence(ids, labels, cu))
+    return sequences
+
+
+def config():
+    return dict(train.DEFAULTS, model="tiny", model_overrides={"vocab_size": VOCAB, "num_hidden_layers": 3},
+                param_dtype="float64", compute_dtype="float64", activation_checkpointing=True, seed=7)
+
+
+def main(out):
+    rank, world, device = train.init_distributed()
+    mesh = init_device_mesh("cpu", (world,))
+    model = train.build_model(config(), mesh, device, log=lambda msg: None)
+    per_rank = 4 // world
+    mine = global_batch()[rank * per_rank:(rank + 1) * per_rank]
+    loss = train.accumulate_gradients(model, train.micro_batches(mine, 1), device)
+    grads = {name.replace("_checkpoint_wrapped_module.", ""): p.grad.full_tensor()
+             for name, p in model.named_parameters()}
+    if rank == 0:
+        torch.save({"loss": loss, "grads": grads}, out)
+    torch.distributed.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
