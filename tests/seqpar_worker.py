@@ -110,35 +110,7 @@ MODEL = dict(vocab_size=1000, hidden_size=64, num_hidden_layers=2, num_attention
 
 
 def build_model(cfg, mesh):
-    """train.build_model, with workarounds for three train.py bugs this test found (reported). Each applies, and is
-    recorded in WORKAROUNDS (the test then warns), only while train.build_model still shows it:
-    1. The meta model is built in float32, so master weights and gradients are float32 whatever param_dtype.
-    2. set_gradient_divide_factor(1.0) on the root reaches only the root's parameters: blocks still average
-       gradients over ranks instead of summing them (block gradients 1/world too small on any multi-rank run).
-    3. With that factor, fp32/bf16 gradients are reduced with PREMUL_SUM, which gloo does not have: any multi-rank
-       CPU run stops at its first backward; forcing plain SUM reductions avoids it."""
-    dtype = getattr(torch, cfg["param_dtype"])
-    model = train.build_model(cfg, mesh, torch.device("cpu"), lambda msg: None)
-    if {p.dtype for p in model.parameters()} != {dtype}:
-        WORKAROUNDS.add(f"train.build_model builds master weights in float32, not param_dtype {dtype}")
-        train.Llama = lambda *args, **kwargs: Llama(*args, **kwargs).to(dtype)
-        try:
-            model = train.build_model(cfg, mesh, torch.device("cpu"), lambda msg: None)
-        finally:
-            train.Llama = Llama
-    for module in [*model.model.layers, model]:
-        for group in module._get_fsdp_state()._fsdp_param_groups:
-            if group.gradient_divide_factor != 1.0:
-                WORKAROUNDS.add("train.build_model sets gradient_divide_factor 1 on the root only; blocks average")
-                group.gradient_divide_factor = 1.0
-            if not group.force_sum_reduction_for_comms:
-                WORKAROUNDS.add("train.build_model: a divide factor of 1 makes FSDP reduce fp32/bf16 gradients with "
-                                "PREMUL_SUM, which gloo lacks; set_force_sum_reduction_for_comms(True) avoids it")
-                group.force_sum_reduction_for_comms = True
-    return model
-
-
-WORKAROUNDS = set()
+    return train.build_model(cfg, mesh, torch.device("cpu"), lambda msg: None)
 
 
 def full_grads(model):
@@ -202,7 +174,7 @@ def train_mode(rank, world, steps=4):
         norms.append(norm)
     val = train.validation_loss(model, packs(999, [[40, 24], [13, 51]], MODEL["vocab_size"]), torch.device("cpu"),
                                 split)
-    return dict(sp=sp, losses=losses, grad_norms=norms, val_loss=val, workarounds=sorted(WORKAROUNDS))
+    return dict(sp=sp, losses=losses, grad_norms=norms, val_loss=val)
 
 
 if __name__ == "__main__":
@@ -211,7 +183,6 @@ if __name__ == "__main__":
     if mode == "exact":
         assert world == 4, "the exact checks need 4 processes"
         result = dict(attention=attention_checks(rank, world), model=model_checks(rank, world))
-        result["workarounds"] = sorted(WORKAROUNDS)
     else:
         result = train_mode(rank, world)
     if rank == 0:

@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-import warnings
 from types import SimpleNamespace
 
 import pytest
@@ -43,8 +42,6 @@ def runs(tmp_path_factory):
             log, _ = proc.communicate(timeout=600)
             assert proc.returncode == 0, f"{name} worker failed:\n{log[-6000:]}"
             done[name] = json.loads(out.read_text())
-            for note in done[name].get("workarounds", []) if isinstance(done[name], dict) else []:
-                warnings.warn(f"tests/seqpar_worker.py worked around a train.py bug: {note}")
         return done[name]
 
     yield result
