@@ -455,6 +455,10 @@ def main(argv=None):
 
 def run(cfg, rank, world, dp, accumulation, device, log):
     sp = cfg["sp_size"]
+    resume_from = latest_checkpoint(cfg["out_dir"]) if cfg["resume"] else None
+    if not cfg["resume"] and os.path.exists(os.path.join(cfg["out_dir"], "latest")):
+        raise ConfigError(f"{cfg['out_dir']} already holds a run's checkpoints: resume=True to continue it, or "
+                          f"choose another out_dir")
     # FSDP shards over all ranks; the (dp, sp) mesh says which ranks share a sequence
     mesh = init_device_mesh(device.type, (dp, sp), mesh_dim_names=("dp", "sp"))
     fsdp_mesh = init_device_mesh(device.type, (world,), mesh_dim_names=("fsdp",))
@@ -478,10 +482,6 @@ def run(cfg, rank, world, dp, accumulation, device, log):
     optimizer = build_optimizer(model, cfg)
 
     step, out_dir = 0, cfg["out_dir"]
-    resume_from = latest_checkpoint(out_dir) if cfg["resume"] else None
-    if not cfg["resume"] and os.path.exists(os.path.join(out_dir, "latest")):
-        raise ConfigError(f"{out_dir} already holds a run's checkpoints: resume=True to continue it, or choose "
-                          f"another out_dir")
     if rank == 0:
         os.makedirs(out_dir, exist_ok=True)
         for stale in (d for d in os.listdir(out_dir) if d.startswith(".tmp-")):  # a save cut short by a crash
