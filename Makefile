@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: venv demo test clean
+.PHONY: venv demo test clean gpu-check
 
 venv: $(VENV)/.installed
 
@@ -35,6 +35,13 @@ demo: venv demo_data/.built
 
 test: venv
 	$(PY) -m pytest -q
+
+# The one-shot GPU check (bench.py gpu, under 5 minutes on one H100/H200): attention backends against float64,
+# a compiled block, an FSDP2 1B step at 64K, the flex mask's memory. It runs with the Python that has the CUDA
+# torch (default: this venv if present, else python3; override with GPU_PY=...); without CUDA, at CPU size.
+GPU_PY ?= $(if $(wildcard $(PY)),$(PY),$(PYTHON))
+gpu-check:
+	$(GPU_PY) bench.py gpu
 
 clean:
 	rm -rf $(VENV) demo_data downloads runs

@@ -61,9 +61,7 @@ class LlamaConfig:
                              f"num_key_value_heads ({self.num_key_value_heads})")
         if self.head_dim % 2:
             raise ValueError(f"head_dim must be even for RoPE, got {self.head_dim}")
-        kind = rope_type(self.rope_scaling)
-        if kind not in ("default", "linear", "llama3"):
-            raise ValueError(f"rope_scaling type {kind!r} is not supported (use 'llama3', 'linear' or none)")
+        self.rope_scaling = _checked_rope_scaling(self.rope_scaling, "rope_scaling")
 
     # Presets. Llama-3-8B is the recipe's starting point; Llama-3.2-1B a small real model; tiny runs in seconds.
     @classmethod
@@ -85,22 +83,42 @@ class LlamaConfig:
 
     @classmethod
     def from_hf_dict(cls, d):
+        """Read a checkpoint's config.json the way Hugging Face reads it.
+
+        Metadata (`_is_hf_metadata`) is ignored. A setting that changes the computation and is not implemented here
+        (`_HF_REQUIREMENTS`, a RoPE type or parameter), or a key nobody listed, is refused in one line naming the key
+        and its value: a new math-changing key must never be silently ignored. Absent keys take HF's defaults, not
+        our presets', because those are what the checkpoint was trained and saved with."""
         d = dict(d)
-        if "rope_parameters" in d:  # the newer HF spelling: theta and scaling in one dict
-            params = dict(d.pop("rope_parameters") or {})
-            if "rope_theta" in params:
-                d["rope_theta"] = params.pop("rope_theta")
-            if params.get("rope_type", params.get("type", "default")) != "default":
-                d["rope_scaling"] = params
-        for key, expected in _HF_REQUIREMENTS.items():
-            if key in d and d.pop(key) not in expected:
-                raise ValueError(f"config {key} must be one of {expected} for a Llama model")
+        # RoPE has two spellings: `rope_theta` + `rope_scaling` (transformers 4), and `rope_parameters` holding both
+        # (transformers 5). Like transformers 5, a non-empty `rope_scaling` wins, and a theta inside the dict wins.
+        params = d.pop("rope_parameters", None)
+        spelling = "rope_scaling" if d.get("rope_scaling") else "rope_parameters"
+        scaling = d.get("rope_scaling") or params
+        if scaling is not None:
+            scaling = dict(scaling)
+            if "rope_theta" in scaling:
+                d["rope_theta"] = scaling.pop("rope_theta")
+            d["rope_scaling"] = _checked_rope_scaling(scaling, spelling)
+        if d.get("num_key_value_heads") is None:  # Llama-1/2 configs: one KV head per query head
+            d["num_key_value_heads"] = d.get("num_attention_heads", _HF_DEFAULTS["num_attention_heads"])
+        if d.get("head_dim") is None:
+            d.pop("head_dim", None)  # hidden_size // num_attention_heads, as in HF
+        d = {**_HF_DEFAULTS, **d}
         ours = {f.name for f in fields(cls)}
-        unknown = [k for k in d if k not in ours and k not in _HF_KEYS_IGNORED]
-        if unknown:
-            close = difflib.get_close_matches(unknown[0], ours, n=1)
+        for key, value in d.items():
+            if key in ours or _is_hf_metadata(key):
+                continue
+            if key in _HF_REQUIREMENTS:
+                ok = _HF_REQUIREMENTS[key]
+                if value == ok and isinstance(value, bool) == isinstance(ok, bool):  # 1 == True, but not here
+                    continue
+                raise ValueError(f"config.json has {key}={value!r}, which is not implemented here "
+                                 f"(this Llama supports only {key}={ok!r})")
+            close = difflib.get_close_matches(key, ours | set(_HF_REQUIREMENTS), n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ValueError(f"unknown config key {unknown[0]!r}{hint}")
+            raise ValueError(f"unknown config key {key!r}={value!r}{hint}: not implemented here, and it may change "
+                             f"the model; if it is metadata, add it to model._HF_METADATA")
         return cls(**{k: v for k, v in d.items() if k in ours})
 
     def to_hf_dict(self):
@@ -111,13 +129,58 @@ class LlamaConfig:
         return d
 
 
-_HF_REQUIREMENTS = {"model_type": ("llama",), "hidden_act": ("silu",), "attention_bias": (False,),
-                    "mlp_bias": (False,), "pretraining_tp": (1,), "attention_dropout": (0.0, 0)}
-# Keys that HF writes but that change nothing in this model.
-_HF_KEYS_IGNORED = {"architectures", "torch_dtype", "dtype", "transformers_version", "pad_token_id", "use_cache",
-                    "_name_or_path", "output_attentions", "output_hidden_states", "return_dict", "id2label",
-                    "label2id", "problem_type", "chunk_size_feed_forward", "is_encoder_decoder", "tie_encoder_decoder",
-                    "is_llama_config", "rope_interleaved", "transformers.js_config", "_attn_implementation_autoset"}
+# What transformers' LlamaConfig assumes for a key that config.json leaves out (Llama-2-7B's values).
+_HF_DEFAULTS = {"vocab_size": 32000, "hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32,
+                "num_attention_heads": 32, "max_position_embeddings": 2048, "rms_norm_eps": 1e-6,
+                "tie_word_embeddings": False, "rope_theta": 10000.0, "rope_scaling": None, "initializer_range": 0.02,
+                "bos_token_id": 1, "eos_token_id": 2}
+# Keys that change the computation, with the one value this model implements.
+_HF_REQUIREMENTS = {"model_type": "llama", "hidden_act": "silu", "attention_bias": False, "mlp_bias": False,
+                    "pretraining_tp": 1, "attention_dropout": 0.0, "sliding_window": None, "use_sliding_window": False,
+                    "rope_interleaved": False}  # nanotron's flag: True pairs dims (2i, 2i+1), not (i, i + d/2)
+# Keys that do not change the computation: HF bookkeeping, generation defaults, tokenizer and hub metadata, and
+# what other tools add (nanotron: is_llama_config; transformers.js; early LLaMA conversions: max_sequence_length,
+# which HF never reads). `quantization_config` may be ignored because a still-quantised checkpoint is refused by its
+# tensors (packed weights, or scale tensors beside float8 ones, which a Llama does not have): only a dequantised
+# one loads.
+_HF_METADATA = {
+    "architectures", "auto_map", "torch_dtype", "dtype", "transformers_version", "use_cache", "quantization_config",
+    "is_llama_config", "transformers.js_config", "max_sequence_length",
+    "output_attentions", "output_hidden_states", "return_dict", "torchscript", "use_bfloat16", "tf_legacy_loss",
+    "pruned_heads", "chunk_size_feed_forward", "is_encoder_decoder", "is_decoder", "add_cross_attention",
+    "cross_attention_hidden_size", "tie_encoder_decoder", "finetuning_task", "id2label", "label2id", "num_labels",
+    "problem_type", "tokenizer_class", "prefix", "task_specific_params",
+    # generation defaults that transformers 4 kept in config.json
+    "max_length", "min_length", "do_sample", "early_stopping", "num_beams", "num_beam_groups", "diversity_penalty",
+    "temperature", "top_k", "top_p", "typical_p", "repetition_penalty", "length_penalty", "no_repeat_ngram_size",
+    "encoder_no_repeat_ngram_size", "bad_words_ids", "num_return_sequences", "output_scores",
+    "return_dict_in_generate", "remove_invalid_values", "exponential_decay_length_penalty", "suppress_tokens",
+    "begin_suppress_tokens", "forced_decoder_ids"}
+
+
+def _is_hf_metadata(key):
+    # `_name_or_path`, `_commit_hash`, `_attn_implementation_autoset` ...: HF's private bookkeeping; and token ids
+    # other than bos/eos (pad, unk, sep, decoder_start ...) only matter to a tokenizer or to generation.
+    return key in _HF_METADATA or key.startswith("_") or key.endswith("_token_id")
+
+
+# The RoPE types rope_inv_freq implements, with the keys each needs besides rope_type.
+_ROPE_KEYS = {"default": set(), "linear": {"factor"},
+              "llama3": {"factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"}}
+
+
+def _checked_rope_scaling(scaling, key):
+    """`scaling` if rope_inv_freq implements exactly that, None for plain RoPE, else a one-line refusal naming `key`."""
+    kind = rope_type(scaling)
+    if kind not in _ROPE_KEYS:
+        raise ValueError(f"{key} {scaling!r}: rope type {kind!r} is not implemented (only {', '.join(_ROPE_KEYS)})")
+    # A missing key would fail deep inside rope_inv_freq; an extra one (partial_rotary_factor, mscale ...) would
+    # change the angles without anyone noticing.
+    given = set(scaling or {}) - {"rope_type", "type"}
+    if given != _ROPE_KEYS[kind]:
+        raise ValueError(f"{key} {scaling!r}: {sorted(given ^ _ROPE_KEYS[kind])} missing or not implemented "
+                         f"({kind!r} RoPE takes exactly {sorted(_ROPE_KEYS[kind])})")
+    return None if kind == "default" else scaling  # one spelling of "no scaling": configs compare and round-trip
 
 
 def rope_type(scaling):
@@ -197,7 +260,9 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(config.hidden_size, self.n_kv_heads * self.head_dim, bias=False)
         self.v_proj = nn.Linear(config.hidden_size, self.n_kv_heads * self.head_dim, bias=False)
         self.o_proj = nn.Linear(self.n_heads * self.head_dim, config.hidden_size, bias=False)
-        self.ops = attention  # replaced (through Llama.attention_ops) by sequence parallelism
+        # attention.py's entry points as a small object (a module would defeat copy.deepcopy); replaced, through
+        # Llama.attention_ops, by sequence parallelism
+        self.ops = attention.DocumentAttention()
 
     def forward(self, x, cos, sin, docs, cache=None):
         T = x.shape[0]
@@ -291,6 +356,8 @@ class Llama(nn.Module):
         if labels is None:
             return F.linear(hidden, self.head_weight).view(*batch_shape, -1)
         labels = labels.reshape(-1)
+        if labels.device.type == "cpu":
+            check_token_ids(labels, self.config.vocab_size, "labels")
         losses = chunked_cross_entropy(hidden, self.head_weight, labels, self.loss_chunk_size)
         n_valid = (labels != -100).sum()
         if reduction == "none":
@@ -304,9 +371,8 @@ class Llama(nn.Module):
         T = input_ids.shape[0]
         if input_ids.dim() != 1:
             raise ValueError(f"input_ids must be (T,) or (B, T), got shape {tuple(input_ids.shape)}")
-        if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= self.config.vocab_size):
-            raise ValueError(f"token ids must lie in [0, {self.config.vocab_size}) for this model's vocabulary; "
-                             f"got ids from {int(input_ids.min())} to {int(input_ids.max())}")
+        if input_ids.device.type == "cpu":  # on a GPU this would be a host sync per forward: callers check first
+            check_token_ids(input_ids, self.config.vocab_size)
         docs = None
         if cache is None:
             docs = self.attention_ops.prepare(cu_seqlens, T, input_ids.device, cross_document=self.cross_document,
@@ -387,12 +453,34 @@ class Llama(nn.Module):
     def save_pretrained(self, path, state_dict=None, dtype=None, max_shard_bytes=5 * 2**30):
         """Write config.json and safetensors (sharded with an index past `max_shard_bytes`) in HF's layout.
 
-        `state_dict` lets a distributed caller pass the gathered full weights."""
+        `state_dict` lets a distributed caller pass the gathered full weights (a dict, or (name, tensor) pairs)."""
         state = self.state_dict() if state_dict is None else state_dict
         save_safetensors(state, path, dtype=dtype, max_shard_bytes=max_shard_bytes)
-        config = self.config.to_hf_dict()
-        config["torch_dtype"] = str(dtype or next(iter(state.values())).dtype).removeprefix("torch.")
-        _write_atomically(os.path.join(path, "config.json"), lambda f: f.write(json.dumps(config, indent=2)), "w")
+        write_hf_config(self.config, path, dtype or self.head_weight.dtype)
+
+
+def write_hf_config(config, path, dtype, max_position_embeddings=None):
+    """config.json for `config`; a model trained at a longer length says so (max_position_embeddings >= it)."""
+    d = config.to_hf_dict()
+    d["torch_dtype"] = str(dtype).removeprefix("torch.")
+    if max_position_embeddings:
+        d["max_position_embeddings"] = max(d["max_position_embeddings"], int(max_position_embeddings))
+    _write_atomically(os.path.join(path, "config.json"), lambda f: f.write(json.dumps(d, indent=2)), "w")
+
+
+def check_token_ids(ids, vocab_size, what="token ids"):
+    """Ids must lie in [0, vocab_size); labels may also be -100 (nothing to predict), and no other negative value:
+    cross-entropy would otherwise train a label of -5 towards token 0 without a word."""
+    if not ids.numel():
+        return
+    valid = (ids >= 0) & (ids < vocab_size)
+    if what == "labels":
+        valid |= ids == -100
+    if not bool(valid.all()):
+        bad = ids[~valid]
+        allowed = "-100 or " if what == "labels" else ""
+        raise ValueError(f"{what} must be {allowed}in [0, {vocab_size}) for this model's vocabulary; got "
+                         f"{bad.numel()} outside it, from {int(bad.min())} to {int(bad.max())}")
 
 
 def _flatten_batch(input_ids, cu_seqlens):
@@ -472,11 +560,14 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
         grad_weight = torch.zeros(weight.shape, dtype=lse.dtype, device=weight.device) \
             if ctx.needs_input_grad[1] else None
         n = ctx.chunk_size
-        for s in range(0, hidden.shape[0], n):
+        # chunks without labels (a prompt, padding) contribute exactly zero; one host sync for all of them
+        starts = range(0, hidden.shape[0], n)
+        has_labels = torch.stack([(labels[s:s + n] != -100).any() for s in starts]).tolist() if len(starts) else []
+        for s, needed in zip(starts, has_labels):
+            if not needed:
+                continue
             h, target = hidden[s:s + n], labels[s:s + n]
             valid = target != -100
-            if not valid.any():  # a chunk without labels (a prompt, padding) contributes exactly zero
-                continue
             # softmax - one_hot, scaled by the upstream gradient, in place: on CPU this loop is memory-bound
             probs = (h @ weight.T).to(lse.dtype).sub_(lse[s:s + n, None]).exp_()
             probs[torch.arange(len(target), device=h.device), target.clamp(min=0)] -= 1.0
@@ -502,16 +593,41 @@ def chunked_cross_entropy(hidden, weight, labels, chunk_size=4096):
 
 
 def resolve_checkpoint(path_or_hub_id):
-    """A local directory is used as it is (never the network); anything else is a hub id to download."""
-    if os.path.isdir(path_or_hub_id):
-        if not os.path.exists(os.path.join(path_or_hub_id, "config.json")):
-            raise FileNotFoundError(f"checkpoint directory {path_or_hub_id} has no config.json")
-        return path_or_hub_id
-    if os.path.exists(path_or_hub_id) or path_or_hub_id.startswith((".", "/", "~")) or \
-            path_or_hub_id.count("/") != 1:
-        raise FileNotFoundError(f"no checkpoint directory at {path_or_hub_id} (and it is not a hub id 'org/name')")
+    """A local directory is used as it is and never touches the network. Only an `org/name` that cannot be a local
+    path goes to the hub: an existing file, a path that starts with . / ~ or ends with /, has more than one
+    slash, or whose first component is a directory here (`runs/missin` is a missing run, not a hub repo) is local."""
+    name = os.fspath(path_or_hub_id)
+    path = os.path.expanduser(name)
+    if os.path.isdir(path):
+        if not os.path.exists(os.path.join(path, "config.json")):
+            raise FileNotFoundError(f"checkpoint directory {name} has no config.json")
+        return path
+    first = name.split("/")[0]
+    hub_shaped = name.count("/") == 1 and not name.startswith((".", "/", "~")) and not name.endswith("/")
+    if is_local_path(name):
+        why = (": it is a file" if os.path.exists(path) else " (and it is not a hub id 'org/name')" if "/" not in name
+               else f" ({first}/ is a local directory, so this is a local path, not a hub id)" if hub_shaped else "")
+        raise FileNotFoundError(f"no checkpoint directory at {name}{why}")
     from huggingface_hub import snapshot_download
-    return snapshot_download(path_or_hub_id, allow_patterns=["*.json", "*.safetensors", "original/tokenizer.model"])
+    from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError
+    try:
+        return snapshot_download(name, allow_patterns=["*.json", "*.safetensors", "original/tokenizer.model"])
+    except GatedRepoError:
+        why = "is gated: accept its licence on huggingface.co, then log in (hf auth login, or set HF_TOKEN)"
+    except RepositoryNotFoundError:
+        why = "does not exist on the hub (or is private: log in with hf auth login, or set HF_TOKEN)"
+    except LocalEntryNotFoundError:
+        why = "is not in the local hub cache and cannot be downloaded (no network, or HF_HUB_OFFLINE is set)"
+    except (OSError, ValueError) as e:  # other HTTP errors, an invalid repo name
+        why = "cannot be downloaded: " + " ".join(str(e).split())
+    raise OSError(f"no local directory {name}, and as a hub checkpoint it {why}")
+
+
+def is_local_path(name):
+    """Whether a checkpoint name means a local path (see resolve_checkpoint), whether or not it exists."""
+    name = os.fspath(name)
+    hub_shaped = name.count("/") == 1 and not name.startswith((".", "/", "~")) and not name.endswith("/")
+    return os.path.exists(os.path.expanduser(name)) or not hub_shaped or os.path.isdir(name.split("/")[0])
 
 
 def read_safetensors(path):
@@ -536,27 +652,35 @@ def read_safetensors(path):
 
 
 def save_safetensors(state, path, dtype=None, max_shard_bytes=5 * 2**30):
+    """Write a state dict, or (name, tensor) pairs streamed one at a time, as HF safetensors shards: a shard is
+    written as soon as it is full, so a caller gathering tensors one by one never holds more than one shard."""
     os.makedirs(path, exist_ok=True)
-    tensors = {k: (v if dtype is None else v.to(dtype)).detach().cpu().contiguous() for k, v in state.items()}
-    shards, current, size = [], {}, 0
-    for name, t in tensors.items():
+    items = state.items() if isinstance(state, dict) else state
+    written, weight_map, current, size, total = [], {}, {}, 0, 0
+
+    def flush():
+        file = os.path.join(path, f".shard-{len(written):05d}.tmp")
+        save_file(current, file, metadata={"format": "pt"})
+        written.append((file, list(current)))
+
+    for name, t in items:
+        t = (t if dtype is None else t.to(dtype)).detach().cpu().contiguous()
         nbytes = t.numel() * t.element_size()
         if current and size + nbytes > max_shard_bytes:
-            shards.append(current)
+            flush()
             current, size = {}, 0
-        current[name], size = t, size + nbytes
-    shards.append(current)
-    if len(shards) == 1:
+        current[name], size, total = t, size + nbytes, total + nbytes
+    flush()
+    # names need the shard count, known only now
+    if len(written) == 1:
         names = ["model.safetensors"]
     else:
-        names = [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
-    for name, shard in zip(names, shards):
-        file = os.path.join(path, name)
-        save_file(shard, file + ".tmp", metadata={"format": "pt"})
-        os.replace(file + ".tmp", file)
-    if len(shards) > 1:
-        index = {"metadata": {"total_size": sum(t.numel() * t.element_size() for t in tensors.values())},
-                 "weight_map": {k: n for n, shard in zip(names, shards) for k in shard}}
+        names = [f"model-{i + 1:05d}-of-{len(written):05d}.safetensors" for i in range(len(written))]
+    for (file, keys), name in zip(written, names):
+        os.replace(file, os.path.join(path, name))
+        weight_map.update({k: name for k in keys})
+    if len(written) > 1:
+        index = {"metadata": {"total_size": total}, "weight_map": weight_map}
         _write_atomically(os.path.join(path, "model.safetensors.index.json"),
                           lambda f: f.write(json.dumps(index, indent=2)), "w")
 
