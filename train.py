@@ -18,11 +18,12 @@ compute (MixedPrecisionPolicy), activation checkpointing per block. With `sp_siz
 and Ulysses all-to-alls (seqpar.py) enter through the attention call. Even one process runs under a process group
 (a world of one), so there is a single code path.
 
-Checkpoints are Hugging Face directories (config.json, model.safetensors, tokenizer) plus train_state.pt (optimizer,
-step, data cursor, RNG), written to a temporary name, renamed, and only then named in `latest`; a crash at any
-moment leaves the previous checkpoint as the latest. `resume=True` continues from it exactly. Stage hand-off
-(64K -> 512K): `init_from=<64K checkpoint> load_optimizer=True` takes weights and optimizer state, restarts the LR
-schedule, and applies this config's RoPE base and mixture.
+Checkpoints (checkpoint.py) are Hugging Face directories (config.json, model.safetensors, tokenizer) plus the
+training state sharded with torch.distributed.checkpoint (every rank writes its own part; a run resumes on another
+world size, every tensor in its own dtype), written to a temporary name, renamed, and only then named in `latest`;
+a crash at any moment leaves the previous checkpoint as the latest. `resume=True` continues from it exactly. Stage
+hand-off (64K -> 512K): `init_from=<64K checkpoint> load_optimizer=True` takes weights and optimizer state,
+restarts the LR schedule, and applies this config's RoPE base and mixture.
 """
 import ast
 import difflib
@@ -30,21 +31,19 @@ import json
 import math
 import os
 import resource
-import shutil
 import sys
 import time
 
 import torch
 import torch.distributed as dist
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
-from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
-                                                     get_optimizer_state_dict, set_model_state_dict,
-                                                     set_optimizer_state_dict)
+from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
+import checkpoint
 import data
-from model import Llama, LlamaConfig
+from model import Llama, LlamaConfig, check_token_ids, is_local_path
 
 DEFAULTS = dict(
     out_dir="runs/default",  # checkpoints, metrics.jsonl
@@ -85,7 +84,9 @@ DEFAULTS = dict(
     eval_interval=0,  # 0: validate only at the start and the end
     checkpoint_interval=0,  # 0: only at the end
     keep_checkpoints=2,
-    resume=False,  # continue from out_dir/latest
+    hf_weights=True,  # also write HF safetensors in every checkpoint (else: python checkpoint.py export)
+    hf_dtype=None,  # dtype of those safetensors, e.g. "bfloat16"; None: the master weights' dtype
+    resume=False,  # continue from out_dir/latest (from scratch, said in the log, when there is none yet)
     load_optimizer=False,  # also take the optimizer state of init_from (stage hand-off)
     peak_flops=None,  # per device, for MFU; None: looked up from the device
 )
@@ -113,7 +114,14 @@ def load_config(argv):
         if not os.path.isfile(path):
             raise ConfigError(f"config file {path} not found")
         namespace = {}
-        exec(compile(open(path).read(), path, "exec"), namespace)
+        try:
+            exec(compile(open(path).read(), path, "exec"), namespace)
+        except SyntaxError as e:
+            raise ConfigError(f"{path} line {e.lineno}: {e.msg} (config files are Python assignments)") from None
+        except Exception as e:  # a NameError, an import that fails...
+            line = next((f.lineno for f in reversed(__import__("traceback").extract_tb(e.__traceback__))
+                         if f.filename == path), "?")
+            raise ConfigError(f"{path} line {line}: {type(e).__name__}: {e}") from None
         cfg.update({k: v for k, v in namespace.items() if not k.startswith("_") and not callable(v)
                     and type(v).__name__ != "module"})
         check_keys(cfg, f"in {path}")
@@ -156,19 +164,33 @@ def validate(cfg, world_size):
         raise ConfigError(f"tokens_per_step {cfg['tokens_per_step']} is not a multiple of seq_len x "
                           f"micro_batch_sequences x data-parallel size = {per_micro_batch}")
     for name in ("mixture",) + (("val_mixture",) if cfg["val_mixture"] else ()):
-        mix = cfg[name]
-        if not mix:
-            raise ConfigError(f"{name} is empty: give at least one {{path, proportion, length, mode}}")
-        total = sum(c.get("proportion", 0) for c in mix)
-        if abs(total - 1) > 1e-6:
-            raise ConfigError(f"{name} proportions sum to {total:.6g}, not 1")
-        for c in mix:
-            if not os.path.isdir(os.path.join(cfg["data_root"], c.get("path", ""))):
-                raise ConfigError(f"{name}: data directory {os.path.join(cfg['data_root'], c.get('path', ''))} "
-                                  f"not found (build it with data.py)")
+        try:
+            data.check_mixture(cfg[name], cfg["seq_len"], root=cfg["data_root"], name=name)
+        except data.DataError as e:
+            raise ConfigError(str(e)) from None
     if cfg["max_steps"] < 1:
         raise ConfigError("max_steps must be at least 1")
+    if cfg["hf_dtype"] not in (None, "float32", "bfloat16", "float16", "float64"):
+        raise ConfigError(f"hf_dtype must be float32, bfloat16, float16 or float64, got {cfg['hf_dtype']!r}")
     return dp, cfg["tokens_per_step"] // per_micro_batch
+
+
+def check_init_from(path):
+    """A local init_from must be a whole HF directory; a hub id ('org/name') is fetched later by rank 0."""
+    if not path:
+        return
+    if not is_local_path(path):
+        return
+    path = os.path.expanduser(path)
+    if not os.path.isdir(path):
+        raise ConfigError(f"init_from {path}: no such checkpoint directory")
+    if not os.path.exists(os.path.join(path, "config.json")):
+        raise ConfigError(f"init_from {path}: no config.json (an HF checkpoint directory holds config.json and "
+                          f"*.safetensors)")
+    if not any(f.endswith(".safetensors") for f in os.listdir(path)):
+        hint = f"; write them with: python checkpoint.py export {path} {path}" if os.path.isdir(
+            os.path.join(path, "train_state")) else ""
+        raise ConfigError(f"init_from {path}: no *.safetensors weights{hint}")
 
 
 def resolved(mixture, root):
@@ -201,21 +223,27 @@ def build_model(cfg, mesh, device, log):
     param_dtype, compute_dtype = getattr(torch, cfg["param_dtype"]), getattr(torch, cfg["compute_dtype"])
     full_state, config = {}, None
     if cfg["init_from"]:
-        if dist.get_rank() == 0:
+        def load():
             source = Llama.from_pretrained(cfg["init_from"], dtype=param_dtype)
-            full_state, config = source.state_dict(), source.config
-        config = broadcast_object(config)
+            full_state.update(source.state_dict())
+            return source.config
+        config = on_rank0(load, f"init_from {cfg['init_from']}")
     else:
         presets = {"tiny": LlamaConfig.tiny, "llama3_2_1b": LlamaConfig.llama3_2_1b,
                    "llama3_8b": LlamaConfig.llama3_8b}
         if cfg["model"] not in presets:
             raise ConfigError(f"model {cfg['model']!r} is not a preset ({', '.join(presets)})")
-        config = presets[cfg["model"]](**cfg["model_overrides"])
+        try:
+            config = presets[cfg["model"]](**cfg["model_overrides"])
+        except (TypeError, ValueError) as e:  # a misspelt field, or heads that do not divide
+            raise ConfigError(f"model_overrides {cfg['model_overrides']}: {e}") from None
         if dist.get_rank() == 0:
             torch.manual_seed(cfg["seed"])
             full_state = Llama(config).to(param_dtype).state_dict()
     if cfg["rope_theta"]:
         config.rope_theta = float(cfg["rope_theta"])
+    # the checkpoint will say it was trained at seq_len (evaluate.py's default lengths go up to it)
+    config.max_position_embeddings = max(config.max_position_embeddings, cfg["seq_len"])
     if cfg["sp_size"] > 1:
         import seqpar
         try:
@@ -271,6 +299,21 @@ def broadcast_object(obj):
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def on_rank0(fn, what):
+    """fn() on rank 0 only, its result broadcast; a failure there becomes one ConfigError on every rank (instead of
+    a traceback on rank 0 and the other ranks waiting forever)."""
+    result, error = None, None
+    if dist.get_rank() == 0:
+        try:
+            result = fn()
+        except (ValueError, OSError, KeyError, data.DataError) as e:
+            error = f"{what}: {' '.join(str(e).split())}"
+    result, error = broadcast_object((result, error))
+    if error:
+        raise ConfigError(error)
+    return result
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -333,9 +376,19 @@ def validation_loss(model, sequences, device, split=None):
 
 
 def forward(model, batch, device):
-    """(summed loss, valid labels) of one packed batch; a sequence-parallel slice carries its global positions."""
+    """(summed loss, valid labels) of one packed batch; a sequence-parallel slice carries its global positions.
+
+    Token ids and labels are checked here, on the host, so that the model need not sync with the GPU to do it;
+    cu_seqlens stays on the host too (attention.prepare reads it there and copies it to the device once)."""
+    vocab = model.config.vocab_size
+    try:
+        check_token_ids(batch.input_ids, vocab)
+        check_token_ids(batch.labels, vocab, "labels")
+    except ValueError as e:
+        raise data.DataError(str(e)) from None
     positions = getattr(batch, "position_ids", None)
-    return model(batch.input_ids.to(device), cu_seqlens=batch.cu_seqlens.to(device), labels=batch.labels.to(device),
+    return model(batch.input_ids.to(device, non_blocking=True), cu_seqlens=batch.cu_seqlens,
+                 labels=batch.labels.to(device, non_blocking=True),
                  position_ids=None if positions is None else positions.to(device))
 
 
@@ -362,75 +415,35 @@ def step_flops(config, cu_seqlens_list):
     return 6 * matmul_params * tokens + 6 * c.head_dim * c.num_attention_heads * c.num_hidden_layers * squares
 
 
+# Dense (no sparsity) peaks per GPU in TFLOP/s, from the vendors' data sheets: (name, bf16/fp16, tf32, fp32 without
+# tensor cores). fp32 compute counts against the TF32 peak when torch.set_float32_matmul_precision allows TF32, else
+# against the plain fp32 peak. Order matters: "H100 PCIe" and "H100 NVL" must match before plain "H100" (SXM).
+GPU_PEAKS = (("H100 PCIe", 756, 378, 51), ("H100 NVL", 835, 418, 60), ("H200 NVL", 835, 418, 60),
+             ("GH200", 989, 495, 67), ("H200", 989, 495, 67), ("H100", 989, 495, 67), ("H800", 989, 495, 67),
+             ("B200", 2250, 1100, 80), ("A100", 312, 156, 19.5), ("A800", 312, 156, 19.5), ("L40S", 362, 183, 91.6),
+             ("A10", 125, 62.5, 31.2), ("RTX 4090", 165, 82.6, 82.6))
+
+
 def peak_flops_per_device(device, dtype):
+    """(peak FLOP/s, where it comes from) for MFU; (None, why) for a GPU not in the table: set peak_flops."""
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
-        for key, flops in (("H200", 989e12), ("H100", 989e12), ("A100", 312e12), ("L40S", 362e12), ("A10", 125e12)):
+        for key, half, tf32, fp32 in GPU_PEAKS:
             if key in name:
-                return flops
-        return 312e12
+                if dtype in (torch.bfloat16, torch.float16):
+                    return half * 1e12, f"{key} dense {str(dtype).removeprefix('torch.')}"
+                if dtype == torch.float32 and torch.get_float32_matmul_precision() != "highest":
+                    return tf32 * 1e12, f"{key} dense tf32"
+                return fp32 * 1e12, f"{key} {str(dtype).removeprefix('torch.')} (no tensor cores)"
+        return None, f"unknown GPU {name!r}: set peak_flops for MFU"
     # measured on the 2-core reference machine (DESIGN.md): fp32 ~180 GFLOP/s, bf16 ~420 GFLOP/s
-    return 420e9 if dtype == torch.bfloat16 else 180e9
+    return (420e9, "2-core CPU bf16, measured") if dtype == torch.bfloat16 else (180e9, "2-core CPU fp32, measured")
 
 
 def peak_memory_gib(device):
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**30
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# checkpoints
-
-
-def save_checkpoint(model, optimizer, cfg, step, data_state, tokenizer):
-    """Gather full weights and optimizer state to rank 0 and write them under a temporary name; rename; then point
-    `latest` at it; then prune. Every rank must call this."""
-    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    weights = get_model_state_dict(model, options=options)
-    optim = get_optimizer_state_dict(model, optimizer, options=options)
-    if dist.get_rank() == 0:
-        name = f"step_{step:07d}"
-        final, tmp = os.path.join(cfg["out_dir"], name), os.path.join(cfg["out_dir"], f".tmp-{name}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        model.save_pretrained(tmp, state_dict=weights)
-        tokenizer.save(tmp)
-        torch.save({"optimizer": optim, "step": step, "data": data_state, "rng": torch.get_rng_state(),
-                    "config": json.dumps(cfg, default=str)}, os.path.join(tmp, "train_state.pt"))
-        shutil.rmtree(final, ignore_errors=True)  # a stale one from a run that crashed after this step
-        os.replace(tmp, final)
-        latest = os.path.join(cfg["out_dir"], "latest")
-        with open(latest + ".tmp", "w") as f:
-            f.write(name + "\n")
-        os.replace(latest + ".tmp", latest)
-        kept = sorted(d for d in os.listdir(cfg["out_dir"]) if d.startswith("step_"))
-        for old in kept[:-cfg["keep_checkpoints"]] if cfg["keep_checkpoints"] > 0 else []:
-            shutil.rmtree(os.path.join(cfg["out_dir"], old))
-    dist.barrier()
-
-
-def latest_checkpoint(out_dir):
-    pointer = os.path.join(out_dir, "latest")
-    if not os.path.exists(pointer):
-        return None
-    path = os.path.join(out_dir, open(pointer).read().strip())
-    if not os.path.exists(os.path.join(path, "train_state.pt")):
-        raise ConfigError(f"{pointer} names {path}, which has no train_state.pt")
-    return path
-
-
-def load_train_state(model, optimizer, path):
-    """Optimizer state from rank 0's copy of path/train_state.pt, spread over the current mesh."""
-    state = torch.load(os.path.join(path, "train_state.pt"), weights_only=True) if dist.get_rank() == 0 else {}
-    set_optimizer_state_dict(model, optimizer, optim_state_dict=state.get("optimizer", {}),
-                             options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
-    state.pop("optimizer", None)
-    return broadcast_object(state)
-
-
-def load_weights(model, path):
-    full = Llama.from_pretrained(path).state_dict() if dist.get_rank() == 0 else {}
-    set_model_state_dict(model, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -444,8 +457,9 @@ def main(argv=None):
     try:
         cfg = load_config(argv)
         dp, accumulation = validate(cfg, world)
+        check_init_from(cfg["init_from"])
         run(cfg, rank, world, dp, accumulation, device, log)
-    except (ConfigError, data.DataError) as e:
+    except (ConfigError, data.DataError, checkpoint.CheckpointError) as e:
         if rank == 0:
             print(f"error: {e}", file=sys.stderr, flush=True)
         dist.destroy_process_group()
@@ -454,10 +468,12 @@ def main(argv=None):
 
 
 def run(cfg, rank, world, dp, accumulation, device, log):
-    sp = cfg["sp_size"]
-    resume_from = latest_checkpoint(cfg["out_dir"]) if cfg["resume"] else None
-    if not cfg["resume"] and os.path.exists(os.path.join(cfg["out_dir"], "latest")):
-        raise ConfigError(f"{cfg['out_dir']} already holds a run's checkpoints: resume=True to continue it, or "
+    sp, out_dir = cfg["sp_size"], cfg["out_dir"]
+    resume_from = checkpoint.latest(out_dir) if cfg["resume"] else None
+    if cfg["resume"] and resume_from is None:
+        log(f"resume=True: no checkpoint in {out_dir} yet, so this run starts from step 0")
+    if not cfg["resume"] and os.path.exists(os.path.join(out_dir, "latest")):
+        raise ConfigError(f"{out_dir} already holds a run's checkpoints: resume=True to continue it, or "
                           f"choose another out_dir")
     # FSDP shards over all ranks; the (dp, sp) mesh says which ranks share a sequence
     mesh = init_device_mesh(device.type, (dp, sp), mesh_dim_names=("dp", "sp"))
@@ -468,10 +484,17 @@ def run(cfg, rank, world, dp, accumulation, device, log):
                                                          os.path.isdir(cfg["init_from"]) else None))
     steps_total = cfg["max_steps"]
     sequences_per_rank = accumulation * cfg["micro_batch_sequences"]
+    # all the data, held-out included, is opened and checked before the (slow) model is built
     train_data = data.Mixture(resolved(cfg["mixture"], cfg["data_root"]), cfg["seq_len"], seed=cfg["seed"],
                               dp_rank=dp_rank, dp_size=dp, num_sequences=steps_total * sequences_per_rank * dp,
                               allow_repeat=cfg["allow_repeat"])
     check_tokenizer(train_data, tokenizer)
+    val = []
+    if cfg["val_mixture"]:
+        val_data = data.Mixture(resolved(cfg["val_mixture"], cfg["data_root"]), cfg["seq_len"], seed=cfg["seed"] + 1,
+                                dp_rank=dp_rank, dp_size=dp, allow_repeat=True)
+        check_tokenizer(val_data, tokenizer)
+        val = [as_tensors(val_data.sequence(g)) for g in range(dp_rank, cfg["val_sequences"], dp)]
     model = build_model(cfg, fsdp_mesh, device, log)
     if model.config.vocab_size < tokenizer.n_vocab:
         raise ConfigError(f"tokenizer {tokenizer.name} has {tokenizer.n_vocab} ids but the model's vocabulary is "
@@ -481,29 +504,28 @@ def run(cfg, rank, world, dp, accumulation, device, log):
         split = seqpar.enable(model, mesh["sp"].get_group(), mesh.get_local_rank("sp"))
     optimizer = build_optimizer(model, cfg)
 
-    step, out_dir = 0, cfg["out_dir"]
+    step = 0
     if rank == 0:
         os.makedirs(out_dir, exist_ok=True)
-        for stale in (d for d in os.listdir(out_dir) if d.startswith(".tmp-")):  # a save cut short by a crash
-            shutil.rmtree(os.path.join(out_dir, stale))
+        for stale in checkpoint.remove_stale(out_dir):
+            log(f"removed {stale}: a checkpoint save cut short by a crash")
+    dist.barrier()
     if resume_from:
-        load_weights(model, resume_from)
-        state = load_train_state(model, optimizer, resume_from)
+        state = checkpoint.read_train_state(resume_from)
+        checkpoint.check_same_model(state, model, cfg["param_dtype"], resume_from)
+        checkpoint.load(model, optimizer, resume_from)
         step = state["step"]
         train_data.load_state_dict(state["data"])
-        torch.set_rng_state(state["rng"])
-        log(f"resumed from {resume_from} at step {step}")
+        torch.set_rng_state(torch.tensor(state["rng"], dtype=torch.uint8))
+        log(f"resumed from {resume_from} at step {step} (saved by {state['world_size']} ranks, now {world})")
     elif cfg["init_from"] and cfg["load_optimizer"]:
-        load_train_state(model, optimizer, cfg["init_from"])  # weights came with the model; the schedule restarts
+        if not os.path.isdir(os.path.join(cfg["init_from"], "train_state")):
+            raise ConfigError(f"load_optimizer=True: {cfg['init_from']} has no train_state/ (only checkpoints "
+                              f"written by train.py carry optimizer state)")
+        checkpoint.load_optimizer(model, optimizer, cfg["init_from"])  # weights came with the model
         log(f"optimizer state from {cfg['init_from']}; learning-rate schedule restarted")
     if rank == 0:
         keep_metrics_until(os.path.join(out_dir, "metrics.jsonl"), step)
-
-    val = []
-    if cfg["val_mixture"]:
-        val_data = data.Mixture(resolved(cfg["val_mixture"], cfg["data_root"]), cfg["seq_len"], seed=cfg["seed"] + 1,
-                                dp_rank=dp_rank, dp_size=dp, allow_repeat=True)
-        val = [as_tensors(val_data.sequence(g)) for g in range(dp_rank, cfg["val_sequences"], dp)]
 
     def validate_now():
         if val:
@@ -511,11 +533,23 @@ def run(cfg, rank, world, dp, accumulation, device, log):
             log(f"step {step:>6} | validation loss {loss:.4f}")
             write_metrics(rank, out_dir, {"step": step, "val_loss": loss})
 
+    def save():
+        path = checkpoint.save(model, optimizer, out_dir, step, {"data": train_data.state_dict(),
+                               "rng": torch.get_rng_state().tolist(), "config": cfg}, tokenizer,
+                               keep=cfg["keep_checkpoints"], hf_weights=cfg["hf_weights"],
+                               hf_dtype=cfg["hf_dtype"] and getattr(torch, cfg["hf_dtype"]),
+                               max_position_embeddings=cfg["seq_len"])
+        log(f"checkpoint saved: {path}")
+
     log(f"training: {steps_total} steps of {cfg['tokens_per_step']:,} tokens; {world} ranks (dp {dp} x sp {sp}), "
         f"{accumulation} micro-batches of {cfg['micro_batch_sequences']} x {cfg['seq_len']} tokens per rank per step")
     if step == 0:
         validate_now()
-    peak = cfg["peak_flops"] or peak_flops_per_device(device, getattr(torch, cfg["compute_dtype"]))
+    if cfg["peak_flops"]:
+        peak, source = cfg["peak_flops"], "peak_flops setting"
+    else:
+        peak, source = peak_flops_per_device(device, getattr(torch, cfg["compute_dtype"]))
+    log(f"MFU against {peak / 1e12:,.3f} TFLOP/s per device ({source})" if peak else f"MFU not shown: {source}")
     step_times = []
     while step < steps_total:
         t0 = time.perf_counter()
@@ -525,27 +559,27 @@ def run(cfg, rank, world, dp, accumulation, device, log):
         for group in optimizer.param_groups:
             group["lr"] = lr
         loss, grad_norm = train_step(model, optimizer, batches, device, cfg["grad_clip"], split)
-        flops = torch.tensor(step_flops(model.config, [b.cu_seqlens for b in batches]) / sp, dtype=torch.float64)
+        # counted on the host; the all-reduce needs a device tensor (an NCCL group has no CPU backend)
+        flops = torch.tensor(step_flops(model.config, [b.cu_seqlens for b in batches]) / sp, dtype=torch.float64,
+                             device=device)
         dist.all_reduce(flops)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
         step += 1
-        dt = time.perf_counter() - t0
+        dt = time.perf_counter() - t0  # loss.item() in train_step already waited for the GPU
         step_times.append(dt)
         if step % cfg["log_interval"] == 0 or step == steps_total:
             eta = sorted(step_times[-20:])[len(step_times[-20:]) // 2] * (steps_total - step)
+            mfu = flops.item() / dt / (peak * world) if peak else None
             record = {"step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
-                      "tokens_per_s": cfg["tokens_per_step"] / dt, "mfu": flops.item() / dt / (peak * world),
+                      "tokens_per_s": cfg["tokens_per_step"] / dt, "mfu": mfu,
                       "peak_mem_gib": peak_memory_gib(device), "step_s": dt}
             log(f"step {step:>6}/{steps_total} | loss {loss:.4f} | lr {lr:.2e} | grad {grad_norm:.3f} | "
-                f"{record['tokens_per_s']:,.0f} tok/s | MFU {100 * record['mfu']:.1f}% | "
+                f"{record['tokens_per_s']:,.0f} tok/s | MFU {f'{100 * mfu:.1f}%' if mfu is not None else 'n/a'} | "
                 f"mem {record['peak_mem_gib']:.2f} GiB | ETA {format_seconds(eta)}")
             write_metrics(rank, out_dir, record)
         if cfg["eval_interval"] and step % cfg["eval_interval"] == 0 and step < steps_total:
             validate_now()
         if (cfg["checkpoint_interval"] and step % cfg["checkpoint_interval"] == 0) or step == steps_total:
-            save_checkpoint(model, optimizer, cfg, step, train_data.state_dict(), tokenizer)
-            log(f"checkpoint saved: {os.path.join(out_dir, f'step_{step:07d}')}")
+            save()
     validate_now()
 
 

@@ -118,17 +118,17 @@ def test_resume_after_sigkill_is_exact(tmp_path, domains):
 
 
 KILL_DURING_SAVE = """
-import os, signal, sys, torch
+import os, signal, sys
 sys.path.insert(0, {root!r})
-import train
-real_save = torch.save
-def save_then_die(obj, path, *args, **kwargs):
-    if "step_0000004" in str(path):  # the second checkpoint: weights written, train_state half written
+import model, train
+real_save = model.save_file
+def save_then_die(tensors, path, *args, **kwargs):
+    if "step_0000004" in str(path):  # the second checkpoint: sharded state written, HF weights half written
         with open(path, "wb") as f:
             f.write(b"partial")
         os.kill(os.getpid(), signal.SIGKILL)
-    return real_save(obj, path, *args, **kwargs)
-torch.save = save_then_die
+    return real_save(tensors, path, *args, **kwargs)
+model.save_file = save_then_die
 train.main([{config!r}])
 """
 
@@ -223,7 +223,7 @@ def test_recipe_config_dry_run(tmp_path, name, scale, fewer, sp):
                                   out=str(tmp_path / "run"), sp=sp))
     proc = run(["train.py", str(dry), "--allow_repeat=True"], nproc=sp)
     assert f"(dp 1 x sp {sp})" in proc.stdout
-    assert "step      1/1" in proc.stdout and os.path.exists(tmp_path / "run" / "step_0000001" / "train_state.pt")
+    assert "step      1/1" in proc.stdout and os.path.exists(tmp_path / "run" / "step_0000001" / "train_state.json")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -259,12 +259,82 @@ def test_fresh_run_refuses_to_overwrite_a_run(tmp_path, domains):
 
 
 def test_learning_rate_schedule():
-    cfg = dict(train.DEFAULTS, max_steps=100, lr=1e-5, min_lr=1e-6, warmup_fraction=0.1)
-    lrs = [train.lr_at(s, cfg) for s in range(100)]
-    assert lrs[0] == pytest.approx(1e-6) and lrs[9] == pytest.approx(1e-5)
-    assert all(a <= b for a, b in zip(lrs[:10], lrs[1:10]))
-    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
-    assert lrs[-1] == pytest.approx(1e-6, rel=1e-2)
+    """Linear warmup to lr, then a cosine (not linear) decay to min_lr, checked at exact points."""
+    cfg = dict(train.DEFAULTS, max_steps=110, lr=1e-5, min_lr=1e-6, warmup_fraction=1 / 11)
+    lrs = [train.lr_at(s, cfg) for s in range(111)]
+    assert lrs[0] == pytest.approx(1e-6) and lrs[4] == pytest.approx(5e-6) and lrs[9] == pytest.approx(1e-5)
+    assert lrs[10] == pytest.approx(1e-5)  # decay starts after the 10 warmup steps
+    # progress 1/4, 1/2, 3/4 and 1 of the decay: min + (max - min) (1 + cos(pi p)) / 2
+    for step, expected in ((35, 1e-6 + 9e-6 * (1 + 2 ** -0.5) / 2), (60, 5.5e-6), (85, 1e-6 + 9e-6 * (1 - 2 ** -0.5) / 2),
+                           (110, 1e-6)):
+        assert lrs[step] == pytest.approx(expected, rel=1e-12), step
+
+
+def test_train_step_clips_and_decays_only_matrices():
+    """Two optimizer steps against AdamW written out by hand in float64: the gradient is clipped to grad_clip by its
+    global norm, and weight decay touches matrices but not the RMSNorm weights."""
+    import torch.distributed as dist
+    from tests.train_worker import VOCAB, global_batch
+    started = not dist.is_initialized()
+    if started:
+        train.init_distributed()
+    try:
+        torch.manual_seed(3)
+        cfg = dict(train.DEFAULTS, lr=1e-2, weight_decay=0.1, beta1=0.9, beta2=0.95)
+        model = Llama(LlamaConfig.tiny(vocab_size=VOCAB, num_hidden_layers=2)).double()
+        for p in model.parameters():  # norm weights away from 1, so that a decay of them would show
+            if p.dim() == 1:
+                p.data.uniform_(0.5, 1.5)
+        ref = {n: p.detach().clone() for n, p in model.named_parameters()}
+        m = {n: torch.zeros_like(p) for n, p in ref.items()}
+        v = {n: torch.zeros_like(p) for n, p in ref.items()}
+        optimizer = train.build_optimizer(model, cfg)
+        batch = global_batch()
+        for t, grad_clip in ((1, 0.05), (2, 1e9)):
+            # reference gradient of the mean loss over all valid tokens, from a plain cross-entropy
+            shadow = Llama(model.config).double()
+            shadow.load_state_dict(ref)
+            logits = torch.cat([shadow(s.input_ids, cu_seqlens=s.cu_seqlens) for s in batch])
+            loss = F.cross_entropy(logits, torch.cat([s.labels for s in batch]), ignore_index=-100)
+            grads = dict(zip(ref, torch.autograd.grad(loss, list(shadow.parameters()))))
+            norm = torch.sqrt(sum((g ** 2).sum() for g in grads.values()))
+            scale = min(1.0, grad_clip / (norm.item() + 1e-6))
+            got_loss, got_norm = train.train_step(model, optimizer, train.micro_batches(batch, 1), torch.device("cpu"),
+                                                  grad_clip)
+            assert got_loss == pytest.approx(loss.item(), rel=1e-12) and got_norm == pytest.approx(norm.item(),
+                                                                                                   rel=1e-10)
+            for n, p in ref.items():
+                g = grads[n] * scale
+                m[n] = 0.9 * m[n] + 0.1 * g
+                v[n] = 0.95 * v[n] + 0.05 * g * g
+                decay = 0.1 if p.dim() >= 2 else 0.0
+                step = (m[n] / (1 - 0.9 ** t)) / ((v[n] / (1 - 0.95 ** t)).sqrt() + 1e-8)
+                ref[n] = p * (1 - 1e-2 * decay) - 1e-2 * step
+        assert scale == 1.0  # the second step was not clipped, the first was (norm >> 0.05)
+        for n, p in model.named_parameters():
+            assert (p.detach() - ref[n]).abs().max() < 1e-12, n
+    finally:
+        if started:
+            dist.destroy_process_group()
+
+
+def test_peak_flops_table(monkeypatch):
+    """PCIe and NVL parts get their own peaks; fp32 is not divided by the bf16 peak; an unknown GPU gets none."""
+    cuda = torch.device("cuda", 0)
+    monkeypatch.setattr(torch, "get_float32_matmul_precision", lambda: "highest")
+    for name, dtype, expected in (("NVIDIA H100 80GB HBM3", torch.bfloat16, 989e12),
+                                  ("NVIDIA H100 PCIe", torch.bfloat16, 756e12),
+                                  ("NVIDIA H100 NVL", torch.bfloat16, 835e12),
+                                  ("NVIDIA H200 NVL", torch.bfloat16, 835e12),
+                                  ("NVIDIA H200", torch.bfloat16, 989e12),
+                                  ("NVIDIA A100-SXM4-80GB", torch.float32, 19.5e12),
+                                  ("NVIDIA A100-SXM4-80GB", torch.bfloat16, 312e12)):
+        monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None, n=name: n)
+        peak, source = train.peak_flops_per_device(cuda, dtype)
+        assert peak == expected, (name, dtype, peak, source)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Some Future GPU")
+    peak, source = train.peak_flops_per_device(cuda, torch.bfloat16)
+    assert peak is None and "peak_flops" in source
 
 
 def test_micro_batches_keep_every_sequence_and_order_by_squared_lengths():

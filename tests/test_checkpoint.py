@@ -1,0 +1,238 @@
+"""Sharded checkpoints (checkpoint.py) through train.py with real torchrun/gloo groups: exact resume on another world
+size in float64, the HF directory next to the sharded state, export, stage hand-off, and every checkpoint error a
+user can cause, each one clear line through the command line."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from tests.test_train import ENV, ROOT, domains, metrics, run, tiny_config  # noqa: F401 (domains is a fixture)
+import data  # noqa: E402
+from model import Llama, LlamaConfig  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+
+def one_line_error(proc, *fragments):
+    assert proc.returncode == 2, (proc.returncode, proc.stdout[-2000:], proc.stderr[-2000:])
+    err = proc.stderr.strip()
+    assert err.count("\n") == 0 and err.startswith("error: "), err
+    for fragment in fragments:
+        assert fragment in err, (fragment, err)
+    assert "Traceback" not in proc.stderr
+    return err
+
+
+def weights(path):
+    return Llama.from_pretrained(str(path), dtype=torch.float64).state_dict()
+
+
+def optimizer_state(step_dir, tmp_path):
+    """A checkpoint's sharded optimizer state, gathered by DCP's own converter (not by our loader)."""
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+    out = tmp_path / f"{os.path.basename(step_dir)}-optim.pt"
+    dcp_to_torch_save(str(step_dir / "train_state"), str(out))
+    return torch.load(out, weights_only=False)["optim"]["state"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_resume_on_fewer_ranks_is_exact_in_float64(tmp_path, domains):
+    """4 ranks train 6 steps; the step-3 checkpoint resumed on 2 ranks gives the same losses and weights."""
+    settings = dict(param_dtype="float64", compute_dtype="float64", tokens_per_step=512, max_steps=6,
+                    checkpoint_interval=3, keep_checkpoints=3)
+    straight = tiny_config(tmp_path / "a", domains, **settings)
+    run(["train.py", straight], nproc=4)
+    a = tmp_path / "a" / "run"
+    # every rank wrote its own shard file of the sharded state
+    assert len([f for f in os.listdir(a / "step_0000003" / "train_state") if f.endswith(".distcp")]) == 4
+
+    resumed = tiny_config(tmp_path / "b", domains, **settings)
+    b = tmp_path / "b" / "run"
+    os.makedirs(b)
+    shutil.copytree(a / "step_0000003", b / "step_0000003")  # as if the run had been killed after step 3
+    (b / "latest").write_text("step_0000003\n")
+    proc = run(["train.py", resumed, "--resume=True"], nproc=2)
+    assert "saved by 4 ranks, now 2" in proc.stdout
+
+    loss_a = [m["loss"] for m in metrics(a) if "loss" in m][3:]
+    loss_b = [m["loss"] for m in metrics(b) if "loss" in m]
+    assert len(loss_b) == 3 and max(abs(x - y) for x, y in zip(loss_a, loss_b)) < 1e-12, (loss_a, loss_b)
+    final_a, final_b = weights(a / "step_0000006"), weights(b / "step_0000006")
+    assert all(final_a[k].dtype == torch.float64 for k in final_a)
+    assert max((final_a[k] - final_b[k]).abs().max().item() for k in final_a) < 1e-12
+    # the optimizer moments came back too (a resume that dropped them would change the weights above as well)
+    state_a, state_b = optimizer_state(a / "step_0000006", tmp_path), optimizer_state(b / "step_0000006", tmp_path)
+    for name in state_a:
+        assert state_a[name]["exp_avg_sq"].dtype == torch.float64
+        assert torch.allclose(state_a[name]["exp_avg_sq"], state_b[name]["exp_avg_sq"], rtol=1e-10, atol=0)
+        assert int(state_b[name]["step"]) == 6
+
+
+def test_hf_directory_loads_in_transformers_and_export_writes_the_same(tmp_path, domains):
+    transformers = pytest.importorskip("transformers")
+    with_hf = tiny_config(tmp_path / "a", domains, max_steps=2, seq_len=128,
+                          model_overrides={"num_hidden_layers": 1, "max_position_embeddings": 64})
+    run(["train.py", with_hf])
+    step = tmp_path / "a" / "run" / "step_0000002"
+    config = json.load(open(step / "config.json"))
+    assert config["max_position_embeddings"] == 128  # trained at seq_len 128, though the preset said 64
+    hf = transformers.AutoModelForCausalLM.from_pretrained(str(step), dtype=torch.float32)
+    ours = Llama.from_pretrained(str(step))
+    ids = torch.randint(0, 128256, (1, 50))
+    assert torch.allclose(hf(ids).logits[0], ours(ids[0]), atol=1e-4)
+
+    without = tiny_config(tmp_path / "b", domains, max_steps=2, hf_weights=False,
+                          model_overrides={"num_hidden_layers": 1, "max_position_embeddings": 64})
+    run(["train.py", without])
+    bare = tmp_path / "b" / "run" / "step_0000002"
+    assert not any(f.endswith(".safetensors") for f in os.listdir(bare))
+    proc = run(["train.py", without, f"--out_dir={tmp_path / 'c'}", f"--init_from={bare}"], check=False)
+    one_line_error(proc, "no *.safetensors", "checkpoint.py export")
+    exported = tmp_path / "exported"
+    subprocess.run([sys.executable, "checkpoint.py", "export", str(bare), str(exported)], cwd=ROOT, env=ENV,
+                   check=True, capture_output=True)
+    ref, got = weights(step), weights(exported)
+    assert ref.keys() == got.keys() and all(torch.equal(ref[k], got[k]) for k in ref)
+    assert json.load(open(exported / "config.json"))["max_position_embeddings"] == 128
+    assert os.path.exists(exported / "tokenizer.model")
+
+
+def test_stage_hand_off_takes_weights_and_optimizer_and_restarts_the_schedule(tmp_path, domains):
+    first = tiny_config(tmp_path / "a", domains, max_steps=3)
+    run(["train.py", first])
+    stage1 = tmp_path / "a" / "run" / "step_0000003"
+    second = tiny_config(tmp_path / "b", domains, max_steps=2, init_from=str(stage1), load_optimizer=True,
+                         rope_theta=2e6, seq_len=256, lr=1e-3, warmup_fraction=0.5,
+                         mixture=[{"path": "code", "proportion": 1.0, "length": 256, "mode": "chunk"}])
+    proc = run(["train.py", second])
+    assert "optimizer state from" in proc.stdout and "RoPE base 2e+06" in proc.stdout
+    stage2 = tmp_path / "b" / "run" / "step_0000002"
+    config = json.load(open(stage2 / "config.json"))
+    assert config["rope_theta"] == 2e6 and config["max_position_embeddings"] >= 256
+    lrs = [m["lr"] for m in metrics(tmp_path / "b" / "run") if "lr" in m]
+    assert lrs == [pytest.approx(1e-3)] * 2  # warmup of 1 step: the stage's own schedule, from its start
+    # AdamW's step counter continues from stage 1 (3 steps) instead of restarting at 0
+    state = optimizer_state(stage2, tmp_path)
+    assert {int(s["step"]) for s in state.values()} == {5}
+    # without load_optimizer the counter starts over
+    fresh = tiny_config(tmp_path / "c", domains, max_steps=2, init_from=str(stage1), seq_len=256,
+                        mixture=[{"path": "code", "proportion": 1.0, "length": 256, "mode": "chunk"}])
+    run(["train.py", fresh])
+    state = optimizer_state(tmp_path / "c" / "run" / "step_0000002", tmp_path)
+    assert {int(s["step"]) for s in state.values()} == {2}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# errors: one line, exit 2, nothing lost
+
+
+DISK_FULL = """
+import errno, sys
+sys.path.insert(0, {root!r})
+import model, train
+real_save = model.save_file
+def full_disk(tensors, path, *args, **kwargs):
+    if "step_0000004" in str(path):
+        raise OSError(errno.ENOSPC, "No space left on device", path)
+    return real_save(tensors, path, *args, **kwargs)
+model.save_file = full_disk
+train.main([{config!r}])
+"""
+
+
+def test_full_disk_while_checkpointing(tmp_path, domains):
+    config = tiny_config(tmp_path, domains, checkpoint_interval=2, max_steps=6)
+    proc = subprocess.run([sys.executable, "-c", DISK_FULL.format(root=ROOT, config=config)], cwd=ROOT, env=ENV,
+                          capture_output=True, text=True, timeout=600)
+    one_line_error(proc, "no space left on device", "step_0000002 is still the latest")
+    run_dir = tmp_path / "run"
+    assert not os.path.exists(run_dir / ".tmp-step_0000004")
+    assert open(run_dir / "latest").read().strip() == "step_0000002"
+    Llama.from_pretrained(str(run_dir / "step_0000002"))
+
+
+def test_damaged_checkpoints_and_resume_errors(tmp_path, domains):
+    config = tiny_config(tmp_path, domains, checkpoint_interval=2, max_steps=4)
+    run(["train.py", config])
+    run_dir = tmp_path / "run"
+    latest = run_dir / "step_0000004"
+    saved = tmp_path / "saved"
+    shutil.copytree(run_dir, saved)
+
+    def restore():
+        shutil.rmtree(run_dir)
+        shutil.copytree(saved, run_dir)
+
+    resume = ["train.py", config, "--resume=True", "--max_steps=6"]
+    # a truncated shard of the sharded state: which file, and how to fall back to the previous checkpoint
+    shard = next(f for f in os.listdir(latest / "train_state") if f.endswith(".distcp"))
+    with open(latest / "train_state" / shard, "r+b") as f:
+        f.truncate(100)
+    err = one_line_error(run(resume, check=False), "cannot read", "train_state",
+                         f"echo step_0000002 > {run_dir / 'latest'}")
+    restore()
+    (latest / "train_state.json").write_text('{"step": 4, "da')
+    one_line_error(run(resume, check=False), "train_state.json", "echo step_0000002")
+    restore()
+    (run_dir / "latest").write_text("\x00garbage\n")
+    one_line_error(run(resume, check=False), "not the name of a checkpoint directory", "echo step_0000004")
+    restore()
+    proc = run(resume + ["--model_overrides={'num_hidden_layers': 2}"], check=False)
+    one_line_error(proc, "trained as another model", "num_hidden_layers 1 -> 2")
+    proc = run(resume + ["--param_dtype=float64"], check=False)
+    one_line_error(proc, "float32 master weights but param_dtype is float64")
+    assert open(run_dir / "latest").read().strip() == "step_0000004"  # nothing lost by any of these
+    # a truncated model.safetensors used as the start of another run
+    with open(latest / "model.safetensors", "r+b") as f:
+        f.truncate(1000)
+    proc = run(["train.py", config, f"--out_dir={tmp_path / 'other'}", f"--init_from={latest}"], check=False)
+    one_line_error(proc, f"init_from {latest}", "model.safetensors")
+    assert "Traceback" not in err
+
+
+def test_resume_without_a_checkpoint_says_so(tmp_path, domains):
+    proc = run(["train.py", tiny_config(tmp_path, domains, max_steps=1), "--resume=True"])
+    assert "no checkpoint in" in proc.stdout and "starts from step 0" in proc.stdout
+
+
+def test_init_from_errors(tmp_path, domains):
+    config = tiny_config(tmp_path, domains, max_steps=1)
+    one_line_error(run(["train.py", config, f"--init_from={tmp_path / 'nothere'}"], check=False),
+                   "no such checkpoint directory")
+    (tmp_path / "empty").mkdir()
+    one_line_error(run(["train.py", config, f"--init_from={tmp_path / 'empty'}"], check=False), "no config.json")
+    assert not os.path.exists(tmp_path / "run")
+    # a checkpoint with a tensor the model does not have is refused, not silently dropped
+    ckpt = tmp_path / "extra"
+    Llama(LlamaConfig.tiny(num_hidden_layers=1)).save_pretrained(str(ckpt))
+    data.load_tokenizer().save(str(ckpt))
+    from safetensors.torch import load_file, save_file
+    state = load_file(str(ckpt / "model.safetensors"))
+    state["model.layers.0.self_attn.q_norm.weight"] = torch.ones(16)
+    save_file(state, str(ckpt / "model.safetensors"))
+    one_line_error(run(["train.py", config, f"--init_from={ckpt}"], check=False), "q_norm")
+    # a model whose vocabulary is smaller than the tokenizer's
+    one_line_error(run(["train.py", config, "--model_overrides={'vocab_size': 1000}"], check=False),
+                   "128256 ids but the model's vocabulary is 1000")
+
+
+def test_config_file_errors(tmp_path, domains):
+    config = tiny_config(tmp_path, domains)
+    bad = tmp_path / "bad.py"
+    bad.write_text(open(config).read() + "lr = 1e-3 +\n")
+    one_line_error(run(["train.py", str(bad)], check=False), "bad.py line", "invalid syntax")
+    bad.write_text(open(config).read() + "steps = max_steps * 2 + warmup\n")
+    one_line_error(run(["train.py", str(bad)], check=False), "NameError", "warmup")
+    misspelt = ["--mixture=[{'path': 'code', 'proportoin': 1.0, 'length': 128, 'mode': 'chunk'}]"]
+    one_line_error(run(["train.py", config] + misspelt, check=False), "proportoin", "proportion")
+    # the held-out mixture is checked before the model is built
+    bad_val = ["--val_mixture=[{'path': 'val', 'proportion': 1.0, 'length': 4096, 'mode': 'pack'}]"]
+    proc = run(["train.py", config] + bad_val, check=False)
+    one_line_error(proc, "val_mixture")
+    assert "model:" not in proc.stdout
