@@ -427,8 +427,15 @@ class Llama(nn.Module):
     @classmethod
     def from_pretrained(cls, path_or_hub_id, dtype=torch.float32, device="cpu"):
         path = resolve_checkpoint(path_or_hub_id)
-        with open(os.path.join(path, "config.json")) as f:
-            config = LlamaConfig.from_hf_dict(json.load(f))
+        file = os.path.join(path, "config.json")
+        try:
+            with open(file) as f:
+                d = json.load(f)
+        except ValueError as e:
+            raise ValueError(f"{file} is not valid JSON ({e})") from None
+        if not isinstance(d, dict):
+            raise ValueError(f"{file} holds a {type(d).__name__}, not a JSON object of config keys")
+        config = LlamaConfig.from_hf_dict(d)
         with torch.device("meta"):
             model = cls(config)
         state = read_safetensors(path)

@@ -1,7 +1,6 @@
-"""evaluate.py: HELMET prompts and metrics, calibration, oracle / empty models, perplexity, and the CLI."""
-import itertools
+"""evaluate.py: oracle / empty models through the runner, perplexity, lm-eval, and the CLI (the tasks' own
+prompts, metrics and data: test_helmet.py)."""
 import json
-import math
 import os
 import shutil
 import subprocess
@@ -15,6 +14,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import evaluate as ev  # noqa: E402
+import helmet as hm  # noqa: E402
 
 FIXTURES = os.path.join(ROOT, "tests", "fixtures", "helmet")
 
@@ -23,221 +23,6 @@ FIXTURES = os.path.join(ROOT, "tests", "fixtures", "helmet")
 def tok():
     from data import load_tokenizer
     return load_tokenizer(None)  # the real Llama-3 tokenizer (llama-models package), offline
-
-
-# ------------------------------------------------------------------------------------------------------------
-# 1. prompts, character for character against HELMET's templates written out here
-
-
-def test_json_kv_prompt_matches_helmet_template():
-    rec = {"context": '{"k1": "v1",\n "k2": "v2"}', "demos": [["d1", "e1"], ["d2", "e2"], ["d3", "e3"]],
-           "question": "k2", "answer": "v2"}
-    expected = ('{"k1": "v1",\n "k2": "v2"}\n\nExtract the value corresponding to the specified key in the JSON '
-                'object below.\n\nKey: d1\nCorresponding value: e1\n\nKey: d2\nCorresponding value: e2\n\n'
-                'Key: k2\nCorresponding value:')
-    assert ev.build_prompt("json_kv", ev.prompt_fields("json_kv", rec)) == expected
-
-
-def test_ruler_prompts_match_helmet_templates():
-    rec = {"context": "line one\nline two", "query": "calm-otter", "type_needle_v": "number", "outputs": ["1"]}
-    single = ("A special magic number is hidden within the following text. Make sure to memorize it. I will quiz "
-              "you about the number afterwards.\nline one\nline two\nWhat is the special magic number for calm-otter "
-              "mentioned in the provided text?\nThe special magic number for calm-otter mentioned in the provided "
-              "text is")
-    assert ev.build_prompt("ruler_niah_mk_2", ev.prompt_fields("ruler_niah_mk_2", rec)) == single
-    assert ev.build_prompt("ruler_niah_mk_3", ev.prompt_fields("ruler_niah_mk_3", rec)) == single
-    rec = dict(rec, type_needle_v="numbers")
-    multi = ("Some special magic numbers are hidden within the following text. Make sure to memorize it. I will quiz "
-             "you about the numbers afterwards.\nline one\nline two\nWhat are all the special magic numbers for "
-             "calm-otter mentioned in the provided text?\nThe special magic numbers for calm-otter mentioned in the "
-             "provided text are")
-    assert ev.build_prompt("ruler_niah_mv", ev.prompt_fields("ruler_niah_mv", rec)) == multi
-    rec = {"context": "VAR ABCDE = 12345", "query": "12345", "num_v": 5, "example": "EXAMPLE", "outputs": ["ABCDE"]}
-    vt = ("EXAMPLE\n\nMemorize and track the chain(s) of variable assignment hidden in the following text.\n\n"
-          "VAR ABCDE = 12345\nQuestion: Find all variables that are assigned the value 12345 in the text above.\n"
-          "Answer: According to the chain(s) of variable assignment in the text above, 5 variables are assigned the "
-          "value 12345, they are:")
-    assert ev.build_prompt("ruler_vt", ev.prompt_fields("ruler_vt", rec)) == vt
-
-
-def rag_demo(question, answer, docs):
-    return "\n\n".join(f"Document (Title: {t}): {x}" for t, x in docs) + f"\n\nQuestion: {question}\nAnswer: {answer}"
-
-
-def test_rag_prompt_from_helmet_kilt_files():
-    files = ev.helmet_files("kilt_nq", 8192, FIXTURES)
-    recs = ev.helmet_records("kilt_nq", *files, samples=10, seed=0)
-    rec = next(r for r in recs if r["question"] == "what is the capital of norway")
-    demos = [rag_demo("who painted the mona lisa", "Leonardo da Vinci",
-                      [("Mona Lisa", "The Mona Lisa is a portrait painting by Leonardo da Vinci.")]),
-             rag_demo("how many legs does a spider have", "eight",
-                      [("Spider", "Spiders are arachnids with eight legs.")]),
-             rag_demo("what is the largest planet", "Jupiter",
-                      [("Jupiter", "Jupiter is the largest planet in the Solar System.")])]
-    body = ("Document (Title: Bergen): Bergen is a city on the west coast of Norway.\n\nDocument (Title: Oslo): Oslo "
-            "is the capital and most populous city of Norway.\n\nQuestion: what is the capital of norway\nAnswer:")
-    head = ("Use the given documents to write a concise and short answer to the question. Write your answer in the "
-            "following format:\nAnswer: [answer]\n\n")
-    prompt = ev.build_prompt("kilt_nq", ev.prompt_fields("kilt_nq", rec))
-    # two demonstrations, in a per-question seeded order: any ordered pair of the three
-    assert prompt in {head + a + "\n\n" + b + "\n\n" + body for a, b in itertools.permutations(demos, 2)}
-
-
-def test_rerank_prompt_from_helmet_msmarco_files():
-    files = ev.helmet_files("msmarco_rerank_psg", 8192, FIXTURES)
-    recs = ev.helmet_records("msmarco_rerank_psg", *files, samples=10, seed=0)
-    rec = next(r for r in recs if r["qid"] == "q1")
-    demos = {"d1": "[ID: 1] Document (Title: Sky): The sky is blue.\n\n[ID: 2] Document (Title: Grass): Grass is "
-                   "green.\n\nQuery: color of the sky\nRanking: 1 > 2\n\n",
-             "d2": "[ID: 4] Document (Title: Alps): Mont Blanc is in the Alps.\n\n[ID: 6] Document (Title: Everest): "
-                   "Everest is the tallest mountain.\n\nQuery: tallest mountain\nRanking: 6 > 4\n\n"}
-    body = ("[ID: 7] Document (Title: Pet care): Feed tortoises leafy greens.\n\n[ID: 3] Document (Title: Tortoise): "
-            "Tortoises can live more than 100 years.\n\n[ID: 12] Document (Title: Turtles): Sea turtles live 50 to 100 "
-            "years.\n\n[ID: 5] Document (Title: Cars): Cars last about 12 years.\n\nQuery: how long do tortoises "
-            "live\nRanking:")
-    head = ("You are provided with a list of documents, each indicated by their ID. Rank each document based on their "
-            "relevance to the question in descending order from most relelvant to least relevant texts. Include all "
-            "documents in the rankings. Write your answer using the unique IDs, with the following format:\nRanking: "
-            "ID3 > ID1 > ID2\n\n")
-    prompt = ev.build_prompt("msmarco_rerank_psg", ev.prompt_fields("msmarco_rerank_psg", rec))
-    # the demo with the test's own qid ("q1") is never used
-    assert prompt in {head + demos[a] + demos[b] + body for a, b in (("d1", "d2"), ("d2", "d1"))}
-    assert rec["qrels"] == {"7": 1, "3": 3, "12": 2, "5": 0}
-
-
-def test_synthetic_records_have_helmet_structure():
-    rec = ev.make_json_kv(7, "s", 0.4)
-    pairs = json.loads(rec["context"])  # one pair per line, valid JSON
-    assert rec["context"].count(",\n ") == 6 and list(pairs)[round(0.4 * 6)] == rec["question"]
-    assert pairs[rec["question"]] == rec["answer"] and len(set(pairs)) == 7
-    assert all(k not in pairs for k, _ in rec["demos"]) and len(rec["demos"]) == 2
-    assert all(len(x) == 36 and x[14] == "4" for x in list(pairs) + list(pairs.values()))  # uuid4 strings
-
-    rec = ev.make_niah_mk("ruler_niah_mk_2", 9, "s", 1.0)
-    lines = rec["context"].split("\n")
-    gold = f"One of the special magic numbers for {rec['query']} is: {rec['outputs'][0]}."
-    assert len(lines) == 10 and lines[-1] == gold and sum(rec["query"] in x for x in lines) == 1
-    assert len(rec["outputs"][0]) == 7 and rec["type_needle_v"] == "number" and "-" in rec["query"]
-    rec = ev.make_niah_mk("ruler_niah_mk_3", 9, "s", 0.0)
-    assert rec["context"].split("\n")[0].startswith(f"One of the special magic uuids for {rec['query']} is: ")
-
-    rec = ev.make_niah_mv(400, "s")
-    assert rec["type_needle_v"] == "numbers" and len(rec["outputs"]) == 4
-    for v in rec["outputs"]:
-        assert rec["context"].count(f"One of the special magic numbers for {rec['query']} is: {v}.") == 1
-
-    rec = ev.make_vt(20, "s")
-    chain = [f"VAR {rec['outputs'][0]} = {rec['query']}"] + \
-        [f"VAR {b} = VAR {a}" for a, b in zip(rec["outputs"], rec["outputs"][1:])]
-    positions = [rec["context"].index(c) for c in chain]
-    assert positions == sorted(positions) and rec["context"].count("The grass is green.") == 20
-    assert rec["example"].endswith("they are: " + " ".join(rec["example"].split("they are: ")[1].split()))
-    # deterministic for a seed, different across seeds
-    assert ev.make_vt(20, "s") == rec and ev.make_vt(20, "t") != rec
-
-# ------------------------------------------------------------------------------------------------------------
-# 1b. metrics on edge cases (HELMET's definitions)
-
-
-@pytest.mark.parametrize("text, normalized", [
-    ("The Cat!", "cat"), ("  an  apple,  a day ", "apple day"), ("theater another", "theater another"),
-    ("A", ""), ("U.S.A.", "usa"), ("Rock-'n'-roll", "rocknroll"), ("THE\tEnd\n", "end"), ("the-end", "theend"),
-])
-def test_normalize_answer(text, normalized):
-    assert ev.normalize_answer(text) == normalized
-
-
-@pytest.mark.parametrize("output, gold, prefix, expected", [
-    ("Answer: Paris.", "paris", "Answer:", 1.0),
-    ("the answer is the Eiffel tower", ["The Eiffel Tower"], "Answer:", 1.0),
-    ("London", ["Paris", "London"], "Answer:", 1.0),           # max over gold answers
-    ("London", [["Paris"], ["Rome", "London"]], "Answer:", 1.0),  # nested gold lists are flattened
-    ("Berlin", ["Paris", "London"], "Answer:", 0.0),
-    ("1,234 people", "1234", "Answer:", 1.0),                  # punctuation removed on both sides
-    ("Par is", "Paris", "Answer:", 0.0),
-    ("", "Paris", "Answer:", 0.0),
-    ("Corresponding value: 9f8e-77\nmore", "9f8e-77", "corresponding value:", 1.0),
-])
-def test_sub_em(output, gold, prefix, expected):
-    assert ev.sub_em(output, gold, prefix) == expected
-
-
-def test_parse_output():
-    assert ev.parse_output("Answer: Paris\nBerlin") == "Paris"
-    assert ev.parse_output("answer:   Answer: Paris") == "Paris"          # a repeated prefix is stripped
-    assert ev.parse_output("I think\nAnswer: Rome") == "Rome"
-    assert ev.parse_output("no prefix here\nsecond line") == "no prefix here"
-    assert ev.parse_output("Corresponding value: abc\nxyz", "corresponding value:") == "abc"
-
-
-@pytest.mark.parametrize("prediction, gold, expected", [
-    ("The numbers are 1234567 and 7654321.", ["1234567", "7654321", "1111111"], 2 / 3),
-    ("ABC-def", ["abc-DEF"], 1.0),           # lower-cased
-    ("1,234", ["1234"], 0.0),                # but no punctuation stripping (unlike SubEM)
-    ("the the", ["the"], 1.0),               # no article removal either
-    ("", ["x", "y"], 0.0),
-    ("x", "x", 1.0),
-])
-def test_ruler_recall(prediction, gold, expected):
-    assert ev.ruler_recall(prediction, gold) == pytest.approx(expected)
-
-# ------------------------------------------------------------------------------------------------------------
-# 4. nDCG@10 by hand
-
-
-def test_ndcg_hand_computed():
-    qrels = {"1": 3, "2": 2, "3": 0, "4": 1}
-    ranking = ev.parse_rankings("Ranking: [2] > [1] > [4] > [3] (and maybe 3 > 1)")
-    assert ranking == {"2": 4, "1": 3, "4": 2, "3": 1}
-    dcg = 2 / 1 + 3 / math.log2(3) + 1 / 2
-    idcg = 3 / 1 + 2 / math.log2(3) + 1 / 2
-    assert ev.ndcg_at_k(ranking, qrels) == pytest.approx(dcg / idcg)  # 0.92249...
-    assert ev.ndcg_at_k(ranking, qrels) == pytest.approx(4.392789 / 4.761860, abs=1e-6)  # 0.922494
-    # unjudged ids count as irrelevant; a relevant doc left out of the ranking still counts in the ideal
-    assert ev.ndcg_at_k(ev.parse_rankings("ID9 > ID1"), qrels) == pytest.approx((3 / math.log2(3)) / idcg)
-    assert ev.ndcg_at_k(ev.parse_rankings("no ranking at all"), qrels) == 0.0
-    assert ev.parse_rankings("1 > 2 > 1 > 3") == {"1": 4, "2": 3, "3": 1}  # first mention of a repeated id wins
-    # cut at 10: a relevant doc at rank 11 adds nothing
-    many = {str(i): 0 for i in range(10, 20)}
-    many["99"] = 3
-    ranking = ev.parse_rankings(" > ".join([str(i) for i in range(10, 20)] + ["99"]))
-    assert ev.ndcg_at_k(ranking, many) == 0.0
-
-# ------------------------------------------------------------------------------------------------------------
-# 2. calibration in the checkpoint's tokens
-
-
-@pytest.mark.parametrize("task", ev.SYNTHETIC)
-@pytest.mark.parametrize("length", [1024, 4096])
-def test_calibration_fits_and_fills_the_length(tok, task, length):
-    records = ev.synthetic_records(task, length, 6, tok, seed=3)
-    gen = ev.TASKS[task][2]
-    for rec in records:
-        used = ev.prompt_length(task, rec, tok) + gen
-        assert 0.9 * length <= used <= length, (task, length, used)
-    if task in ("json_kv", "ruler_niah_mk_2", "ruler_niah_mk_3"):
-        assert [r["depth"] for r in records] == ev.KV_DEPTHS
-    assert records == ev.synthetic_records(task, length, 6, tok, seed=3)  # deterministic for a seed
-
-
-def test_too_short_length_is_a_clear_error(tok):
-    with pytest.raises(ValueError, match="too short for json_kv"):
-        ev.synthetic_records("json_kv", 150, 1, tok, seed=0)
-
-
-def test_helmet_context_truncated_from_its_end_only(tok):
-    rec = ev.helmet_records("kilt_nq", *ev.helmet_files("kilt_nq", 8192, FIXTURES), samples=10, seed=0)[0]
-    fields = ev.prompt_fields("kilt_nq", rec)
-    full = [tok.bos_id] + tok.encode(ev.build_prompt("kilt_nq", fields))
-    budget = len(full) - 15
-    ids = ev.fit_context("kilt_nq", fields, tok, budget)
-    assert len(ids) <= budget and len(ids) >= budget - 3
-    text = tok.decode(ids[1:])
-    head = ev.build_prompt("kilt_nq", dict(fields, context="\x00")).split("\x00")[0]  # instructions and demos
-    tail = "\n\nQuestion: " + rec["question"] + "\nAnswer:"
-    assert text.startswith(head) and text.endswith(tail)
-    kept = text[len(head):-len(tail)]
-    assert 0 < len(kept) < len(rec["context"]) and rec["context"].startswith(kept)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -266,48 +51,48 @@ def oracle_text(task, rec):
 
 
 def records_for(task, tok):
-    if task in ev.SYNTHETIC:
-        return ev.synthetic_records(task, 1024, 6, tok, seed=1), 1024
-    files = ev.helmet_files(task, 8192, FIXTURES)
-    return ev.helmet_records(task, *files, samples=10, seed=1), 8192
+    if task in hm.SYNTHETIC:
+        return hm.synthetic_records(task, 1024, 6, tok, seed=1), 1024
+    files = hm.helmet_files(task, 8192, FIXTURES)
+    return hm.helmet_records(task, *files, samples=10, seed=1), 8192
 
 
-@pytest.mark.parametrize("task", ev.SYNTHETIC + ["ruler_niah_mv@helmet", "json_kv@helmet", "kilt_nq",
+@pytest.mark.parametrize("task", hm.SYNTHETIC + ["ruler_niah_mv@helmet", "json_kv@helmet", "kilt_nq",
                                                  "msmarco_rerank_psg"])
 def test_oracle_scores_100_and_silence_scores_0(tok, task):
     task, _, helmet = task.partition("@")
     if helmet:
-        records, length = ev.helmet_records(task, *ev.helmet_files(task, 8192, FIXTURES), 10, 1), 8192
+        records, length = hm.helmet_records(task, *hm.helmet_files(task, 8192, FIXTURES), 10, 1), 8192
     else:
         records, length = records_for(task, tok)
-    gen = ev.TASKS[task][2]
-    answers = {tuple(ev.fit_context(task, ev.prompt_fields(task, r), tok, length - gen)):
+    gen = hm.TASKS[task][2]
+    answers = {tuple(hm.fit_context(task, hm.prompt_fields(task, r), tok, length - gen)):
                tok.encode(oracle_text(task, r)) for r in records}
     assert len(answers) == len(records)
     oracle, silent = StubModel(answers), StubModel()
-    metric = ev.TASKS[task][4]
+    metric = hm.TASKS[task][4]
     assert ev.summarize(ev.run_task(oracle, tok, task, records, length), metric)["score"] == 100.0
     assert ev.summarize(ev.run_task(silent, tok, task, records, length), metric)["score"] == 0.0
     newline = {tok.encode("\n")[0], tok.encode("\n\n")[0]}
     for max_new, stops in oracle.calls:
         assert max_new == gen and {tok.eos_id, tok.eot_id} <= set(stops)
-        assert newline <= set(stops) if ev.TASKS[task][3] else not newline & set(stops)
+        assert newline <= set(stops) if hm.TASKS[task][3] else not newline & set(stops)
 
 
 def test_main_on_helmet_data_with_an_oracle(monkeypatch, tok, tmp_path, capsys):
     present = ["json_kv", "ruler_niah_mk_2", "ruler_niah_mv", "kilt_nq", "msmarco_rerank_psg"]
     answers = {}
     for task in present:
-        gen = ev.TASKS[task][2]
-        for r in ev.helmet_records(task, *ev.helmet_files(task, 8192, FIXTURES), 100, 42):
-            prompt = ev.fit_context(task, ev.prompt_fields(task, r), tok, 8192 - gen)
+        gen = hm.TASKS[task][2]
+        for r in hm.helmet_records(task, *hm.helmet_files(task, 8192, FIXTURES), 100, 42):
+            prompt = hm.fit_context(task, hm.prompt_fields(task, r), tok, 8192 - gen)
             answers[tuple(prompt)] = tok.encode(oracle_text(task, r))
     monkeypatch.setattr(ev, "load_checkpoint", lambda *a, **k: (StubModel(answers), tok))
     report = ev.main(["--ckpt", "hub/id", "--helmet-data", FIXTURES, "--lengths", "8k",
                       "--out", str(tmp_path / "r.json")])
     assert sorted(report["tasks"]) == sorted(present)
     assert all(report["tasks"][t][8192]["score"] == 100.0 for t in present)
-    assert {s.split(" @")[0] for s in report["skipped"]} == set(ev.TASKS) - set(present)
+    assert {s.split(" @")[0] for s in report["skipped"]} == set(hm.TASKS) - set(present)
     assert report["averages"]["Re-rank"][8192] == {"score": 100.0, "tasks": ["msmarco_rerank_psg"], "complete": True}
     assert report["averages"]["RAG"][8192]["complete"] is False
     out = capsys.readouterr().out
@@ -321,10 +106,10 @@ def test_summary_by_depth_and_category_averages():
     assert s["score"] == 75.0 and s["by_depth"] == {"0.0": 50.0, "1.0": 100.0}
     scores = {"json_kv": {1024: 10.0}, "ruler_niah_mk_2": {1024: 20.0}, "ruler_niah_mk_3": {1024: 30.0},
               "ruler_niah_mv": {1024: 40.0, 2048: 50.0}, "ruler_vt": {1024: 99.0}, "kilt_nq": {1024: 60.0}}
-    avg = ev.category_averages(scores)
-    assert avg["Recall"][1024] == {"score": 25.0, "tasks": ev.CATEGORIES["Recall"], "complete": True}
+    avg = hm.category_averages(scores)
+    assert avg["Recall"][1024] == {"score": 25.0, "tasks": hm.CATEGORIES["Recall"], "complete": True}
     assert avg["Recall"][2048]["complete"] is False and avg["RAG"][1024]["score"] == 60.0
-    assert ev.CATEGORIES["Recall"] == ["json_kv", "ruler_niah_mk_2", "ruler_niah_mk_3", "ruler_niah_mv"]
+    assert hm.CATEGORIES["Recall"] == ["json_kv", "ruler_niah_mk_2", "ruler_niah_mk_3", "ruler_niah_mv"]
 
 def test_heatmap_png(tmp_path):
     pytest.importorskip("matplotlib")
@@ -430,21 +215,6 @@ def test_lm_eval_adapter_loglikelihood(tok):
     assert rolling == pytest.approx(ref, rel=1e-5)
 
 # ------------------------------------------------------------------------------------------------------------
-# errors a user can cause
-
-
-def test_record_without_a_template_field_is_a_clear_error():
-    with pytest.raises(ValueError, match="ruler_niah_mk_2: the record has no 'type_needle_v' field"):
-        ev.build_prompt("ruler_niah_mk_2", ev.prompt_fields("ruler_niah_mk_2", {"context": "c", "query": "q"}))
-
-
-def test_malformed_jsonl_names_file_and_line(tmp_path):
-    path = tmp_path / "bad.jsonl"
-    path.write_text('{"a": 1}\n{not json\n')
-    with pytest.raises(ValueError, match=r"bad.jsonl:2: not a JSON line"):
-        ev.read_jsonl(str(path))
-
-# ------------------------------------------------------------------------------------------------------------
 # 6. the command line on a tiny random checkpoint with the real tokenizer
 
 
@@ -458,6 +228,7 @@ def tiny_ckpt(tmp_path_factory, tok):
     return path
 
 
+@pytest.mark.slow
 def test_cli_end_to_end(tiny_ckpt, tmp_path):
     text = tmp_path / "doc.txt"
     text.write_text("Call me Ishmael. Some years ago, never mind how long precisely, I went to sea. " * 30)
@@ -481,7 +252,7 @@ def test_cli_end_to_end(tiny_ckpt, tmp_path):
         for L in ("512", "1024"):
             r = report["tasks"][task][L]
             assert r["n"] == 1 and 0 <= r["score"] <= 100
-            assert all(s["input_len"] + ev.TASKS[task][2] <= int(L) for s in r["samples"])
+            assert all(s["input_len"] + hm.TASKS[task][2] <= int(L) for s in r["samples"])
     assert report["perplexity"]["length"] == 1024 and report["perplexity"]["tokens"] > 500
     assert "lm-eval-harness is not installed" in proc.stderr or report["lm_eval"] is not None
     assert "matplotlib is not installed" in proc.stderr or os.path.exists(report["heatmap"])
@@ -505,3 +276,171 @@ def test_cli_missing_tokenizer_vocab_mismatch_and_unknown_task(tiny_ckpt, tmp_pa
         ev.load_checkpoint(str(small))
     with pytest.raises(SystemExit, match="unknown task"):
         ev.main(["--ckpt", str(tiny_ckpt), "--tasks", "json_kv,nope", "--lengths", "512"])
+
+# ------------------------------------------------------------------------------------------------------------
+# 7. the command line's errors and defaults: one line `error: ...` on stderr, exit status 1, never a traceback
+
+
+def run_cli(*args, cwd=ROOT, env=None, timeout=120):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}  # tests never reach the network
+    return subprocess.run([sys.executable, os.path.join(ROOT, "evaluate.py"), *map(str, args)], capture_output=True,
+                          text=True, cwd=cwd, env=env, timeout=timeout)
+
+
+def assert_error(proc, *fragments):
+    """Exit status 1 and, as the last line of stderr, the only `error: ` line, holding every fragment."""
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert lines[-1].startswith("error: ") and sum(x.startswith("error") for x in lines) == 1, proc.stderr[-3000:]
+    for f in fragments:
+        assert f in lines[-1], (f, lines[-1])
+
+
+def ckpt_copy(src, dst, config=None, weights=True, tokenizer=True):
+    """A checkpoint directory beside `src` sharing its weights (a symlink), with config.json edits."""
+    os.makedirs(dst)
+    cfg = json.loads((src / "config.json").read_text())
+    (dst / "config.json").write_text(json.dumps({**cfg, **(config or {})}))
+    if weights:
+        os.symlink(src / "model.safetensors", dst / "model.safetensors")
+    if tokenizer:
+        shutil.copy(src / "tokenizer.model", dst / "tokenizer.model")
+    return dst
+
+
+@pytest.mark.parametrize("lengths, fragments", [
+    ("64", ["length 64 is too short for json_kv: it needs at least", "tokens, its smallest prompt (",
+            "plus the 100 tokens it generates"]),
+    ("1x", ["--lengths 1x: '1x' is not a length", "8192 or 8k"]),
+])
+def test_cli_bad_lengths(tiny_ckpt, tmp_path, lengths, fragments):
+    assert_error(run_cli("--ckpt", tiny_ckpt, "--tasks", "json_kv", "--lengths", lengths, "--samples", "1",
+                         "--out", tmp_path / "r.json"), *fragments)
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_parse_and_default_lengths():
+    assert ev.parse_lengths("8192, 16k,32K") == [8192, 16384, 32768]
+    for text, item in [("8k,1.5k", "1.5k"), ("8k,,16k", ""), ("0", "0"), ("-8k", "-8k"), ("8 k", "8 k")]:
+        with pytest.raises(ValueError, match=f"--lengths {text}: '{item}' is not a length; give positive token counts"):
+            ev.parse_lengths(text)
+    k = 1024
+    assert ev.default_lengths(524288) == [8 * k, 16 * k, 32 * k, 64 * k, 128 * k, 256 * k, 512 * k]  # ProLong 512K
+    assert ev.default_lengths(131072) == [8 * k, 16 * k, 32 * k, 64 * k, 128 * k]
+    assert ev.default_lengths(100000) == [8 * k, 16 * k, 32 * k, 64 * k]
+    assert ev.default_lengths(8192) == [8192] and ev.default_lengths(4096) == [4096]
+
+
+def test_cli_default_lengths_stop_at_max_position_embeddings(tiny_ckpt, tmp_path):
+    ckpt = ckpt_copy(tiny_ckpt, tmp_path / "ck4k", config={"max_position_embeddings": 4096})
+    proc = run_cli("--ckpt", ckpt, "--tasks", "ruler_niah_mk_2", "--samples", "1", "--out", tmp_path / "r.json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "lengths 4096: the checkpoint's max_position_embeddings" in proc.stderr
+    assert proc.stdout.splitlines()[0].split() == ["task", "4096"]
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["lengths"] == [4096] and list(report["tasks"]["ruler_niah_mk_2"]) == ["4096"]
+    (sample,) = report["tasks"]["ruler_niah_mk_2"]["4096"]["samples"]
+    assert 0.9 * 4096 <= sample["input_len"] + 50 <= 4096  # filled up to the trained length, not beyond
+
+
+def test_resolve_checkpoint_local_paths_never_reach_the_hub(tmp_path, monkeypatch):
+    import huggingface_hub
+    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+    from model import resolve_checkpoint
+    calls, error = [], None
+
+    def snapshot_download(repo_id, **kw):
+        calls.append(repo_id)
+        if error is not None:
+            raise error
+        return str(tmp_path / "snapshot")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ck").mkdir()
+    (tmp_path / "ck" / "weights.bin").write_text("")
+    for name in ["ck/nothere", "./ck", "../nothere", "ck/", "a/b/c", "/abs/nothere", "~/nothere", "nothere",
+                 "ck/weights.bin"]:
+        with pytest.raises(FileNotFoundError, match="no checkpoint directory at|has no config.json"):
+            resolve_checkpoint(name)
+    with pytest.raises(FileNotFoundError, match=r"at ck/nothere \(ck/ is a local directory, so this is a local path"):
+        resolve_checkpoint("ck/nothere")
+    assert calls == []
+    assert resolve_checkpoint("org/name") == str(tmp_path / "snapshot") and calls == ["org/name"]
+
+    def hub_error(cls, text="404 Client Error.\n\nRepository Not Found for url: https://huggingface.co/org/name"):
+        e = cls.__new__(cls)  # these take an HTTP response; the message is all that matters here
+        Exception.__init__(e, text)
+        return e
+    for error, says in [(hub_error(GatedRepoError), "is gated: accept its licence"),
+                        (hub_error(RepositoryNotFoundError), "does not exist on the hub (or is private"),
+                        (LocalEntryNotFoundError("offline"), "not in the local hub cache and cannot be downloaded"),
+                        (hub_error(HfHubHTTPError, "500 Server Error\nInternal"), "cannot be downloaded: 500 Server "
+                                                                                  "Error Internal")]:
+        with pytest.raises(OSError, match="no local directory org/name, and as a hub checkpoint it") as info:
+            resolve_checkpoint("org/name")
+        assert says in str(info.value) and "\n" not in str(info.value)
+
+
+def test_cli_missing_local_checkpoint_and_unreachable_hub_id(tiny_ckpt, tmp_path):
+    (tmp_path / "ck").mkdir()
+    assert_error(run_cli("--ckpt", "ck/nothere", cwd=tmp_path),
+                 "no checkpoint directory at ck/nothere (ck/ is a local directory, so this is a local path")
+    assert_error(run_cli("--ckpt", "someorg/somemodel", cwd=tmp_path, env={"HF_HOME": str(tmp_path / "hf")}),
+                 "no local directory someorg/somemodel, and as a hub checkpoint it is not in the local hub cache")
+
+
+def test_cli_helmet_data_empty_or_misspelt(tiny_ckpt, tmp_path):
+    (tmp_path / "empty").mkdir()
+    assert_error(run_cli("--ckpt", tiny_ckpt, "--helmet-data", tmp_path / "empty", "--lengths", "8k"),
+                 f"--helmet-data {tmp_path / 'empty'} has none of json_kv/, ruler/, kilt/, msmarco/")
+    assert_error(run_cli("--ckpt", tiny_ckpt, "--helmet-data", tmp_path / "dat"),
+                 f"--helmet-data {tmp_path / 'dat'}: no such directory; expected HELMET's data/ folder")
+    # the right folder, but no file for these tasks and lengths (the fixtures hold 8K files only); in-process: faster
+    with pytest.raises(SystemExit, match="has no file for kilt_nq at lengths 16384; expected kilt/nq-dev-multikilt"):
+        ev.main(["--ckpt", str(tiny_ckpt), "--helmet-data", FIXTURES, "--tasks", "kilt_nq", "--lengths", "16k"])
+    with pytest.raises(SystemExit, match=r"at lengths 2048 \(HELMET's files are for 8192 to 131072 tokens\)"):
+        ev.main(["--ckpt", str(tiny_ckpt), "--helmet-data", FIXTURES, "--tasks", "kilt_nq"])  # the default length
+
+
+@pytest.mark.parametrize("case, fragments", [
+    ("config_not_json", ["config.json is not valid JSON ("]),
+    ("no_safetensors", ["has no .safetensors files"]),
+    ("truncated_safetensors", ["model.safetensors cannot be read"]),
+    ("refused_config", ["attention_bias"]),
+    ("no_tokenizer", ["no tokenizer for", "pass --tokenizer SPEC"]),
+    ("config_not_object", ["config.json: expected a JSON object", "found [64]"]),
+    ("generation_config_not_object", ["generation_config.json: expected a JSON object", "found [128001, 128009]"]),
+])
+def test_cli_bad_checkpoint(tiny_ckpt, tmp_path, case, fragments):
+    # the truncated cases get a file of their own: writing through the symlink would truncate tiny_ckpt's weights
+    ckpt = ckpt_copy(tiny_ckpt, tmp_path / case, weights=case not in ("no_safetensors", "truncated_safetensors",
+                                                                      "no_tokenizer"),
+                     config={"attention_bias": True} if case == "refused_config" else None,
+                     tokenizer=case != "no_tokenizer")
+    if case == "config_not_json":
+        (ckpt / "config.json").write_text('{"hidden_size": 64,')
+    if case == "config_not_object":
+        (ckpt / "config.json").write_text('[64]')
+    if case == "generation_config_not_object":
+        (ckpt / "generation_config.json").write_text('[128001, 128009]')
+    if case in ("truncated_safetensors", "no_tokenizer"):  # the tokenizer is checked before the weights are read
+        (ckpt / "model.safetensors").write_bytes((tiny_ckpt / "model.safetensors").read_bytes()[:100_000])
+    assert_error(run_cli("--ckpt", ckpt, "--tasks", "json_kv", "--lengths", "512", "--samples", "1"), *fragments)
+
+
+def test_cli_samples_must_be_positive(tiny_ckpt, tmp_path):
+    for n in (0, -1):  # no NaN scores: an error before anything loads
+        assert_error(run_cli("--ckpt", tiny_ckpt, "--tasks", "json_kv", "--lengths", "512", "--samples", n,
+                             "--out", tmp_path / "r.json"), f"--samples {n}: give a positive number of samples")
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_cli_helmet_file_missing_a_field(tiny_ckpt, tmp_path):
+    os.makedirs(tmp_path / "data" / "kilt")
+    for name in ("nq-dev-multikilt_1000_k50_dep6", "popqa_test_1000_k50_dep6"):  # popqa's file without its s_pop
+        shutil.copy(os.path.join(FIXTURES, "kilt", "nq-dev-multikilt_1000_k50_dep6.jsonl"),
+                    tmp_path / "data" / "kilt" / (name + ".jsonl"))
+    assert_error(run_cli("--ckpt", tiny_ckpt, "--helmet-data", tmp_path / "data", "--tasks", "kilt_popqa_3",
+                         "--lengths", "8k", "--samples", "1", "--out", tmp_path / "r.json"),
+                 "popqa_test_1000_k50_dep6.jsonl: a record has no 's_pop' field, which kilt_popqa_3 reads")
