@@ -270,6 +270,19 @@ def test_bad_cu_seqlens():
     one_line_error(ValueError, lambda: model(torch.tensor([VOCAB])), "vocabulary")
 
 
+def test_labels_other_than_minus_100_or_a_token_are_refused():
+    """A label of -5 would be clamped to token 0 and trained towards it without a word; -100 alone means 'none'."""
+    model = Llama(tiny())
+    ids = torch.randint(0, VOCAB, (30,))
+    labels = ids.roll(-1)
+    labels[:5] = -100
+    model(ids, labels=labels)  # -100 is fine
+    for bad in (-5, -101, VOCAB):
+        wrong = labels.clone()
+        wrong[7] = bad
+        one_line_error(ValueError, lambda: model(ids, labels=wrong), "labels must be -100 or in", str(bad))
+
+
 def test_heads_not_divisible():
     one_line_error(ValueError, lambda: tiny(num_attention_heads=6, num_key_value_heads=4), "divisible")
 
