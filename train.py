@@ -464,6 +464,7 @@ def main(argv=None):
             print(f"error: {e}", file=sys.stderr, flush=True)
         dist.destroy_process_group()
         sys.exit(2)
+    dist.barrier()  # leave together: a rank tearing down gloo while another still works can abort the process
     dist.destroy_process_group()
 
 
