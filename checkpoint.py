@@ -131,7 +131,7 @@ def save(model, optimizer, out_dir, step, train_state, tokenizer=None, keep=2, h
     if error is not None:
         if rank == 0:
             shutil.rmtree(tmp, ignore_errors=True)
-        previous = _read_latest_name(out_dir)
+        previous = read_latest_name(out_dir)
         raise CheckpointError(f"could not write checkpoint {final} ({error}); removed {tmp}; "
                               + (f"{previous} is still the latest" if previous else "no earlier checkpoint exists"))
     if rank == 0:
@@ -159,7 +159,7 @@ def _write_json(path, obj):
 # resuming
 
 
-def _read_latest_name(out_dir):
+def read_latest_name(out_dir):
     try:
         with open(os.path.join(out_dir, "latest")) as f:
             return f.read().strip()
@@ -180,7 +180,7 @@ def latest(out_dir):
     pointer = os.path.join(out_dir, "latest")
     if not os.path.exists(pointer):
         return None
-    name = _read_latest_name(out_dir)
+    name = read_latest_name(out_dir)
     kept = sorted(d for d in os.listdir(out_dir) if STEP_DIR.match(d))
     if not name or not STEP_DIR.match(name) or not os.path.isdir(os.path.join(out_dir, name)):
         shown = repr(name[:40]) if name else "nothing readable"

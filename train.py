@@ -454,6 +454,7 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     rank, world, device = init_distributed()
     log = (lambda msg: print(msg, flush=True)) if rank == 0 else (lambda msg: None)
+    cfg = None
     try:
         cfg = load_config(argv)
         dp, accumulation = validate(cfg, world)
@@ -464,6 +465,13 @@ def main(argv=None):
             print(f"error: {e}", file=sys.stderr, flush=True)
         dist.destroy_process_group()
         sys.exit(2)
+    except KeyboardInterrupt:  # Ctrl-C: checkpoints are only ever renamed into place, so nothing is half-written
+        if rank == 0:
+            name = cfg and checkpoint.read_latest_name(cfg["out_dir"])
+            print("error: interrupted; " + (f"{os.path.join(cfg['out_dir'], name)} is the latest checkpoint: "
+                  f"continue with --resume=True" if name else "no checkpoint was written yet"), file=sys.stderr,
+                  flush=True)
+        sys.exit(130)
     dist.barrier()  # leave together: a rank tearing down gloo while another still works can abort the process
     dist.destroy_process_group()
 

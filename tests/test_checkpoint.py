@@ -4,6 +4,7 @@ user can cause, each one clear line through the command line."""
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -236,3 +237,29 @@ def test_config_file_errors(tmp_path, domains):
     proc = run(["train.py", config] + bad_val, check=False)
     one_line_error(proc, "val_mixture")
     assert "model:" not in proc.stdout
+
+
+def test_ctrl_c_while_training_is_one_line(tmp_path, domains):
+    config = tiny_config(tmp_path, domains, checkpoint_interval=2, max_steps=200)
+    proc = subprocess.Popen([sys.executable, "train.py", config], cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        if "checkpoint saved" in line:
+            proc.send_signal(signal.SIGINT)
+            break
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert err.strip().count("\n") == 0 and err.startswith("error: interrupted;") and "--resume=True" in err, err
+    assert "step_0000002" in err or "step_0000004" in err
+
+
+def test_export_errors(tmp_path):
+    def export(*args):
+        return subprocess.run([sys.executable, "checkpoint.py", "export", *map(str, args)], cwd=ROOT, env=ENV,
+                              capture_output=True, text=True, timeout=120)
+    proc = export(tmp_path / "nothere", tmp_path / "out")
+    assert proc.returncode == 1 and proc.stderr.strip() == f"error: no checkpoint directory at {tmp_path / 'nothere'}"
+    (tmp_path / "hf_only").mkdir()
+    proc = export(tmp_path / "hf_only", tmp_path / "out")
+    assert proc.returncode == 1 and proc.stderr.startswith("error: cannot read") and "train_state.json" in proc.stderr
+    assert proc.stderr.strip().count("\n") == 0 and not os.path.exists(tmp_path / "out")
