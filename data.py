@@ -1,238 +1,40 @@
-"""Data for ProLong-style long-context training: tokenizer, token files, mixtures, packing (inputs: sources.py).
+"""Data for ProLong-style training: token files, mixtures, packing (ids: tokenizer.py, inputs: sources.py).
 
 Concepts, once. A *document* is a list of token ids. Tokenised documents live in *token files*: NAME.bin (uint32
 tokens), NAME.idx (int64 start offsets plus a final end offset, so document i is bin[idx[i]:idx[i+1]]) and NAME.json
 (tokenizer name and sha256, token and document counts); an optional NAME.mask (uint8, one per token, 1 = train on it)
-comes only from imported SFT data. A *domain* is a directory of such triples. `tokenize` stores every document as
-<|begin_of_text|> text <|end_of_text|>, so BOS and EOS sit in the file and are never added again; imported MDS data is
-stored exactly as released. A *mixture* is a list of components {"path", "proportion" (share of real tokens),
-"length", "mode"}: mode "chunk" (long data) keeps only documents of at least `length` tokens and cuts each into
-single-document pieces of exactly `length` tokens (the remainder of a document is dropped); mode "pack" (short data)
-lays the documents end to end in a shuffled order and cuts that stream every `length` tokens, so a cut document's
-tail starts the next unit. One training sequence of `seq_len` tokens is seq_len // length units of one component,
-padded with EOS tokens (their own segment, never trained on) when `length` does not divide `seq_len`. Each sequence
-comes with cu_seqlens (int32, 0 ... seq_len: one segment per document piece) and labels: labels[i] = input_ids[i+1]
-when both are in the same segment, else -100; so the last token of every segment (a document's EOS, or the last token
-before a cut) predicts nothing and no label ever crosses a document boundary; imported SFT masks set -100 where the
-mask of the predicted token is 0. Which component fills global sequence g is fixed by the seed alone (blocks of
-sequences with exact per-block counts, shuffled), so proportions hold within a block, every data-parallel rank can
-compute any sequence independently (rank r of n takes global sequences r, r + n, ...), and resuming needs one number:
-how many global sequences were consumed. A domain listed at two lengths is split so that no document serves both.
+comes only with SFT conversations (sft.py prepare, import-mds). A *domain* is a directory of such triples. `tokenize`
+stores every document as <|begin_of_text|> text <|end_of_text|>, so BOS and EOS sit in the file and are never added
+again; imported MDS data is stored exactly as released. A *mixture* is a list of components {"path", "proportion"
+(share of real tokens), "length", "mode"}: mode "chunk" (long data) keeps only documents of at least `length` tokens
+and cuts each into single-document pieces of exactly `length` tokens (the remainder of a document is dropped); mode
+"pack" (short data) lays the documents end to end in a shuffled order and cuts that stream every `length` tokens, so a
+cut document's tail starts the next unit; mode "sft" (conversations, with a mask) puts whole conversations, in a
+shuffled order, greedily into units of `length` tokens: one that does not fit in what is left of a unit starts the
+next, one longer than `length` is truncated and its remainder dropped (never carried over). An epoch's units are thus
+fixed by its order; a new epoch (allow_repeat) reshuffles and packs again. One training sequence of `seq_len` tokens is
+seq_len // length units of one component, followed by padding (EOS tokens in their own segment, never trained on) up
+to `seq_len`: where `length` does not divide `seq_len`, and for "sft" what the conversations left unused. Each
+sequence comes with cu_seqlens (int32, 0 ... seq_len: one segment per document piece) and labels: labels[i] =
+input_ids[i+1] when both are in the same segment, else -100; so the last token of every segment (a document's EOS,
+or the last token before a cut) predicts nothing and no label ever crosses a document boundary; a domain's mask sets
+-100 where the mask of the predicted token is 0 (so a conversation's first token is never a target). Which component
+fills global sequence g is fixed by the seed alone (blocks of sequences with exact per-block counts, shuffled), so
+proportions hold within a block, every data-parallel rank can compute any sequence independently (rank r of n takes
+global sequences r, r + n, ...), and resuming needs one number: how many global sequences were consumed. A domain
+listed at two lengths is split so that no document serves both.
 Sequences are numpy arrays (torch.from_numpy is free), so this file needs no torch.
-
-Tokenising very long text: tiktoken's BPE is quadratic on huge pre-tokenizer pieces and runs out of memory on huge
-inputs, so text is cut into pieces of about 64K characters, only at points where Llama-3's split regex always
-starts a new piece ("\\n" followed by non-space, non-space followed by " " or "\\t", an ASCII letter or digit followed
-by "\\n"): encoding the pieces separately gives the same ids as encoding the whole. On top of that we apply
-llama_models' own rule (runs of more than 25,000 whitespace or non-whitespace characters are cut every 25,000), so ids
-equal llama_models' Tokenizer for any text under its 400,000-character window; for longer texts we do not add its
-arbitrary 400,000-character cuts. Only if 4M characters pass with no safe point at all is the text cut anyway.
 """
-import argparse, difflib, errno, glob, hashlib, importlib.util, json, os, re, sys, time
+import argparse, difflib, errno, glob, hashlib, json, os, re, sys, time
 from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
 import numpy as np
 
-LLAMA3_SHA256 = "82e9d31979e92ab929cd544440f129d9ecd797b69e327f80f17e1c50d5551b55"
-LLAMA3_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-                  r"|\s*[\r\n]+|\s+(?!\S)|\s+")
-LLAMA3_SPECIAL = ["<|begin_of_text|>", "<|end_of_text|>", "<|reserved_special_token_0|>",
-                  "<|reserved_special_token_1|>", "<|finetune_right_pad_id|>", "<|step_id|>", "<|start_header_id|>",
-                  "<|end_header_id|>", "<|eom_id|>", "<|eot_id|>", "<|python_tag|>", "<|image|>"]
-LLAMA3_SPECIAL += [f"<|reserved_special_token_{i}|>" for i in range(2, 2 + 256 - len(LLAMA3_SPECIAL))]
-PIECE_CHARS, MAX_CARRY, RUN_LIMIT = 1 << 16, 1 << 22, 25_000
+from tokenizer import (DataError, LLAMA3_SHA256, Tokenizer, atomic_write, chat_ids, check_chat,  # noqa: F401
+                       load_tokenizer, log, sha256_file, text_pieces)  # re-exported: data.load_tokenizer etc.
+
 FORMAT = "prolong-tokens-v1"
-
-
-class DataError(Exception):
-    """A problem the user can fix (bad input, missing file, impossible mixture); the CLI prints it without a trace."""
-
-
-def log(msg):
-    print(msg, file=sys.stderr, flush=True)
-
-
-def sha256_file(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def atomic_write(path, data):
-    """Write bytes (or text) to path via a temporary name, so a crash never leaves a half file under the real name."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
-        os.replace(tmp, path)
-    except BaseException:  # a full disk or Ctrl-C: leave no temporary behind either
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-# ----------------------------------------------------------------------------------------------------- tokenizer
-
-_SAFE = re.compile(r"[\r\n](?=\S)|\S(?=[ \t])|[A-Za-z0-9](?=[\r\n])")  # a cut after the consumed character
-_LONG_RUN = re.compile(r"(?<!\S)\S{%d}|(?<!\s)\s{%d}" % (RUN_LIMIT + 1, RUN_LIMIT + 1))  # anchored: linear time
-_RUN = {False: re.compile(r"\S*"), True: re.compile(r"\s*")}
-
-
-def _split(buf, final, target):
-    """Cut buf into independently encodable pieces; without `final`, also return the undetermined tail to carry."""
-    cuts, half = [], RUN_LIMIT // 2
-    # A run longer than RUN_LIMIT covers two consecutive multiples of RUN_LIMIT/2 and all between: check those
-    # spans with early-exit string methods, and only then pay for the slow regex scan.
-    spans = (buf[k:k + half + 1] for k in range(0, len(buf) - half, half))
-    if any(span.isspace() or len(span.split(None, 1)) == 1 and not span[0].isspace() and not span[-1].isspace()
-           for span in spans):
-        for m in _LONG_RUN.finditer(buf):  # llama_models' rule; buf starts where its run counter restarts
-            end = _RUN[buf[m.start()].isspace()].match(buf, m.start()).end()
-            cuts.extend(range(m.start() + RUN_LIMIT, end, RUN_LIMIT))
-    pieces, bounds = [], [0] + cuts + [len(buf)]
-    for a, b in zip(bounds, bounds[1:]):
-        pos = a
-        while b - pos > target and (m := _SAFE.search(buf, pos + target - 1, b)):
-            pieces.append(buf[pos:m.end()])
-            pos = m.end()
-        if b == len(buf) and not final:
-            if b - pos > MAX_CARRY:  # no safe point in 4M characters: the one place ids may differ from whole text
-                pieces.append(buf[pos:b])
-                pos = b
-            return pieces, buf[pos:]
-        pieces.append(buf[pos:b])
-    return [p for p in pieces if p], ""
-
-
-def text_pieces(blocks, target=PIECE_CHARS):
-    """Yield pieces of the text formed by concatenating `blocks` (strings), in bounded memory; see the top note."""
-    pending, size = [], 0
-    for block in blocks:
-        pending.append(block)
-        size += len(block)
-        if size >= 2 * target:
-            pieces, carry = _split("".join(pending), False, target)
-            yield from pieces
-            pending, size = [carry], len(carry)
-    yield from _split("".join(pending), True, target)[0]
-
-
-class Tokenizer:
-    """Llama-3 (tiktoken) or, when `tokenizers` is installed, a Hugging Face tokenizer.json; one interface."""
-
-    def __init__(self, name, files, special_tokens, encode_many, decode, n_vocab, bos, eos, eot, splits_safely):
-        self.name, self.files, self.special_tokens, self.n_vocab = name, files, special_tokens, n_vocab
-        self.sha256 = sha256_file(files[0])
-        self._encode_many, self._decode, self.splits_safely = encode_many, decode, splits_safely
-        self.bos_id, self.eos_id, self.eot_id = special_tokens[bos], special_tokens[eos], special_tokens[eot]
-
-    def pieces(self, blocks):
-        return text_pieces(blocks) if self.splits_safely else ["".join(blocks)]
-
-    def encode(self, text):
-        """Ids of ordinary text: special-token strings in `text` are encoded as plain text, never as special ids."""
-        return [t for ids in self._encode_many(list(self.pieces([text])), 1) for t in ids]
-
-    def encode_batch(self, texts, num_threads=os.cpu_count()):
-        pieces = [list(self.pieces([t])) for t in texts]
-        flat = iter(self._encode_many([p for ps in pieces for p in ps], num_threads))
-        return [[t for _ in ps for t in next(flat)] for ps in pieces]
-
-    def decode(self, ids):
-        return self._decode([int(i) for i in ids])
-
-    def save(self, directory):
-        """Copy the tokenizer file(s) into a checkpoint directory, so that load_tokenizer(directory) reads them."""
-        os.makedirs(directory, exist_ok=True)
-        for f in self.files:
-            with open(f, "rb") as src:
-                atomic_write(os.path.join(directory, os.path.basename(f)), src.read())
-
-
-def _tiktoken_tokenizer(path):
-    import tiktoken
-    from tiktoken.load import load_tiktoken_bpe
-    try:
-        ranks = load_tiktoken_bpe(path)
-    except Exception as e:
-        raise DataError(f"{path}: not a tiktoken BPE file (base64 token, rank per line): {e}") from None
-    special = {tok: len(ranks) + i for i, tok in enumerate(LLAMA3_SPECIAL)}
-    enc = tiktoken.Encoding(name=os.path.basename(path), pat_str=LLAMA3_PATTERN, mergeable_ranks=ranks,
-                            special_tokens=special)
-    tok = Tokenizer("tiktoken:" + os.path.abspath(path), [path], special,
-                    lambda texts, threads: enc.encode_ordinary_batch(texts, num_threads=threads) if threads > 1
-                    else [enc.encode_ordinary(t) for t in texts], enc.decode, enc.n_vocab,
-                    "<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>", splits_safely=True)
-    if tok.sha256 == LLAMA3_SHA256:
-        tok.name = "llama3"
-    elif len(ranks) != 128_000:
-        log(f"warning: {path} has {len(ranks)} BPE ranks, not Llama-3's 128,000; special ids start at {len(ranks)}")
-    return tok
-
-
-def _hf_tokenizer(directory):
-    try:
-        from tokenizers import Tokenizer as HFTok
-    except ImportError:
-        raise DataError(f"{directory} has only tokenizer.json: `pip install tokenizers` to read it") from None
-    path, cfg_path = os.path.join(directory, "tokenizer.json"), os.path.join(directory, "tokenizer_config.json")
-    try:
-        hf = HFTok.from_file(path)
-        cfg = json.load(open(cfg_path, "rb")) if os.path.exists(cfg_path) else {}
-    except Exception as e:  # tokenizers raises a bare Exception for a corrupt file
-        raise DataError(f"{directory}: unreadable tokenizer.json or tokenizer_config.json ({e})") from None
-    hf.encode_special_tokens = True  # user text that spells a special token stays plain text
-    special = {t.content: i for i, t in hf.get_added_tokens_decoder().items() if t.special}
-    content = lambda t: t.get("content") if isinstance(t, dict) else t  # configs spell tokens both ways
-
-    def pick(key, *fallbacks):  # the config's token for `key`, else the first fallback this vocabulary has
-        return next((t for t in [content(cfg.get(key)), *fallbacks] if t in special), None)
-
-    eos = pick("eos_token", "<|endoftext|>", "</s>")
-    if eos is None:
-        raise DataError(f"{path}: cannot tell the end-of-text token (no eos_token in tokenizer_config.json)")
-    files = [path] + ([cfg_path] if os.path.exists(cfg_path) else [])
-    return Tokenizer("hf:" + os.path.abspath(directory), files, special,
-                     lambda texts, threads: [e.ids for e in hf.encode_batch(texts, add_special_tokens=False)],
-                     lambda ids: hf.decode(ids, skip_special_tokens=False), hf.get_vocab_size(),
-                     pick("bos_token", "<|begin_of_text|>", "<s>") or eos, eos,
-                     pick("eot_token", "<|eot_id|>", "<|im_end|>") or eos, splits_safely=False)
-
-
-def load_tokenizer(spec=None):
-    """None: llama-models' Llama-3 file; a tokenizer.model path; a directory (checkpoint or HF snapshot); a hub id."""
-    if isinstance(spec, Tokenizer):
-        return spec
-    if spec is None:
-        found = importlib.util.find_spec("llama_models")
-        if found is None:
-            raise DataError("no tokenizer given and llama-models is not installed: "
-                            "`pip install --no-deps llama-models==0.3.0` (it ships the Llama-3 tokenizer.model)")
-        path = os.path.join(found.submodule_search_locations[0], "llama3", "tokenizer.model")
-        tok = _tiktoken_tokenizer(path)
-        if tok.sha256 != LLAMA3_SHA256:
-            raise DataError(f"{path}: sha256 {tok.sha256} is not the Llama-3 tokenizer's {LLAMA3_SHA256}")
-        return tok
-    spec = os.fspath(spec)
-    if os.path.isfile(spec):
-        return _tiktoken_tokenizer(spec)
-    if os.path.isdir(spec):
-        for rel in ("tokenizer.model", "original/tokenizer.model"):
-            if os.path.isfile(os.path.join(spec, rel)):
-                return _tiktoken_tokenizer(os.path.join(spec, rel))
-        if os.path.isfile(os.path.join(spec, "tokenizer.json")):
-            return _hf_tokenizer(spec)
-        raise DataError(f"{spec}: no tokenizer.model, original/tokenizer.model or tokenizer.json in this directory")
-    if re.fullmatch(r"[\w.-]+/[\w.-]+", spec):
-        from huggingface_hub import hf_hub_download
-        try:
-            return _tiktoken_tokenizer(hf_hub_download(spec, "original/tokenizer.model"))
-        except Exception as e:
-            raise DataError(f"{spec}: could not fetch original/tokenizer.model from the hub: {e}") from None
-    raise DataError(f"{spec}: no such tokenizer file, directory or hub repo id")
 
 
 # -------------------------------------------------------------------------------------------------- token files
@@ -505,9 +307,10 @@ def check_mixture(mixture, seq_len, root=".", name="mixture"):
             raise DataError(f"{where}: proportion must be a number > 0, got {p!r}")
         if isinstance(length, bool) or not isinstance(length, (int, np.integer)) or not 1 < length <= seq_len:
             raise DataError(f"{where}: length must be an integer in (1, seq_len={seq_len}], got {length!r}")
-        if mode not in ("chunk", "pack"):
-            raise DataError(f"{where}: mode must be 'chunk' (long documents cut into length-token pieces) or 'pack' "
-                            f"(documents packed end to end), got {mode!r}")
+        if mode not in ("chunk", "pack", "sft"):
+            raise DataError(f"{where}: mode must be 'chunk' (long documents cut into length-token pieces), 'pack' "
+                            f"(documents packed end to end) or 'sft' (whole conversations packed, each truncated to "
+                            f"length), got {mode!r}")
         if not isinstance(c["path"], (str, os.PathLike)):
             raise DataError(f"{where}: path must be a directory name, got {c['path']!r}")
     total = sum(c["proportion"] for c in mixture)
@@ -538,20 +341,28 @@ class Mixture:
             self.comps.append(dict(name=spec.get("name", f"{spec['path']}@{length}"), domain=dom, length=length,
                                    mode=mode, p=p, per_seq=seq_len // length, docs=np.arange(len(dom))))
         self._split_shared_domains()
-        for c in self.comps:
-            lengths = c["domain"].lengths[c["docs"]]
+        for ci, c in enumerate(self.comps):
+            lengths, c["fill"] = c["domain"].lengths[c["docs"]], c["length"]  # fill: real tokens per unit
+            if c["mode"] == "sft" and not c["domain"].has_mask:
+                raise DataError(f"{c['name']}: mode 'sft' needs conversations with a mask (NAME.mask, written by "
+                                f"sft.py prepare or data.py import-mds); {c['domain'].path} has none")
             if c["mode"] == "chunk":
                 keep = lengths >= c["length"]
                 counts = lengths[keep] // c["length"]
                 c["chunk_doc"] = np.repeat(c["docs"][keep], counts)
                 c["chunk_off"] = (np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)) * c["length"]
                 c["units"] = len(c["chunk_doc"])
+            elif c["mode"] == "sft":  # units per epoch depend on the epoch's order; epoch 0 sets the figures
+                c["docs"], lengths = c["docs"][lengths > 0], lengths[lengths > 0]
+                c["epoch_units"] = [len(self._sft_epoch(ci, 0)[1]) - 1]
+                c["units"] = c["epoch_units"][0]
+                c["fill"] = np.minimum(lengths, c["length"]).sum() / max(c["units"], 1)
             else:
                 c["units"] = int(lengths.sum()) // c["length"]
             if c["units"] == 0:
                 raise DataError(f"{c['name']}: no {c['length']}-token {'chunks' if c['mode'] == 'chunk' else 'packs'}"
                                 f" in {c['domain'].path} (longest document: {lengths.max(initial=0)} tokens)")
-        weight = np.array([c["p"] / (c["per_seq"] * c["length"]) for c in self.comps])
+        weight = np.array([c["p"] / (c["per_seq"] * c["fill"]) for c in self.comps])
         self.share = weight / weight.sum()  # fraction of sequences; proportions are of real (non-padding) tokens
         self.block = max(100, int(np.ceil(2 / self.share.min())))  # >= 2 expected per block keeps counts >= 0
         self._blocks = {}
@@ -575,8 +386,9 @@ class Mixture:
             groups.setdefault(id(c["domain"]), []).append(c)
         for group in (g for g in groups.values() if len(g) > 1):
             dom, got, p = group[0]["domain"], np.zeros(len(group)), np.array([c["p"] for c in group])
-            usable = np.stack([dom.lengths if c["mode"] == "pack" else dom.lengths // c["length"] * c["length"]
-                               for c in group], 1).astype(float)
+            usable = np.stack([{"pack": dom.lengths, "sft": np.minimum(dom.lengths, c["length"]),  # tokens used
+                                "chunk": dom.lengths // c["length"] * c["length"]}[c["mode"]] for c in group],
+                              1).astype(float)
             owner = np.full(len(dom), -1)
             for d in np.random.default_rng([self.seed, 7919]).permutation(len(dom)):
                 if usable[d].max() > 0:
@@ -603,10 +415,37 @@ class Mixture:
         comps = self._blocks[b]
         return self._counts(b * self.block) + np.bincount(comps[:j], minlength=len(self.comps)), int(comps[j])
 
+    def _sft_epoch(self, ci, epoch):
+        """Mode "sft": the epoch's conversation order and unit boundaries; unit j is conversations
+        order[starts[j]:starts[j + 1]], as many whole ones as fit in `length` tokens (a longer one alone, truncated).
+        Greedy, so one searchsorted per unit over the cumulative (truncated) lengths."""
+        c = self.comps[ci]
+        order = np.random.default_rng([self.seed, ci, epoch]).permutation(c["docs"])
+        cum = np.cumsum(np.minimum(c["domain"].lengths[order], c["length"]))
+        starts = [0]
+        while starts[-1] < len(order):
+            used = cum[starts[-1] - 1] if starts[-1] else 0
+            starts.append(int(np.searchsorted(cum, used + c["length"], side="right")))
+        return order, np.array(starts)
+
+    def _locate(self, ci, k):
+        """Unit k of component ci as (epoch, unit within the epoch). Mode "sft" epochs differ in size: count them."""
+        c = self.comps[ci]
+        if c["mode"] != "sft":
+            return divmod(k, c["units"])
+        epoch, sizes = 0, c["epoch_units"]
+        while k >= sizes[epoch]:
+            k, epoch = k - sizes[epoch], epoch + 1
+            if epoch == len(sizes) and self.allow_repeat:
+                sizes.append(len(self._sft_epoch(ci, epoch)[1]) - 1)
+            elif epoch == len(sizes):
+                break  # _unit refuses it
+        return epoch, k
+
     def _unit(self, ci, k):
         """Document pieces (doc, start, end) of unit k of component ci; epochs beyond the first reshuffle."""
         c = self.comps[ci]
-        epoch, j = divmod(k, c["units"])
+        epoch, j = self._locate(ci, k)
         if epoch and not self.allow_repeat:
             raise DataError(f"{c['name']}: all {c['units']} units of {c['length']} tokens used up; lower its "
                             f"proportion, add data, or allow repetition (allow_repeat=True)")
@@ -616,12 +455,17 @@ class Mixture:
             rng = np.random.default_rng([self.seed, ci, epoch])
             if c["mode"] == "chunk":
                 self._epoch[ci] = (epoch, rng.permutation(c["units"]))
+            elif c["mode"] == "sft":
+                self._epoch[ci] = (epoch, *self._sft_epoch(ci, epoch))
             else:
                 order = rng.permutation(c["docs"])
                 self._epoch[ci] = (epoch, order, np.cumsum(c["domain"].lengths[order]))
         if c["mode"] == "chunk":
             u = self._epoch[ci][1][j]
             return [(c["chunk_doc"][u], c["chunk_off"][u], c["chunk_off"][u] + c["length"])]
+        if c["mode"] == "sft":  # whole conversations, each truncated to `length`
+            _, order, starts = self._epoch[ci]
+            return [(d, 0, min(int(c["domain"].lengths[d]), c["length"])) for d in order[starts[j]:starts[j + 1]]]
         _, order, cum = self._epoch[ci]
         start, end, pieces = j * c["length"], (j + 1) * c["length"], []
         d = int(np.searchsorted(cum, start, side="right"))

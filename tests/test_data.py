@@ -10,6 +10,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import data  # noqa: E402
 import sources  # noqa: E402
+import tokenizer  # noqa: E402
 
 llama_tokenizer = pytest.importorskip("llama_models.llama3.tokenizer", reason="pip install --no-deps llama-models")
 FIXTURES = os.path.join(ROOT, "tests", "fixtures", "mds")
@@ -92,7 +93,7 @@ def test_streaming_blocks_equal_whole_text_encoding(tok):
 
 def test_text_without_any_safe_point_is_still_cut_in_bounded_pieces(monkeypatch, tok):
     # ".\n ." has no point where Llama-3's regex must start a new piece; the carry must not grow without end.
-    monkeypatch.setattr(data, "MAX_CARRY", 5000)
+    monkeypatch.setattr(tokenizer, "MAX_CARRY", 5000)  # read by tokenizer._split
     text = ".\n ." * 20_000
     pieces = list(data.text_pieces(iter(text[i:i + 1000] for i in range(0, len(text), 1000)), target=100))
     assert "".join(pieces) == text and max(map(len, pieces)) <= 5000 + 2 * 100 + 1000
@@ -428,6 +429,143 @@ def test_order_microbatches(domains):
     assert sum(s.input_ids.sum() for s in ordered) == sum(s.input_ids.sum() for s in seqs)
 
 
+# ---------------------------------------------------------------------------------------------- SFT packing
+
+def chat_mask(pos):
+    """The synthetic conversations' mask, a function of the position: 0 at the start, then runs of 0s and 1s."""
+    return (np.asarray(pos) % 7 >= 3).astype(np.uint8)
+
+
+def masked_domain(path, docs, eos=1):
+    """docs: (ids, mask) pairs, or lengths of synthetic conversations (token = (doc << 16) | position)."""
+    w = data.ShardWriter(str(path), {"tokenizer": "synthetic", "tokenizer_sha256": "", "eos_id": eos},
+                         shard_tokens=3000, with_mask=True)
+    for d, doc in enumerate(docs):
+        ids, mask = doc if isinstance(doc, tuple) else ((d << 16) | np.arange(doc), chat_mask(np.arange(doc)))
+        w.add(ids, mask)
+        w.end_document()
+    w.commit()
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def chats(tmp_path_factory):
+    root, rng = tmp_path_factory.mktemp("chats"), np.random.default_rng(1)
+    lengths = rng.integers(2, 300, 400)
+    lengths[[5, 50]] = 3 * 256, 1000  # longer than a unit: truncated, the rest dropped
+    return {"a": masked_domain(root / "a", lengths), "b": masked_domain(root / "b", rng.integers(2, 120, 300)),
+            "plain": synthetic_domain(root / "plain", [10, 20])}
+
+
+SFT = lambda path, p=1, length=256: {"path": path, "proportion": p, "length": length, "mode": "sft"}
+
+
+def check_sft_sequence(seq, seq_len, length, pad=1):
+    """Every segment but trailing padding is the start of one conversation, at most `length` tokens; labels only
+    where the predicted token's mask is 1, never across a boundary. Returns the conversations' (doc, tokens)."""
+    ids, labels, cu = seq
+    assert len(ids) == len(labels) == seq_len and cu[0] == 0 and cu[-1] == seq_len and np.all(np.diff(cu) > 0)
+    convs = []
+    for tokens, lab in segments(seq):
+        if np.all(tokens == pad):
+            assert np.all(lab == -100) and len(convs) > 0
+            continue
+        assert not convs or cu[len(convs)] == sum(len(t) for _, t in convs)  # padding only after all conversations
+        assert np.array_equal(tokens & 0xFFFF, np.arange(len(tokens))) and np.all(tokens >> 16 == tokens[0] >> 16)
+        assert len(tokens) <= length
+        want = np.where(chat_mask(np.arange(1, len(tokens))) == 1, tokens[1:], -100)
+        assert np.array_equal(lab[:-1], want) and lab[-1] == -100
+        convs.append((int(tokens[0] >> 16), tokens))
+    return convs
+
+
+@pytest.mark.parametrize("seq_len, length", [(256, 256), (1024, 256), (600, 300)])
+def test_sft_packs_whole_conversations_and_drops_truncated_remainders(chats, seq_len, length):
+    mix = data.Mixture([SFT(chats["a"], length=length)], seq_len, seed=2)
+    c, lengths = mix.comps[0], data.open_domain(chats["a"]).lengths
+    per_seq, placed = seq_len // length, []
+    for g in range(c["units"] // per_seq):
+        seq = mix.sequence(g)
+        convs = check_sft_sequence(seq, seq_len, length)
+        for d, tokens in convs:  # the whole conversation, or its first `length` tokens
+            assert len(tokens) == min(lengths[d], length)
+        placed += [d for d, _ in convs]
+        if length == 256 and 5 in (d for d, _ in convs):  # 3 * length: its unit is exactly its first 256 tokens
+            assert per_seq > 1 or seq.cu_seqlens.tolist() == [0, 256]
+    assert len(placed) == len(set(placed))  # no conversation twice in an epoch: nothing crosses or carries over
+    assert len(placed) > len(lengths) * 0.95 and {5, 50} <= set(placed)
+    # Greedy: each unit stops only where the next conversation (truncated) does not fit in what is left.
+    _, order, starts = mix._epoch[0]
+    used = np.add.reduceat(np.minimum(lengths[order], length), starts[:-1])
+    assert np.all(used <= length) and np.all(used[:-1] + np.minimum(lengths[order[starts[1:-1]]], length) > length)
+    assert order[:len(placed)].tolist() == placed and len(starts) - 1 == c["units"]
+
+
+def test_sft_tiny_example_exact_ids_labels_cu_seqlens(tmp_path):
+    docs = [([10, 11, 12], [0, 1, 1]), ([20, 21, 22, 23, 24], [0, 0, 1, 1, 0]), ([30, 31], [0, 1]),
+            (list(range(40, 51)), [0, 0, 0] + [1] * 8), ([60, 61, 62, 63], [0, 0, 1, 1])]
+    mix = data.Mixture([SFT(masked_domain(tmp_path / "d", docs), length=8)], 8, seed=0)
+    assert np.random.default_rng([0, 0, 0]).permutation(5).tolist() == [2, 4, 3, 0, 1]  # the epoch's order
+    # [30 31] + [60..63] = 6 tokens, 40..50 (8 after truncation) does not fit: padding; then 40..47 alone (48..50
+    # dropped); then [10 11 12] + [20..24] fill the third unit exactly.
+    x = -100
+    want = [([30, 31, 60, 61, 62, 63, 1, 1], [31, x, x, 62, 63, x, x, x], [0, 2, 6, 8]),
+            (list(range(40, 48)), [x, x, 43, 44, 45, 46, 47, x], [0, 8]),
+            ([10, 11, 12, 20, 21, 22, 23, 24], [11, 12, x, x, 22, 23, x, x], [0, 3, 8])]
+    assert mix.comps[0]["units"] == 3
+    for g, (ids, labels, cu) in enumerate(want):
+        seq = next(mix)
+        assert (seq.input_ids.tolist(), seq.labels.tolist(), seq.cu_seqlens.tolist()) == (ids, labels, cu), g
+    with pytest.raises(data.DataError, match="used up"):
+        next(mix)
+
+
+def test_sft_proportions_resume_and_repetition(chats, capsys):
+    mix2 = lambda **kw: data.Mixture([SFT(chats["a"], 0.7), SFT(chats["b"], 0.3)], 256, seed=5, allow_repeat=True,
+                                     **kw)
+    ref = mix2()
+    tokens, per_comp = np.zeros(2), {0: [], 1: []}
+    names = {c["name"]: i for i, c in enumerate(ref.comps)}
+    plain = []
+    for g in range(1200):  # several epochs of "b" (about 60 units each): repetition, re-permuted per epoch
+        seq = ref.sequence(g)
+        ci = names[ref.last_domain]
+        convs = check_sft_sequence(seq, 256, 256)
+        tokens[ci] += sum(len(t) for _, t in convs)
+        per_comp[ci].append([d for d, _ in convs])
+        plain.append(seq.input_ids)
+    assert np.allclose(tokens / tokens.sum(), [0.7, 0.3], atol=0.02), tokens / tokens.sum()
+    assert "repeating" in capsys.readouterr().err
+    sizes = ref.comps[1]["epoch_units"]
+    assert len(sizes) >= 3
+    epochs, k = [], 0
+    for n in sizes[:3]:  # each epoch places every conversation of "b" exactly once, in a new order
+        epochs.append([d for unit in per_comp[1][k:k + n] for d in unit])
+        k += n
+    assert all(sorted(e) == list(range(300)) for e in epochs) and epochs[0] != epochs[1] != epochs[2]
+    # Resume mid-run (in a later epoch), on 2 data-parallel ranks: the same next sequences.
+    for rank in range(2):
+        mix = mix2(dp_rank=rank, dp_size=2)
+        for _ in range(400):
+            next(mix)
+        state = json.loads(json.dumps(mix.state_dict()))
+        resumed = mix2(dp_rank=rank, dp_size=2)
+        resumed.load_state_dict(state)
+        for k in range(400, 420):
+            assert np.array_equal(next(resumed).input_ids, plain[2 * k + rank])
+
+
+def test_sft_needs_a_mask_and_check_mixture_accepts_it(chats):
+    with pytest.raises(data.DataError, match="mode 'sft' needs conversations with a mask"):
+        data.Mixture([SFT(chats["plain"], length=16)], 16)
+    data.check_mixture([SFT(chats["a"])], 256)
+    with pytest.raises(data.DataError, match=r"^mixture\[0\]: mode must be .* or 'sft' \(whole conversations"):
+        data.check_mixture([dict(SFT(chats["a"]), mode="SFT")], 256)
+    mix = data.Mixture([SFT(chats["a"])], 256)
+    with pytest.raises(data.DataError, match="used up"):  # no repetition unless allowed
+        for _ in range(mix.comps[0]["units"] + 1):
+            next(mix)
+
 # ------------------------------------------------------------------------------------------------ MDS import
 
 def expected_documents(name):
@@ -465,6 +603,26 @@ def test_imported_sft_mask_reaches_labels(tmp_path, tok):
             want = np.where(dom.mask(doc, a, b)[1:] == 1, dom.tokens(doc, a, b)[1:].astype(np.int64), -100)
             assert np.array_equal(seq.labels[a2:b2 - 1], want) and seq.labels[b2 - 1] == -100
 
+
+def test_imported_mds_mask_gives_the_sft_labels(tmp_path, tok):
+    # The released-data path: MDS written by mosaic's MDSWriter with a `mask` column -> import-mds -> mode "sft".
+    # Labels are computed from what was handed to the writer (expected.json), not from what we imported.
+    pytest.importorskip("zstandard")
+    out = str(tmp_path / "sft")
+    assert data.main(["import-mds", os.path.join(FIXTURES, "sft"), out]) is None
+    want = expected_documents("sft")  # documents = the samples' `indices` pieces
+    mix = data.Mixture([{"path": out, "proportion": 1, "length": 16, "mode": "sft"}], 16)
+    seen = []
+    for g in range(mix.comps[0]["units"]):
+        seq, pieces = mix.sequence(g), mix._unit(0, g)
+        for (doc, a, b), (s, e) in zip(pieces, zip(seq.cu_seqlens[:-1], seq.cu_seqlens[1:])):
+            ids, mask = want[doc]
+            assert a == 0 and b == e - s == min(len(ids), 16) and seq.input_ids[s:e].tolist() == ids[:b]
+            labels = [t if m == 1 else -100 for t, m in zip(ids[1:b], mask[1:b])] + [-100]
+            assert seq.labels[s:e].tolist() == labels
+            seen.append(doc)
+        assert np.all(seq.labels[seq.cu_seqlens[len(pieces)]:] == -100)
+    assert sorted(seen) == list(range(len(want))) and any(m for _, mask in want for m in mask[1:])
 
 def test_import_mds_refuses_pickle_and_corrupt_shards(tmp_path, tok):
     out = str(tmp_path / "p")
