@@ -10,6 +10,7 @@ import data  # noqa: E402
 import tokenizer  # noqa: E402
 
 pytest.importorskip("llama_models.llama3.tokenizer", reason="pip install --no-deps llama-models")
+_saved = {name: sys.modules.get(name) for name in ("PIL", "PIL.Image")}
 try:
     import PIL.Image  # noqa: F401
 except ImportError:  # chat_format.py imports Pillow for images only; text dialogs never touch it, so stand it in
@@ -19,6 +20,13 @@ except ImportError:  # chat_format.py imports Pillow for images only; text dialo
     sys.modules["PIL"].Image = image
 from llama_models.datatypes import RawMessage, StopReason  # noqa: E402
 from llama_models.llama3.chat_format import ChatFormat  # noqa: E402
+# Only while chat_format imported: a stand-in left in sys.modules makes other packages (transformers) believe that
+# Pillow is installed, and fail on their own imports of it in later test files.
+for _name, _module in _saved.items():
+    if _module is None:
+        sys.modules.pop(_name, None)
+    else:
+        sys.modules[_name] = _module
 from llama_models.llama3.tokenizer import Tokenizer as RefTokenizer  # noqa: E402
 
 BOS, START, END, EOT = 128000, 128006, 128007, 128009
