@@ -325,14 +325,19 @@ def check_mixture(mixture, seq_len, root=".", name="mixture"):
 class Mixture:
     """This data-parallel rank's training sequences from a mixture (see the top note). Ranks of one
     sequence-parallel group pass the same dp_rank and so get the same sequences. `num_sequences` (global, all
-    ranks) lets a too-small domain fail here rather than mid-run; allow_repeat=True reuses data in a fresh order."""
+    ranks) lets a too-small domain fail here rather than mid-run; allow_repeat=True reuses data in a fresh order.
+    cross_document_labels=True (the paper's code with document masks off) also trains the prediction across each
+    boundary between real pieces of a sequence: a piece's last token predicts the next piece's first token (unless
+    a mask says that token is not trained on, as for a conversation's first token); padding is never predicted."""
 
-    def __init__(self, mixture, seq_len, seed=0, dp_rank=0, dp_size=1, num_sequences=None, allow_repeat=False):
+    def __init__(self, mixture, seq_len, seed=0, dp_rank=0, dp_size=1, num_sequences=None, allow_repeat=False,
+                 cross_document_labels=False):
         if not 0 <= dp_rank < dp_size:
             raise DataError(f"dp_rank {dp_rank} is not in [0, dp_size={dp_size})")
         check_mixture(mixture, seq_len)
         self.seq_len, self.seed, self.dp_rank, self.dp_size, self.allow_repeat = seq_len, seed, dp_rank, dp_size, \
             allow_repeat
+        self.cross_document_labels = cross_document_labels
         self.consumed, domains, self.comps, self._epoch = 0, {}, [], {}
         for spec in mixture:
             length, mode, p = int(spec["length"]), spec["mode"], float(spec["proportion"])
@@ -489,6 +494,8 @@ class Mixture:
                 lab[:-1] = tokens[1:]
                 if dom.has_mask:
                     lab[:-1][dom.mask(doc, start, end)[1:] == 0] = -100
+                if self.cross_document_labels and labels and (not dom.has_mask or dom.mask(doc, start, start + 1)[0]):
+                    labels[-1][-1] = tokens[0]  # the previous piece's last token predicts this piece's first
                 ids.append(tokens), labels.append(lab), cu.append(cu[-1] + len(tokens))
         if cu[-1] < self.seq_len:  # padding: one segment of EOS that is never trained on
             ids.append(np.full(self.seq_len - cu[-1], dom.meta.get("eos_id", 0), np.int64))

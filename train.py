@@ -54,6 +54,8 @@ DEFAULTS = dict(
     rope_theta=None,  # replaces the checkpoint's RoPE base (ProLong: 8e6 at 64K, 1.28e8 at 512K)
     tokenizer=None,  # data.load_tokenizer spec; None: init_from's tokenizer, else the Llama-3 one
     cross_document=False,  # ablation: attention across document boundaries, positions run on
+    cross_document_labels=None,  # None: follow cross_document (the paper's code with masks off also trains each
+    # boundary's prediction: a document's last token predicts the next one's first); False: labels within documents
     attention_backend=None,  # None: picked from the device (attention.py)
     # data
     data_root=".",  # relative mixture paths are under this directory
@@ -63,6 +65,7 @@ DEFAULTS = dict(
     allow_repeat=False,  # reuse a domain that runs out instead of stopping
     seq_len=2048,
     micro_batch_sequences=1,  # sequences packed into one micro-batch
+    sort_microbatches=True,  # order each rank's micro-batches by sum of squared document lengths (paper B.3)
     tokens_per_step=16384,
     # optimisation
     max_steps=100,
@@ -193,6 +196,11 @@ def check_init_from(path):
         raise ConfigError(f"init_from {path}: no *.safetensors weights{hint}")
 
 
+def labels_cross(cfg):
+    """Whether labels cross document boundaries: cross_document_labels, or cross_document when that is None."""
+    return bool(cfg["cross_document"] if cfg["cross_document_labels"] is None else cfg["cross_document_labels"])
+
+
 def resolved(mixture, root):
     return [dict(c, path=os.path.join(root, c["path"])) for c in mixture]
 
@@ -320,9 +328,10 @@ def on_rank0(fn, what):
 # one optimizer step
 
 
-def micro_batches(sequences, per_micro_batch):
-    """Concatenate consecutive sequences into micro-batches (boundaries kept), then order them by the sum of
-    squared document lengths, descending, so that every rank reaches its attention-heavy ones at the same time."""
+def micro_batches(sequences, per_micro_batch, sort=True):
+    """Concatenate consecutive sequences into micro-batches (boundaries kept), then (sort=True) order them by the
+    sum of squared document lengths, descending, so that every rank reaches its attention-heavy ones at the same
+    time. The order changes only the speed: the step's loss and gradient are sums over all micro-batches."""
     batches = []
     for i in range(0, len(sequences), per_micro_batch):
         group = sequences[i:i + per_micro_batch]
@@ -331,7 +340,7 @@ def micro_batches(sequences, per_micro_batch):
                         for s, o in zip(group, offsets)] + [offsets[-1:].int()])
         batches.append(data.Sequence(torch.cat([torch.as_tensor(s.input_ids) for s in group]),
                                      torch.cat([torch.as_tensor(s.labels) for s in group]), cu))
-    return data.order_microbatches(batches)
+    return data.order_microbatches(batches) if sort else batches
 
 
 def accumulate_gradients(model, batches, device, split=None):
@@ -496,12 +505,13 @@ def run(cfg, rank, world, dp, accumulation, device, log):
     # all the data, held-out included, is opened and checked before the (slow) model is built
     train_data = data.Mixture(resolved(cfg["mixture"], cfg["data_root"]), cfg["seq_len"], seed=cfg["seed"],
                               dp_rank=dp_rank, dp_size=dp, num_sequences=steps_total * sequences_per_rank * dp,
-                              allow_repeat=cfg["allow_repeat"])
+                              allow_repeat=cfg["allow_repeat"], cross_document_labels=labels_cross(cfg))
     check_tokenizer(train_data, tokenizer)
     val = []
     if cfg["val_mixture"]:
         val_data = data.Mixture(resolved(cfg["val_mixture"], cfg["data_root"]), cfg["seq_len"], seed=cfg["seed"] + 1,
-                                dp_rank=dp_rank, dp_size=dp, allow_repeat=True)
+                                dp_rank=dp_rank, dp_size=dp, allow_repeat=True,
+                                cross_document_labels=labels_cross(cfg))
         check_tokenizer(val_data, tokenizer)
         val = [as_tensors(val_data.sequence(g)) for g in range(dp_rank, cfg["val_sequences"], dp)]
     model = build_model(cfg, fsdp_mesh, device, log)
@@ -563,7 +573,7 @@ def run(cfg, rank, world, dp, accumulation, device, log):
     while step < steps_total:
         t0 = time.perf_counter()
         sequences = [as_tensors(next(train_data)) for _ in range(sequences_per_rank)]
-        batches = micro_batches(sequences, cfg["micro_batch_sequences"])
+        batches = micro_batches(sequences, cfg["micro_batch_sequences"], cfg["sort_microbatches"])
         lr = lr_at(step, cfg)
         for group in optimizer.param_groups:
             group["lr"] = lr

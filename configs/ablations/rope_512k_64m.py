@@ -1,0 +1,8 @@
+# Ablation, RoPE base at 512K (paper Table 19): 6.4e7; base_512k.py is the 1.28e8 arm.
+# Hardware: as base_512k.py (a multiple of 8 GPUs with 80 GB or more; ~9 hours on 64 GPUs, estimated).
+#   torchrun --nnodes 8 --nproc_per_node 8 --rdzv_backend c10d --rdzv_endpoint HOST:29500 train.py \
+#       configs/ablations/rope_512k_64m.py
+
+exec(open("configs/ablations/base_512k.py").read())  # the shared 512K base; run from the repository root
+out_dir = "runs/ablations/rope_512k_64m"
+rope_theta = 6.4e7
