@@ -5,6 +5,7 @@ the released data; AdamW 0.9/0.95, weight decay 0.1, clip 1.0, LR 2e-5 cosine to
 the checkpoint has it, no sequence parallelism). Two commands:
 
     python sft.py prepare OUT INPUT... [--holdout N] [--system TEXT] [--strict]
+    python sft.py synth OUT.jsonl --ckpt CKPT --domain DIR [--n N] [--chunk-tokens 4096] [--seed 0]
     torchrun --nproc_per_node 8 sft.py configs/sft_ultrachat.py [--key=value ...]   (or python sft.py CONFIG)
 
 `prepare` turns UltraChat-format conversations ({"messages": [{"role", "content"}, ...]}) into a masked domain
@@ -259,6 +260,9 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "prepare":
         return prepare_main(argv[1:])
+    if argv and argv[0] == "synth":  # synthetic long-instruction data: synth.py
+        import synth
+        return synth.main(argv[1:])
     if not argv or argv[0] in ("-h", "--help"):
         print("usage:\n" + __doc__.split("\n\n")[1].rstrip())
         sys.exit(0 if argv else 2)

@@ -1,0 +1,322 @@
+"""Synthetic long-instruction SFT data (ProLong paper, section 5): `python sft.py synth OUT.jsonl --ckpt CKPT
+--domain DIR [--n N] [--chunk-tokens 4096] [--context-tokens 64000] [--seed 0] [--max-new-tokens M]
+[--temperature T] [--top-p P] [--shard K/M]`.
+
+Three kinds of records, from the long documents of a token domain (data.py's format, e.g. books or code repos) and
+any checkpoint model.py loads (generation through `Llama.generate`, greedy unless --temperature, stopped at
+<|eot_id|> or <|end_of_text|>, prompts in the Llama-3 chat format via `tokenizer.chat_ids(...,
+add_generation_prompt=True)`):
+  qa   (40%): the model is shown a random chunk of --chunk-tokens tokens of a long document and asked for one question
+              and its answer (QA_PROMPT); the record's user turn holds up to --context-tokens of that document (a
+              window that contains the chunk) followed by the question, the assistant turn is the answer.
+  rag  (30%): a question-answer pair made the same way, then the user turn lists random chunks of the domain as
+              retrieved passages, "Document [k](Title: ...)", one of them the chunk the question came from (at a
+              random position), then the question; the assistant turn is the answer.
+  summary (30%): a document (its first --context-tokens tokens) is cut into chunks; each chunk is summarised by the
+              model, then groups of consecutive summaries that fit in one chunk are summarised again, until one
+              summary is left; the record is "whole text + request" -> that summary.
+The kind of record i is fixed by i alone (KIND_CYCLE: qa, rag, summary, qa, rag, summary, qa, rag, summary, qa), so
+every 10 consecutive records are exactly 4 qa / 3 rag / 3 summary, and all randomness of record i comes from
+Random(f"{seed}:{i}"): a record does not depend on which records were generated before it, so a resumed run writes
+exactly what an uninterrupted run would have written.
+
+Output: one JSON object per line, UltraChat format ({"messages": [{"role", "content"}, ...]}, what `sft.py prepare`
+reads; it ignores the other keys) plus "id" (the record index i), "kind", "seed", "parsed" (false when the model's
+reply to QA_PROMPT never had the "Question: ... Answer: ..." shape within --retries tries: the raw reply is used as
+question and answer; filter such records out before training, e.g. `jq -c 'select(.parsed)'`) and "source" (document
+indices). Each finished record is appended with flush + fsync. On start the file is read back: ids already present are
+skipped, and a last line cut short by a kill (text after the last newline) is removed and generated again, so a kill at
+any moment never duplicates or loses a record. Progress and ETA go to stderr. Generation is one prompt at a time
+(model.generate takes one prompt; a batched KV cache is not in model.py): to use several GPUs run one process per
+GPU with --shard K/M (ids with i % M == K), each writing its own file, and concatenate the files.
+
+The prompt texts below are NOT the paper's exact wording (Tables 16 and 24 of Gao et al. 2024 were not found
+offline); they follow its description (QA pair from a random chunk, RAG with "Document [i](Title: ...)" passages,
+recursive summaries). Replace the *_PROMPT / *_RECORD strings to use the paper's exact templates.
+"""
+import argparse
+import json
+import os
+import random
+import re
+import signal
+import sys
+import time
+
+from data import DataError, fail, load_tokenizer, log, open_domain
+from tokenizer import chat_ids
+
+KINDS = ("qa", "rag", "summary")
+SHARES = {"qa": 0.4, "rag": 0.3, "summary": 0.3}
+KIND_CYCLE = ("qa", "rag", "summary", "qa", "rag", "summary", "qa", "rag", "summary", "qa")  # 4 / 3 / 3 per 10
+
+# Not the paper's exact wording (not found offline): written from the paper's description of its synthetic data.
+QA_PROMPT = ("Below is a chunk of a long document. Write one question about this chunk that can be answered from "
+             "it, and the answer to the question. Reply in exactly this format:\n"
+             "Question: <the question>\nAnswer: <the answer>\n\n"
+             "Chunk:\n{chunk}")
+QA_RECORD = "{document}\n\nAnswer the question based on the document above.\n\nQuestion: {question}"
+RAG_PASSAGE = "Document [{k}](Title: {title}) {text}"
+RAG_RECORD = ("Write an accurate answer to the question using only the search results below.\n\n{passages}\n\n"
+              "Question: {question}")
+SUMMARY_PROMPT = "Summarize the following part of a long text in a few sentences.\n\n{chunk}"
+MERGE_PROMPT = ("The following are summaries of consecutive parts of a long text, in order. Combine them into one "
+                "summary of the whole text.\n\n{summaries}")
+SUMMARY_RECORD = "{text}\n\nSummarize the text above."
+QA_REPLY = re.compile(r"Question:\s*(?P<q>.+?)\s*Answer:\s*(?P<a>.+)", re.S)
+
+
+def kind_of(i):
+    return KIND_CYCLE[i % len(KIND_CYCLE)]
+
+
+def user(content):
+    return [{"role": "user", "content": content}]
+
+
+def qa_prompt(chunk):
+    """The messages sent to the model to get a question-answer pair about `chunk` (text)."""
+    return user(QA_PROMPT.format(chunk=chunk))
+
+
+def summary_prompt(chunk):
+    return user(SUMMARY_PROMPT.format(chunk=chunk))
+
+
+def merge_prompt(summaries):
+    return user(MERGE_PROMPT.format(summaries="\n\n".join(summaries)))
+
+
+def rag_passages(passages):
+    """passages: [(title, text)] -> the numbered "Document [k](Title: ...) text" block (k from 1)."""
+    return "\n\n".join(RAG_PASSAGE.format(k=k, title=t, text=x) for k, (t, x) in enumerate(passages, 1))
+
+
+def parse_qa(reply):
+    m = QA_REPLY.search(reply)
+    if not m or not m["q"].strip() or not m["a"].strip():
+        return None
+    return m["q"].strip(), m["a"].strip()
+
+
+class Synth:
+    """Everything needed to build record i: the model, tokenizer, domain and settings."""
+
+    def __init__(self, model, tok, domain, chunk_tokens=4096, context_tokens=64000, max_new_tokens=512,
+                 temperature=0.0, top_p=1.0, seed=0, retries=3, keep_prompts=False):
+        if chunk_tokens < 1 or context_tokens < chunk_tokens:
+            raise DataError(f"--chunk-tokens {chunk_tokens} must be >= 1 and <= --context-tokens {context_tokens}")
+        self.model, self.tok, self.domain = model, tok, domain
+        self.chunk, self.context, self.max_new = chunk_tokens, context_tokens, max_new_tokens
+        self.temperature, self.top_p, self.seed, self.retries = temperature, top_p, seed, retries
+        self.specials = {tok.bos_id, tok.eos_id}
+        self.stop = {tok.eot_id, tok.eos_id}
+        lengths = domain.lengths - 2  # tokenize stores BOS text EOS
+        self.long_docs = [int(d) for d in range(len(domain)) if lengths[d] >= chunk_tokens]
+        if not self.long_docs:
+            raise DataError(f"{domain.path}: no document has --chunk-tokens {chunk_tokens} tokens (longest: "
+                            f"{int(lengths.max())}); lower --chunk-tokens or use a domain of long documents")
+        self.prompts = [] if keep_prompts else None  # every prompt sent (messages), for tests
+        self._rec, self._calls = 0, 0  # record being built, prompts sent for it: seeds sampling
+
+    # ---- text
+    def doc_ids(self, d):
+        ids = self.domain.tokens(d)
+        return [int(t) for t in ids if int(t) not in self.specials]
+
+    def text(self, ids):
+        return self.tok.decode(ids)
+
+    def title(self, d):
+        head = [int(t) for t in self.domain.tokens(d, 0, 66) if int(t) not in self.specials]
+        first = next((ln.strip() for ln in self.text(head).splitlines() if ln.strip()), "")
+        return (first[:80] or f"document {d}").replace("\n", " ")
+
+    # ---- generation
+    def generate(self, messages):
+        import torch
+        if self.prompts is not None:
+            self.prompts.append(messages)
+        ids, _ = chat_ids(self.tok, messages, add_generation_prompt=True)
+        gen = torch.Generator(device=self.model.head_weight.device)
+        gen.manual_seed(((self.seed * 1_000_003) + self._rec) * 10_007 + self._calls)  # record i's own stream
+        self._calls += 1
+        with torch.no_grad():
+            out = self.model.generate(ids, self.max_new, self.temperature, self.top_p, self.stop, generator=gen)
+        return self.text(out).strip()
+
+    # ---- records
+    def random_chunk(self, rng):
+        d = rng.choice(self.long_docs)
+        ids = self.doc_ids(d)
+        start = rng.randrange(len(ids) - self.chunk + 1)
+        return d, ids, start
+
+    def qa_pair(self, rng):
+        """(doc, doc ids, chunk start, question, answer, parsed): retries with a new chunk if the reply is not a
+        "Question: ... Answer: ..." pair; after --retries tries the last raw reply is used (parsed=False)."""
+        for attempt in range(max(1, self.retries)):
+            d, ids, start = self.random_chunk(rng)
+            reply = self.generate(qa_prompt(self.text(ids[start:start + self.chunk])))
+            pair = parse_qa(reply)
+            if pair:
+                return d, ids, start, pair[0], pair[1], True
+        raw = reply or "(empty generation)"
+        return d, ids, start, raw, raw, False
+
+    def record(self, i):
+        rng = random.Random(f"{self.seed}:{i}")
+        kind = kind_of(i)
+        self._rec, self._calls = i, 0
+        if kind == "qa":
+            d, ids, start, q, a, ok = self.qa_pair(rng)
+            end = start + self.chunk
+            lo, hi = max(0, end - self.context), min(start, max(0, len(ids) - self.context))
+            w = rng.randint(lo, max(lo, hi))
+            content = QA_RECORD.format(document=self.text(ids[w:w + self.context]), question=q)
+            source = [d]
+        elif kind == "rag":
+            d, ids, start, q, a, ok = self.qa_pair(rng)
+            n = max(2, self.context // self.chunk)
+            passages, source = [(self.title(d), self.text(ids[start:start + self.chunk]))], [d]
+            for _ in range(n - 1):
+                for _try in range(10):  # a distractor that is not the gold chunk itself
+                    d2, ids2, s2 = self.random_chunk(rng)
+                    if d2 != d or abs(s2 - start) >= self.chunk:
+                        break
+                passages.append((self.title(d2), self.text(ids2[s2:s2 + self.chunk])))
+                source.append(d2)
+            gold = rng.randrange(n)
+            passages.insert(gold, passages.pop(0))
+            source.insert(gold, source.pop(0))
+            content = RAG_RECORD.format(passages=rag_passages(passages), question=q)
+        else:
+            d = rng.choice(self.long_docs)
+            ids = self.doc_ids(d)[:self.context]
+            summaries = [self.generate(summary_prompt(self.text(ids[s:s + self.chunk])))
+                         for s in range(0, len(ids), self.chunk)]
+            summaries = [s or "(empty generation)" for s in summaries]
+            while len(summaries) > 1:  # summaries of summaries: groups that fit in one chunk, at least two each
+                groups, cur, size = [], [], 0
+                for s in summaries:
+                    n = len(self.tok.encode(s))
+                    if len(cur) >= 2 and size + n > self.chunk:
+                        groups.append(cur)
+                        cur, size = [], 0
+                    cur.append(s)
+                    size += n
+                if len(cur) == 1 and groups:
+                    groups[-1].append(cur[0])
+                else:
+                    groups.append(cur)
+                summaries = [self.generate(merge_prompt(g)) or "(empty generation)" for g in groups]
+            a, ok, source = summaries[0], True, [d]
+            content = SUMMARY_RECORD.format(text=self.text(ids))
+        return {"id": i, "kind": kind, "seed": self.seed, "parsed": ok, "source": source,
+                "messages": [{"role": "user", "content": content}, {"role": "assistant", "content": a}]}
+
+
+# ------------------------------------------------------------------------------------------------ resumable file
+
+def read_done(path, seed):
+    """Ids already in `path`. Every record is written as one line ending in a newline, so text after the last
+    newline is a write cut short by a kill: it is removed from the file (and that record generated again)."""
+    done = set()
+    if not os.path.exists(path):
+        return done
+    with open(path, "rb") as f:
+        data = f.read()
+    *complete, tail = data.split(b"\n")
+    for n, raw in enumerate(complete, 1):
+        if not raw.strip():
+            continue
+        try:
+            obj = json.loads(raw)
+        except ValueError:
+            obj = None
+        if not isinstance(obj, dict) or not isinstance(obj.get("id"), int):
+            raise DataError(f"{path}:{n}: not a synth record (invalid JSON or no id); fix or remove that line")
+        if obj.get("seed", seed) != seed:
+            raise DataError(f"{path}:{n}: written with --seed {obj.get('seed')}, not {seed}; use that seed or "
+                            f"another output file")
+        if obj["id"] in done:
+            raise DataError(f"{path}:{n}: id {obj['id']} appears twice")
+        done.add(obj["id"])
+    if tail:
+        log(f"synth: {path}:{len(complete) + 1}: dropping a cut-short last line (an interrupted write); that record "
+            f"is generated again")
+        with open(path, "r+b") as f:
+            f.truncate(len(data) - len(tail))
+            f.flush()
+            os.fsync(f.fileno())
+    return done
+
+
+def run(out, synth, n, stop_after=None, shard=(0, 1)):
+    """Generate the ids 0..n-1 (those with id % shard[1] == shard[0]) that `out` lacks; returns how many."""
+    done = read_done(out, synth.seed)
+    todo = [i for i in range(n) if i % shard[1] == shard[0] and i not in done]
+    extra = sorted(i for i in done if i >= n or i % shard[1] != shard[0])
+    log(f"synth: {out}: {len(done)} records already there, {len(todo)} to generate"
+        + (f" ({len(extra)} with ids outside --n {n} / --shard are kept)" if extra else ""))
+    t0, written = time.time(), 0
+    with open(out, "ab") as f:
+        for i in todo:
+            rec = synth.record(i)
+            f.write((json.dumps(rec, ensure_ascii=False) + "\n").encode("utf-8"))
+            f.flush()
+            os.fsync(f.fileno())
+            written += 1
+            dt = time.time() - t0
+            eta = dt / written * (len(todo) - written)
+            log(f"synth: {written}/{len(todo)} new records ({rec['kind']} #{i}), {dt / written:.1f}s/record, "
+                f"ETA {eta / 60:.1f} min")
+            if stop_after is not None and written >= stop_after:  # test hook: die like a kill -9 would
+                os.kill(os.getpid(), signal.SIGKILL)
+    return written
+
+
+def main(argv):
+    ap = argparse.ArgumentParser(prog="sft.py synth", description="synthetic long-instruction SFT data (QA, RAG, "
+                                 "recursive summaries, 40/30/30) in UltraChat jsonl format")
+    ap.add_argument("out", help="output .jsonl (appended to; existing ids are skipped)")
+    ap.add_argument("--ckpt", required=True, help="HF-format checkpoint directory or hub id (model + tokenizer)")
+    ap.add_argument("--domain", required=True, help="token domain of long documents (data.py tokenize / demo)")
+    ap.add_argument("--tokenizer", default=None, help="default: the checkpoint's tokenizer")
+    ap.add_argument("--n", type=int, default=1000, help="records to have in OUT in all (ids 0..N-1)")
+    ap.add_argument("--chunk-tokens", type=int, default=4096)
+    ap.add_argument("--context-tokens", type=int, default=64000, help="longest document text in one record")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--max-new-tokens", type=int, default=512)
+    ap.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
+    ap.add_argument("--top-p", type=float, default=1.0)
+    ap.add_argument("--retries", type=int, default=3, help="QA prompts tried before a reply is kept unparsed")
+    ap.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    ap.add_argument("--shard", default="0/1", help="K/M: only ids i with i %% M == K (one process per GPU, each "
+                    "with its own OUT; concatenate the files afterwards)")
+    ap.add_argument("--stop-after", type=int, default=None, help=argparse.SUPPRESS)  # tests: SIGKILL after K
+    args = ap.parse_args(argv)
+    if args.n < 0:
+        ap.error("--n must be >= 0")
+    try:
+        shard = tuple(int(x) for x in args.shard.split("/"))
+        assert len(shard) == 2 and 0 <= shard[0] < shard[1]
+    except (ValueError, AssertionError):
+        ap.error(f"--shard {args.shard}: expected K/M with 0 <= K < M, e.g. 0/8")
+    try:
+        import torch
+        from model import Llama
+        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+        tok = load_tokenizer(args.tokenizer or args.ckpt)
+        domain = open_domain(args.domain)
+        model = Llama.from_pretrained(args.ckpt, dtype=dtype, device=device).eval()
+        synth = Synth(model, tok, domain, args.chunk_tokens, args.context_tokens, args.max_new_tokens,
+                      args.temperature, args.top_p, args.seed, args.retries)
+        t0 = time.time()
+        written = run(args.out, synth, args.n, args.stop_after, shard)
+    except (DataError, ValueError) as e:
+        fail(e)
+    except KeyboardInterrupt:
+        fail(f"interrupted; {args.out} holds every finished record (run again to continue)", 130)
+    print(f"synth: {args.out}: wrote {written} records in {time.time() - t0:.1f}s; {args.n} ids in all", flush=True)
