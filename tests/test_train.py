@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import sysconfig
+import time
 
 import pytest
 import torch
@@ -92,6 +93,38 @@ def test_loss_and_gradients_are_exact_for_any_world_size(tmp_path):
             assert (grad - ref_grads[name]).abs().max() <= 1e-10, (nproc, name)
 
 
+def kill_tree(pid):
+    """SIGKILL a process and all its descendants, and wait until they are gone. torchrun starts every worker in a
+    session of its own (torch/distributed/elastic/multiprocessing/subprocess_handler), so killing the launcher's
+    process group leaves the workers training on, racing the run that resumes."""
+    parent_of = {}
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            parent_of[int(entry)] = int(open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            pass  # gone meanwhile
+    tree, frontier = [pid], {pid}
+    while frontier:
+        frontier = {p for p, parent in parent_of.items() if parent in frontier}
+        tree += sorted(frontier)
+    for p in tree:
+        try:
+            os.kill(p, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    for _ in range(200):  # until each is gone or a zombie ('Z': dead, not yet reaped)
+        alive = []
+        for p in tree[1:]:
+            try:
+                alive += [p] if open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()[0] != "Z" else []
+            except OSError:
+                pass
+        if not alive:
+            return tree
+        time.sleep(0.05)
+    raise AssertionError(f"processes {alive} survived SIGKILL")
+
+
 def test_resume_after_sigkill_is_exact(tmp_path, domains):
     straight = tiny_config(tmp_path / "a", domains, checkpoint_interval=5)
     run(["train.py", straight], nproc=2)
@@ -102,7 +135,7 @@ def test_resume_after_sigkill_is_exact(tmp_path, domains):
                             stderr=subprocess.DEVNULL, text=True, start_new_session=True)
     for line in proc.stdout:
         if "checkpoint saved" in line:  # step 5 is on disk: kill launcher and workers at once
-            os.killpg(proc.pid, signal.SIGKILL)
+            assert len(kill_tree(proc.pid)) >= 3  # the launcher and both workers
             break
     proc.wait()
     run_b = tmp_path / "b" / "run"
