@@ -14,14 +14,13 @@
 # Every arm runs the same way: its file name in place of base_64k (arms exec this file, so run from the repository
 # root). Data: princeton-nlp/prolong-data-64K imported per domain into data/prolong-64K (`python data.py import-mds`).
 
+# The recipe's 64K stage (optimiser, schedule shape, precision, RoPE base 8e6, 64K sequences, data root); what
+# follows is all that the ablation base changes: the init, the data mixture and the length of the run.
+exec(open("configs/prolong_64k.py").read())
 _gpus = 8  # the GPU count this arm is checked for (tests/test_ablations.py)
 
 out_dir = "runs/ablations/base_64k"
-init_from = "meta-llama/Meta-Llama-3-8B"
-rope_theta = 8e6
-
-data_root = "data/prolong-64K"
-seq_len = 65536
+init_from = "meta-llama/Meta-Llama-3-8B"  # the base model, not the recipe's Instruct
 _long, _short = 0.6, 0.4  # arms that change the long share rescale these, keeping the proportions within each
 _books_repos = (0.5, 0.5)
 _shortmix = {"fineweb-edu": 0.25, "fineweb-2023-50": 0.25, "dolmawiki": 0.1, "tuluv2": 0.1, "stackexchange": 0.1,
@@ -36,17 +35,6 @@ def _mixture(long, short, books_repos, shortmix):
 
 mixture = _mixture(_long, _short, _books_repos, _shortmix)
 
-tokens_per_step = 4 * 1024 * 1024  # 64 sequences
-micro_batch_sequences = 1
-max_steps = 1280  # 5B tokens
-lr = 1e-5
-min_lr = 1e-6
-warmup_fraction = 0.1
-weight_decay = 0.1
-beta1, beta2 = 0.9, 0.95
-grad_clip = 1.0
-param_dtype = "float32"
-compute_dtype = "bfloat16"
-activation_checkpointing = True
+max_steps = 1280  # 5B tokens of 4M
 checkpoint_interval = 320
 keep_checkpoints = 2
