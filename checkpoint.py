@@ -36,7 +36,8 @@ from torch.distributed.checkpoint.state_dict import (get_model_state_dict, get_o
                                                      set_model_state_dict, set_optimizer_state_dict)
 from torch.distributed.tensor import DTensor
 
-from model import Llama, LlamaConfig, save_safetensors, write_hf_config
+from hf_checkpoint import save_safetensors, write_hf_config
+from model import Llama, LlamaConfig
 
 
 class CheckpointError(Exception):

@@ -3,7 +3,8 @@ Llama-3, written out by hand: the model ProLong continues to train on long docum
 
 Conventions the rest of the repository relies on:
 - Parameter names are Hugging Face's (`model.layers.3.self_attn.q_proj.weight`, ...), so a state dict is an HF
-  checkpoint with no renaming table; `from_pretrained` and `save_pretrained` read and write HF safetensors.
+  checkpoint with no renaming table; `from_pretrained` and `save_pretrained` read and write HF safetensors (the
+  files themselves are hf_checkpoint.py's).
 - The forward pass takes a *packed* sequence: `input_ids` of shape (T,) (or (B, T): B documents of length T) and
   `cu_seqlens` marking document boundaries. RoPE positions restart at 0 in every document unless `position_ids`
   are given, and attention never crosses a boundary (attention.py).
@@ -25,9 +26,9 @@ from dataclasses import asdict, dataclass, fields
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 
 import attention
+from hf_checkpoint import read_safetensors, resolve_checkpoint, save_safetensors, write_hf_config
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -466,15 +467,6 @@ class Llama(nn.Module):
         write_hf_config(self.config, path, dtype or self.head_weight.dtype)
 
 
-def write_hf_config(config, path, dtype, max_position_embeddings=None):
-    """config.json for `config`; a model trained at a longer length says so (max_position_embeddings >= it)."""
-    d = config.to_hf_dict()
-    d["torch_dtype"] = str(dtype).removeprefix("torch.")
-    if max_position_embeddings:
-        d["max_position_embeddings"] = max(d["max_position_embeddings"], int(max_position_embeddings))
-    _write_atomically(os.path.join(path, "config.json"), lambda f: f.write(json.dumps(d, indent=2)), "w")
-
-
 def check_token_ids(ids, vocab_size, what="token ids"):
     """Ids must lie in [0, vocab_size); labels may also be -100 (nothing to predict), and no other negative value:
     cross-entropy would otherwise train a label of -5 towards token 0 without a word."""
@@ -593,110 +585,6 @@ def chunked_cross_entropy(hidden, weight, labels, chunk_size=4096):
     if labels.shape[0] != hidden.shape[0]:
         raise ValueError(f"labels has {labels.shape[0]} tokens, the inputs {hidden.shape[0]}")
     return _ChunkedCrossEntropy.apply(hidden, weight, labels, chunk_size)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# safetensors in Hugging Face's layout
-
-
-def resolve_checkpoint(path_or_hub_id):
-    """A local directory is used as it is and never touches the network. Only an `org/name` that cannot be a local
-    path goes to the hub: an existing file, a path that starts with . / ~ or ends with /, has more than one
-    slash, or whose first component is a directory here (`runs/missin` is a missing run, not a hub repo) is local."""
-    name = os.fspath(path_or_hub_id)
-    path = os.path.expanduser(name)
-    if os.path.isdir(path):
-        if not os.path.exists(os.path.join(path, "config.json")):
-            raise FileNotFoundError(f"checkpoint directory {name} has no config.json")
-        return path
-    first = name.split("/")[0]
-    hub_shaped = name.count("/") == 1 and not name.startswith((".", "/", "~")) and not name.endswith("/")
-    if is_local_path(name):
-        why = (": it is a file" if os.path.exists(path) else " (and it is not a hub id 'org/name')" if "/" not in name
-               else f" ({first}/ is a local directory, so this is a local path, not a hub id)" if hub_shaped else "")
-        raise FileNotFoundError(f"no checkpoint directory at {name}{why}")
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError
-    try:
-        return snapshot_download(name, allow_patterns=["*.json", "*.safetensors", "original/tokenizer.model"])
-    except GatedRepoError:
-        why = "is gated: accept its licence on huggingface.co, then log in (hf auth login, or set HF_TOKEN)"
-    except RepositoryNotFoundError:
-        why = "does not exist on the hub (or is private: log in with hf auth login, or set HF_TOKEN)"
-    except LocalEntryNotFoundError:
-        why = "is not in the local hub cache and cannot be downloaded (no network, or HF_HUB_OFFLINE is set)"
-    except (OSError, ValueError) as e:  # other HTTP errors, an invalid repo name
-        why = "cannot be downloaded: " + " ".join(str(e).split())
-    raise OSError(f"no local directory {name}, and as a hub checkpoint it {why}")
-
-
-def is_local_path(name):
-    """Whether a checkpoint name means a local path (see resolve_checkpoint), whether or not it exists."""
-    name = os.fspath(name)
-    hub_shaped = name.count("/") == 1 and not name.startswith((".", "/", "~")) and not name.endswith("/")
-    return os.path.exists(os.path.expanduser(name)) or not hub_shaped or os.path.isdir(name.split("/")[0])
-
-
-def read_safetensors(path):
-    index = os.path.join(path, "model.safetensors.index.json")
-    if os.path.exists(index):
-        with open(index) as f:
-            files = sorted(set(json.load(f)["weight_map"].values()))
-    else:
-        files = sorted(f for f in os.listdir(path) if f.endswith(".safetensors"))
-    if not files:
-        raise FileNotFoundError(f"checkpoint {path} has no .safetensors files")
-    state = {}
-    for name in files:
-        file = os.path.join(path, name)
-        if not os.path.exists(file):
-            raise FileNotFoundError(f"checkpoint {path}: the index names {name}, which is missing")
-        try:
-            state.update(load_file(file))
-        except Exception as e:  # safetensors raises its own error types for truncated or corrupt files
-            raise ValueError(f"checkpoint file {file} cannot be read ({e})") from None
-    return state
-
-
-def save_safetensors(state, path, dtype=None, max_shard_bytes=5 * 2**30):
-    """Write a state dict, or (name, tensor) pairs streamed one at a time, as HF safetensors shards: a shard is
-    written as soon as it is full, so a caller gathering tensors one by one never holds more than one shard."""
-    os.makedirs(path, exist_ok=True)
-    items = state.items() if isinstance(state, dict) else state
-    written, weight_map, current, size, total = [], {}, {}, 0, 0
-
-    def flush():
-        file = os.path.join(path, f".shard-{len(written):05d}.tmp")
-        save_file(current, file, metadata={"format": "pt"})
-        written.append((file, list(current)))
-
-    for name, t in items:
-        t = (t if dtype is None else t.to(dtype)).detach().cpu().contiguous()
-        nbytes = t.numel() * t.element_size()
-        if current and size + nbytes > max_shard_bytes:
-            flush()
-            current, size = {}, 0
-        current[name], size, total = t, size + nbytes, total + nbytes
-    flush()
-    # names need the shard count, known only now
-    if len(written) == 1:
-        names = ["model.safetensors"]
-    else:
-        names = [f"model-{i + 1:05d}-of-{len(written):05d}.safetensors" for i in range(len(written))]
-    for (file, keys), name in zip(written, names):
-        os.replace(file, os.path.join(path, name))
-        weight_map.update({k: name for k in keys})
-    if len(written) > 1:
-        index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-        _write_atomically(os.path.join(path, "model.safetensors.index.json"),
-                          lambda f: f.write(json.dumps(index, indent=2)), "w")
-
-
-def _write_atomically(file, write, mode):
-    tmp = file + ".tmp"
-    with open(tmp, mode) as f:
-        write(f)
-    os.replace(tmp, file)
 
 
 if __name__ == "__main__":

@@ -43,7 +43,8 @@ from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
 import checkpoint
 import data
-from model import Llama, LlamaConfig, check_token_ids, is_local_path
+from hf_checkpoint import is_local_path
+from model import Llama, LlamaConfig, check_token_ids
 
 DEFAULTS = dict(
     out_dir="runs/default",  # checkpoints, metrics.jsonl

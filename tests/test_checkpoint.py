@@ -136,13 +136,13 @@ def test_stage_hand_off_takes_weights_and_optimizer_and_restarts_the_schedule(tm
 DISK_FULL = """
 import errno, sys
 sys.path.insert(0, {root!r})
-import model, train
-real_save = model.save_file
+import hf_checkpoint, train
+real_save = hf_checkpoint.save_file
 def full_disk(tensors, path, *args, **kwargs):
     if "step_0000004" in str(path):
         raise OSError(errno.ENOSPC, "No space left on device", path)
     return real_save(tensors, path, *args, **kwargs)
-model.save_file = full_disk
+hf_checkpoint.save_file = full_disk
 train.main([{config!r}])
 """
 

@@ -153,15 +153,15 @@ def test_resume_after_sigkill_is_exact(tmp_path, domains):
 KILL_DURING_SAVE = """
 import os, signal, sys
 sys.path.insert(0, {root!r})
-import model, train
-real_save = model.save_file
+import hf_checkpoint, train
+real_save = hf_checkpoint.save_file
 def save_then_die(tensors, path, *args, **kwargs):
     if "step_0000004" in str(path):  # the second checkpoint: sharded state written, HF weights half written
         with open(path, "wb") as f:
             f.write(b"partial")
         os.kill(os.getpid(), signal.SIGKILL)
     return real_save(tensors, path, *args, **kwargs)
-model.save_file = save_then_die
+hf_checkpoint.save_file = save_then_die
 train.main([{config!r}])
 """
 
