@@ -22,8 +22,9 @@ import time
 import numpy as np
 import torch
 
-from helmet import (SYNTHETIC, TASKS, category_averages, check_helmet_data, check_length, fit_context,
-                    helmet_files, helmet_records, prompt_fields, score, synthetic_records)
+from helmet import (SYNTHETIC, TASKS, category_averages, check_helmet_data, fit_context, helmet_files,
+                    helmet_records, prompt_fields, score)
+from ruler import check_length, synthetic_records
 
 
 def log(*args):

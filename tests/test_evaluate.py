@@ -15,6 +15,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import evaluate as ev  # noqa: E402
 import helmet as hm  # noqa: E402
+import ruler  # noqa: E402
 
 FIXTURES = os.path.join(ROOT, "tests", "fixtures", "helmet")
 
@@ -52,7 +53,7 @@ def oracle_text(task, rec):
 
 def records_for(task, tok):
     if task in hm.SYNTHETIC:
-        return hm.synthetic_records(task, 1024, 6, tok, seed=1), 1024
+        return ruler.synthetic_records(task, 1024, 6, tok, seed=1), 1024
     files = hm.helmet_files(task, 8192, FIXTURES)
     return hm.helmet_records(task, *files, samples=10, seed=1), 8192
 

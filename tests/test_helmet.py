@@ -1,4 +1,4 @@
-"""helmet.py: HELMET prompts and metrics, synthetic data and its calibration, HELMET's data files."""
+"""helmet.py: HELMET prompts and metrics, HELMET's data files (the synthetic tasks: tests/test_ruler.py)."""
 import itertools
 import json
 import math
@@ -100,36 +100,6 @@ def test_rerank_prompt_from_helmet_msmarco_files():
     assert rec["qrels"] == {"7": 1, "3": 3, "12": 2, "5": 0}
 
 
-def test_synthetic_records_have_helmet_structure():
-    rec = hm.make_json_kv(7, "s", 0.4)
-    pairs = json.loads(rec["context"])  # one pair per line, valid JSON
-    assert rec["context"].count(",\n ") == 6 and list(pairs)[round(0.4 * 6)] == rec["question"]
-    assert pairs[rec["question"]] == rec["answer"] and len(set(pairs)) == 7
-    assert all(k not in pairs for k, _ in rec["demos"]) and len(rec["demos"]) == 2
-    assert all(len(x) == 36 and x[14] == "4" for x in list(pairs) + list(pairs.values()))  # uuid4 strings
-
-    rec = hm.make_niah_mk("ruler_niah_mk_2", 9, "s", 1.0)
-    lines = rec["context"].split("\n")
-    gold = f"One of the special magic numbers for {rec['query']} is: {rec['outputs'][0]}."
-    assert len(lines) == 10 and lines[-1] == gold and sum(rec["query"] in x for x in lines) == 1
-    assert len(rec["outputs"][0]) == 7 and rec["type_needle_v"] == "number" and "-" in rec["query"]
-    rec = hm.make_niah_mk("ruler_niah_mk_3", 9, "s", 0.0)
-    assert rec["context"].split("\n")[0].startswith(f"One of the special magic uuids for {rec['query']} is: ")
-
-    rec = hm.make_niah_mv(400, "s")
-    assert rec["type_needle_v"] == "numbers" and len(rec["outputs"]) == 4
-    for v in rec["outputs"]:
-        assert rec["context"].count(f"One of the special magic numbers for {rec['query']} is: {v}.") == 1
-
-    rec = hm.make_vt(20, "s")
-    chain = [f"VAR {rec['outputs'][0]} = {rec['query']}"] + \
-        [f"VAR {b} = VAR {a}" for a, b in zip(rec["outputs"], rec["outputs"][1:])]
-    positions = [rec["context"].index(c) for c in chain]
-    assert positions == sorted(positions) and rec["context"].count("The grass is green.") == 20
-    assert rec["example"].endswith("they are: " + " ".join(rec["example"].split("they are: ")[1].split()))
-    # deterministic for a seed, different across seeds
-    assert hm.make_vt(20, "s") == rec and hm.make_vt(20, "t") != rec
-
 # ------------------------------------------------------------------------------------------------------------
 # 1b. metrics on edge cases (HELMET's definitions)
 
@@ -197,28 +167,6 @@ def test_ndcg_hand_computed():
     many["99"] = 3
     ranking = hm.parse_rankings(" > ".join([str(i) for i in range(10, 20)] + ["99"]))
     assert hm.ndcg_at_k(ranking, many) == 0.0
-
-# ------------------------------------------------------------------------------------------------------------
-# 2. calibration in the checkpoint's tokens
-
-
-@pytest.mark.parametrize("task", hm.SYNTHETIC)
-@pytest.mark.parametrize("length", [1024, 4096])
-def test_calibration_fits_and_fills_the_length(tok, task, length):
-    records = hm.synthetic_records(task, length, 6, tok, seed=3)
-    gen = hm.TASKS[task][2]
-    for rec in records:
-        used = hm.prompt_length(task, rec, tok) + gen
-        assert 0.9 * length <= used <= length, (task, length, used)
-    if task in ("json_kv", "ruler_niah_mk_2", "ruler_niah_mk_3"):
-        assert [r["depth"] for r in records] == hm.KV_DEPTHS
-    assert records == hm.synthetic_records(task, length, 6, tok, seed=3)  # deterministic for a seed
-
-
-def test_too_short_length_is_a_clear_error(tok):
-    with pytest.raises(ValueError, match="too short for json_kv"):
-        hm.synthetic_records("json_kv", 150, 1, tok, seed=0)
-
 
 def test_helmet_context_truncated_from_its_end_only(tok):
     rec = hm.helmet_records("kilt_nq", *hm.helmet_files("kilt_nq", 8192, FIXTURES), samples=10, seed=0)[0]
