@@ -30,6 +30,7 @@ import os
 import random
 import re
 import string
+from collections import namedtuple
 
 import numpy as np
 
@@ -122,18 +123,21 @@ RERANK = ("You are provided with a list of documents, each indicated by their ID
           "documents in the rankings. Write your answer using the unique IDs, with the following format:\nRanking: "
           "ID3 > ID1 > ID2\n\n{demos}{context}\n\nQuery: {question}", "Ranking:")
 
-# name: (category, templates, generation tokens, stop at newline, metric). Names and categories are HELMET's.
+# A task as HELMET configures it: its category (collect_results.py), (user, system) templates joined by `sep` into
+# the completion prompt, generation budget, whether HELMET's config asks to stop at a newline, the metric that
+# collect_results.py reads, and whether an instruct model gets the chat template (LongQA and Summ only).
+Task = namedtuple("Task", "category templates gen_len stop_newline metric sep chat", defaults=("\n", False))
 TASKS = {
-    "json_kv": ("Recall", JSON_KV, 100, False, "substring_exact_match"),
-    "ruler_niah_mk_2": ("Recall", RULER_NIAH, 50, False, "ruler_recall"),
-    "ruler_niah_mk_3": ("Recall", RULER_NIAH, 100, False, "ruler_recall"),
-    "ruler_niah_mv": ("Recall", RULER_MV, 50, False, "ruler_recall"),
-    "ruler_vt": ("RULER", RULER_VT, 50, False, "ruler_recall"),
-    "kilt_nq": ("RAG", RAG, 20, True, "substring_exact_match"),
-    "kilt_triviaqa": ("RAG", RAG, 20, True, "substring_exact_match"),
-    "kilt_hotpotqa": ("RAG", RAG, 20, True, "substring_exact_match"),
-    "kilt_popqa_3": ("RAG", RAG, 20, True, "substring_exact_match"),
-    "msmarco_rerank_psg": ("Re-rank", RERANK, 200, True, "NDCG@10"),
+    "json_kv": Task("Recall", JSON_KV, 100, False, "substring_exact_match"),
+    "ruler_niah_mk_2": Task("Recall", RULER_NIAH, 50, False, "ruler_recall"),
+    "ruler_niah_mk_3": Task("Recall", RULER_NIAH, 100, False, "ruler_recall"),
+    "ruler_niah_mv": Task("Recall", RULER_MV, 50, False, "ruler_recall"),
+    "ruler_vt": Task("RULER", RULER_VT, 50, False, "ruler_recall"),
+    "kilt_nq": Task("RAG", RAG, 20, True, "substring_exact_match"),
+    "kilt_triviaqa": Task("RAG", RAG, 20, True, "substring_exact_match"),
+    "kilt_hotpotqa": Task("RAG", RAG, 20, True, "substring_exact_match"),
+    "kilt_popqa_3": Task("RAG", RAG, 20, True, "substring_exact_match"),
+    "msmarco_rerank_psg": Task("Re-rank", RERANK, 200, True, "NDCG@10"),
 }
 SYNTHETIC = ["json_kv", "ruler_niah_mk_2", "ruler_niah_mk_3", "ruler_niah_mv", "ruler_vt"]
 CATEGORIES = {c: [t for t, spec in TASKS.items() if spec[0] == c] for c in ("Recall", "RAG", "Re-rank")}
