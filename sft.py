@@ -271,4 +271,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    import train
+    train.exit_process(main)  # a torchrun rank's exit skips the teardown that can abort gloo (see there)

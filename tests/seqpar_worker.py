@@ -177,8 +177,7 @@ def train_mode(rank, world, steps=4):
     return dict(sp=sp, losses=losses, grad_norms=norms, val_loss=val)
 
 
-if __name__ == "__main__":
-    mode, out_path = sys.argv[1], sys.argv[2]
+def main(mode, out_path):
     rank, world, _ = train.init_distributed()
     if mode == "exact":
         assert world == 4, "the exact checks need 4 processes"
@@ -190,3 +189,7 @@ if __name__ == "__main__":
             json.dump(result, f)
     dist.barrier()
     dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    train.exit_process(main, sys.argv[1], sys.argv[2])  # see train.exit_process

@@ -32,4 +32,4 @@ def main(sequences, out):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    train.exit_process(main, sys.argv[1], sys.argv[2])  # see train.exit_process

@@ -45,11 +45,9 @@ def main(out):
              for name, p in model.named_parameters()}
     if rank == 0:
         torch.save({"loss": loss, "grads": grads}, out)
-    # every rank leaves together: a rank tearing down its gloo group while rank 0 is still writing aborted the
-    # process now and then on a loaded 2-core machine ("terminate called without an active exception")
-    torch.distributed.barrier()
+    torch.distributed.barrier()  # every rank leaves together
     torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    train.exit_process(main, sys.argv[1])  # without the interpreter teardown that can abort a gloo rank
