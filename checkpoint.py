@@ -86,7 +86,7 @@ def full_tensors(model, rank):
 
 
 def save(model, optimizer, out_dir, step, train_state, tokenizer=None, keep=2, hf_weights=True, hf_dtype=None,
-         max_position_embeddings=None):
+         max_position_embeddings=None, eos_token_ids=None):
     """Write checkpoint `step` (every rank calls this); returns its path. Raises CheckpointError on every rank if any
     rank failed to write, after removing the temporary directory; `latest` then still names the previous one."""
     rank, name = dist.get_rank(), f"step_{step:07d}"
@@ -122,6 +122,9 @@ def save(model, optimizer, out_dir, step, train_state, tokenizer=None, keep=2, h
                 write_hf_config(model.config, tmp, dtype, max_position_embeddings=max_position_embeddings)
                 if tokenizer is not None:
                     tokenizer.save(tmp)
+                if eos_token_ids:  # where generation stops (HF's generation_config.json; evaluate.py reads it)
+                    _write_json(os.path.join(tmp, "generation_config.json"),
+                                {"bos_token_id": model.config.bos_token_id, "eos_token_id": eos_token_ids})
                 meta = dict(train_state, step=step, model_config=model.config.to_hf_dict(),
                             param_dtype=str(next(p.dtype for p in model.parameters())).removeprefix("torch."),
                             world_size=dist.get_world_size(), hf_weights=hf_weights)

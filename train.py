@@ -571,12 +571,18 @@ def run(cfg, rank, world, dp, accumulation, device, log):
             log(f"step {step:>6} | validation loss {loss:.4f}")
             write_metrics(rank, out_dir, {"step": step, "val_loss": loss})
 
+    # a model fine-tuned on chat data ends its turns with <|eot_id|>: generation (and evaluate.py's --chat auto)
+    # must know, as Llama-3 Instruct's generation_config.json says
+    eos = model.config.eos_token_id
+    eos_token_ids = sorted({*(eos if isinstance(eos, list) else [eos])} | (
+        {tokenizer.eot_id} if any(m.get("mode") == "sft" for m in cfg["mixture"]) else set()))
+
     def save():
         path = checkpoint.save(model, optimizer, out_dir, step, {"data": train_data.state_dict(),
                                "rng": torch.get_rng_state().tolist(), "config": cfg}, tokenizer,
                                keep=cfg["keep_checkpoints"], hf_weights=cfg["hf_weights"],
                                hf_dtype=cfg["hf_dtype"] and getattr(torch, cfg["hf_dtype"]),
-                               max_position_embeddings=cfg["seq_len"])
+                               max_position_embeddings=cfg["seq_len"], eos_token_ids=eos_token_ids)
         log(f"checkpoint saved: {path}")
 
     log(f"training: {steps_total} steps of {cfg['tokens_per_step']:,} tokens; {world} ranks (dp {dp} x sp {sp}), "

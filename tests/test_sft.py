@@ -352,7 +352,11 @@ def test_sft_configs_dry_run(tmp_path, chat_domain, name, steps):
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"step      {steps}/{steps}" in proc.stdout and proc.stdout.count("validation loss") == 2
-    assert os.path.exists(tmp_path / "run" / f"step_{steps:07d}" / "model.safetensors")
+    ckpt = tmp_path / "run" / f"step_{steps:07d}"
+    assert os.path.exists(ckpt / "model.safetensors")
+    # a chat model stops at <|eot_id|>: its generation_config says so, as Llama-3 Instruct's does, and
+    # evaluate.py's --chat auto reads it
+    assert json.loads((ckpt / "generation_config.json").read_text())["eos_token_id"] == [128001, 128009]
     val = [json.loads(line)["val_loss"] for line in open(tmp_path / "run" / "metrics.jsonl") if "val_loss" in line]
     assert len(val) == 2 and all(math.isfinite(v) for v in val)
 
