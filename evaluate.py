@@ -22,9 +22,14 @@ import time
 import numpy as np
 import torch
 
-from helmet import (SYNTHETIC, TASKS, category_averages, check_helmet_data, fit_context, helmet_files,
-                    helmet_records, prompt_fields, score)
+import helmet_long
+import judge as judge_mod
+import ruler
+from helmet import (PAPER_CATEGORIES, SYNTHETIC, TASKS, category_averages, check_helmet_data, fit_context,
+                    helmet_files, helmet_records, prompt_fields, score)
 from ruler import check_length, synthetic_records
+
+ALL_TASKS = {**TASKS, **helmet_long.TASKS}  # Recall, RAG, Re-rank (helmet.py); ICL, LongQA, Summ (helmet_long.py)
 
 
 def log(*args):
@@ -90,32 +95,74 @@ def stop_tokens(tok, model, newline):
     return tuple(sorted(s for s in stops if s is not None))
 
 
-def run_task(model, tok, task, records, length, prefill_chunk=4096):
-    """Generate for each record and score it; returns per-sample results (the prompt itself is not kept)."""
-    _, (_, system), gen_len, newline, metric = TASKS[task]
-    stops = stop_tokens(tok, model, newline)
+def is_instruct(model, tok):
+    """--chat auto: an instruct model stops at end-of-turn (its generation_config lists <|eot_id|> among the eos ids:
+    Llama-3 Instruct and checkpoints of sft.py do, base models do not)."""
+    eos = model.config.eos_token_id
+    return tok.eot_id in (eos if isinstance(eos, (list, tuple)) else [eos]) and tok.eot_id != tok.eos_id
+
+
+def score_sample(task, output, rec):
+    """{metric: value in [0, 1]} for one output: helmet.py's tasks have one metric, helmet_long.py's several."""
+    if task in helmet_long.TASKS:
+        return helmet_long.score(task, output, rec)
+    return {ALL_TASKS[task].metric: score(task, output, rec)}
+
+
+def judge_sample(task, output, rec, judge):
+    """HELMET's GPT-4o judge on one output (NarrativeQA: 0-3 fluency x correctness; Summ: fluency x key-point F1;
+    the precision reference is Multi-LexSum's long summary, InfBench's answer)."""
+    if task == "narrativeqa":
+        return judge_mod.judge_longqa(judge, rec["question"], rec["answer"], output)
+    return judge_mod.judge_summ(judge, output, rec["keypoints"], rec["summary/long"] if task == "multi_lexsum"
+                                else rec["answer"], book=task == "infbench_sum_eng")
+
+
+def run_task(model, tok, task, records, length, opts, write_sample=None):
+    """Generate for each record and score it; each per-sample result goes to `write_sample` as it is made."""
+    spec = ALL_TASKS[task]
+    chat = spec.chat and opts.get("chat", False)
+    stops = stop_tokens(tok, model, spec.stop_newline and opts.get("stop_newline", False))
     special = set(tok.special_tokens.values())
     results, start = [], time.time()
     for i, rec in enumerate(records):
-        fields = prompt_fields(task, rec)
-        ids = fit_context(task, fields, tok, length - gen_len)
-        new = model.generate(ids, max_new_tokens=gen_len, temperature=0.0, stop_tokens=stops,
-                             prefill_chunk=prefill_chunk)
+        fields = prompt_fields(task, rec) if task in TASKS else rec
+        ids, fields = fit_context(spec, fields, tok, length - spec.gen_len, chat)
+        new = model.generate(ids, max_new_tokens=spec.gen_len, temperature=0.0, stop_tokens=stops,
+                             prefill_chunk=opts.get("prefill_chunk", 4096))
         text = tok.decode([t for t in new if t not in special])
-        output = system.format(**fields) + text  # completion mode: score the output with the prefix it completed
-        results.append({"depth": rec.get("depth"), "input_len": len(ids), "output_len": len(new), "output": text,
-                        "answer": rec.get("answer", rec.get("outputs", rec.get("answers"))),
-                        metric: score(task, output, rec)})
-        log(f"  {task} @ {length}: {i + 1}/{len(records)} ({time.time() - start:.1f}s)")
+        # completion mode: HELMET scores the output with the system template it completed put back in front
+        output = text if chat else spec.templates[1].format(**fields) + text
+        metrics = score_sample(task, output, rec)
+        result = {"task": task, "length": length, "index": i, "id": rec.get("id", rec.get("qid")),
+                  "depth": rec.get("depth"), "input_len": len(ids), "output_len": len(new), "output": text,
+                  "answer": rec.get("answer", rec.get("outputs", rec.get("answers"))), **metrics}
+        if spec.metric.startswith("gpt-4") and opts.get("judge") is not None:
+            result.update(judge_sample(task, output, rec, opts["judge"]))  # HELMET judges the stored output
+        results.append(result)
+        if write_sample:
+            write_sample(result)
+        elapsed = time.time() - start
+        log(f"  {task} @ {length}: {i + 1}/{len(records)} {elapsed:.0f}s, ETA {elapsed / (i + 1) * (len(records) - i - 1):.0f}s")
     return results
 
 
 def summarize(results, metric):
-    """Mean x100 (as HELMET's averaged_metrics) overall and by depth."""
-    by_depth = {}
-    for r in results:
+    """Mean x100 (HELMET's averaged_metrics) of the task's metric, overall and by depth. A judged metric is HELMET's
+    judged mean (unparsed judge answers left out; gpt-4-score x100/3); without a judge, ROUGE-L F1 is reported
+    instead and the summary says which metric is missing."""
+    if results and metric not in results[0]:
+        return {**summarize(results, "rougeL_f1"), "missing": metric}
+    if metric.startswith("gpt-4"):
+        score = judge_mod.judged_mean([r[metric] for r in results], metric)
+        judged = sum(r[metric] is not None for r in results)
+        return {"metric": metric, "score": float("nan") if score is None else score, "n": len(results),
+                "judged": judged, "by_depth": {}}
+    by_depth, depths = {}, {r["depth"] for r in results if r["depth"] is not None}
+    for r in results:  # JSON KV has six depths; RULER's random needle positions are put in tenths
         if r["depth"] is not None:
-            by_depth.setdefault(str(r["depth"]), []).append(r[metric])
+            d = r["depth"] if len(depths) <= 10 else math.floor(r["depth"] * 10) / 10
+            by_depth.setdefault(str(d), []).append(r[metric])
     return {"metric": metric, "score": 100 * float(np.mean([r[metric] for r in results])), "n": len(results),
             "by_depth": {d: 100 * float(np.mean(v)) for d, v in sorted(by_depth.items())}}
 
@@ -227,30 +274,36 @@ def lm_eval_adapter(model, tok, LM):
     return ProLongLM()
 
 
-def run_lm_eval(model, tok, tasks, limit=None):
+def run_lm_eval(model, tok, tasks, limit=None, include=None):
+    """lm-eval-harness tasks by name; `include` is a folder of task YAMLs of one's own (lm-eval's include_path)."""
     try:
         import lm_eval
         from lm_eval.api.model import LM
+        from lm_eval.tasks import TaskManager
     except ImportError:
         log(f"lm-eval-harness is not installed, so the short-context tasks {tasks} are skipped "
             f"(pip install lm-eval to run them)")
         return None
-    res = lm_eval.simple_evaluate(model=lm_eval_adapter(model, tok, LM), tasks=tasks, limit=limit)
+    manager = TaskManager(include_path=include) if include else None
+    res = lm_eval.simple_evaluate(model=lm_eval_adapter(model, tok, LM), tasks=tasks, limit=limit,
+                                  task_manager=manager)
     return res["results"]
+
 
 # ----------------------------------------------------------------------------------------------------------------
 # output: table, heatmap
 
 
-def format_table(scores, averages, lengths, first="task"):
-    lines = [f"{first:<22}" + "".join(f"{L:>10}" for L in lengths)]
+def format_table(scores, averages, lengths, first="task", title=None):
+    """Scores by length, then one row per category average, and which tasks each average is made of."""
+    lines = ([title] if title else []) + [f"{first:<22}" + "".join(f"{L:>10}" for L in lengths)]
     for name, row in list(scores.items()) + [(f"{c} (avg)", {L: v["score"] for L, v in r.items()})
                                              for c, r in averages.items()]:
         lines.append(f"{name:<22}" + "".join(f"{row[L]:>10.1f}" if L in row else f"{'-':>10}" for L in lengths))
-    partial = [f"{c} at {L}: {', '.join(v['tasks'])}" for c, r in averages.items() for L, v in r.items()
-               if not v["complete"]]
-    if partial:
-        lines.append("averages over the tasks that ran only: " + "; ".join(partial))
+    for c, r in averages.items():
+        used = sorted({t for v in r.values() for t in v["tasks"]})
+        lines.append(f"  {c} = mean of {', '.join(used)}" +
+                     ("" if all(v["complete"] for v in r.values()) else " (only these ran: a partial average)"))
     return "\n".join(lines)
 
 
@@ -289,29 +342,41 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--ckpt", required=True, help="checkpoint directory or hub id (HF-format Llama)")
     p.add_argument("--tokenizer", default=None, help="tokenizer spec when the checkpoint has none (data.py)")
-    p.add_argument("--tasks", default=None, help=f"comma list from {', '.join(TASKS)}, or none; default: the "
-                   "synthetic recall tasks, plus RAG and re-rank with --helmet-data")
+    p.add_argument("--tasks", default=None, help=f"comma list from {', '.join(ALL_TASKS)}, or none; default: the "
+                   "synthetic recall tasks, plus every task whose files --helmet-data holds")
     p.add_argument("--lengths", default=None, help="comma list of token lengths, 8k = 8192 (default: HELMET's "
                    "8k-128k, then powers of two, up to the checkpoint's max_position_embeddings, else that)")
-    p.add_argument("--samples", type=int, default=100, help="samples per task and length (HELMET: 100)")
+    p.add_argument("--samples", type=int, default=None, help="samples per task and length (HELMET: 100; ICL 500)")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--helmet-data", default=None, help="HELMET's data/ folder: read the published files")
+    p.add_argument("--stop-newline", action="store_true", help="stop RAG, re-rank and ICL at a newline as HELMET's "
+                   "configs ask and its later refactor does; by default generate the full budget, as HELMET's "
+                   "code at 4526dfb did (its --stop_newline flag never received the configs' stop_new_line), which "
+                   "is what the published HELMET and ProLong numbers used")
+    p.add_argument("--chat", choices=["auto", "on", "off"], default="auto", help="chat template for LongQA and "
+                   "Summ, as HELMET does for instruct models (auto: when the checkpoint stops at <|eot_id|>)")
+    p.add_argument("--judge-url", default=None, help="OpenAI-compatible endpoint for HELMET's judged scores "
+                   "(NarrativeQA, Summ), e.g. https://api.openai.com/v1; key from $OPENAI_API_KEY")
+    p.add_argument("--judge-model", default="gpt-4o-2024-05-13", help="judge model (HELMET's: gpt-4o-2024-05-13)")
+    p.add_argument("--length-tokenizer", default=None, help="tokenizer that sizes LongQA/Summ documents before "
+                   "the model's own cut (HELMET: Llama-2's); default: the checkpoint's")
     p.add_argument("--ppl", default=None, help="token domain directory (data.py) or text file for perplexity")
     p.add_argument("--ppl-length", type=int, default=None, help="tokens per document (default: longest length)")
     p.add_argument("--ppl-docs", type=int, default=16)
     p.add_argument("--lm-eval", default=None, help="comma list of lm-eval-harness tasks (needs lm_eval)")
     p.add_argument("--lm-eval-limit", type=int, default=None)
+    p.add_argument("--lm-eval-include", default=None, help="folder of one's own lm-eval task YAMLs")
     p.add_argument("--prefill-chunk", type=int, default=4096)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
                    help="default: bfloat16 on GPU, float32 on CPU")
     p.add_argument("--out", default=None, help="results JSON (default: CKPT/eval_results.json for a local "
-                   "checkpoint, else runs/eval/NAME.json)")
+                   "checkpoint, else runs/eval/NAME.json); per-sample records go to OUT_samples.jsonl")
     args = p.parse_args(argv)
     from data import DataError
     try:
         return run(args)
-    except (ValueError, OSError, DataError) as e:  # the one-line errors of model.py, data.py and this file
+    except (ValueError, OSError, DataError, judge_mod.JudgeError) as e:  # the one-line errors of every module
         raise fail(e) from None
 
 
@@ -329,69 +394,126 @@ def default_lengths(window):
     return [2**k for k in range(13, 64) if 2**k <= window] or [window]
 
 
-def run(args):
-    if args.samples < 1:
-        raise fail(f"--samples {args.samples}: give a positive number of samples per task and length (HELMET: 100)")
+def choose_tasks(args):
+    """The tasks to run: --tasks, else the synthetic ones plus every task whose files --helmet-data holds."""
     if args.tasks:
         tasks = [] if args.tasks == "none" else args.tasks.split(",")
-    else:
-        tasks = SYNTHETIC + ([t for t in TASKS if t not in SYNTHETIC] if args.helmet_data else [])
-    unknown = [t for t in tasks if t not in TASKS]
-    if unknown:
-        raise fail(f"unknown task(s) {unknown}; choose from {list(TASKS)}")
-    need_files = [t for t in tasks if t not in SYNTHETIC]
-    if need_files and not args.helmet_data:
-        raise fail(f"{','.join(need_files)}: these tasks read HELMET's data files: pass --helmet-data DIR")
+        unknown = [t for t in tasks if t not in ALL_TASKS]
+        if unknown:
+            raise fail(f"unknown task(s) {unknown}; choose from {list(ALL_TASKS)}")
+        need_files = [t for t in tasks if t not in SYNTHETIC]
+        if need_files and not args.helmet_data:
+            raise fail(f"{','.join(need_files)}: these tasks read HELMET's data files: pass --helmet-data DIR")
+        return tasks
+    if not args.helmet_data:
+        return list(SYNTHETIC)
+    check_helmet_data(args.helmet_data, list(TASKS), None)
+    return list(TASKS) + [t for t in helmet_long.TASKS if helmet_long.available(t, args.helmet_data)]
+
+
+def task_records(args, task, length, tok, length_tok, samples):
+    """(records, where they came from) for a task at a length, or (None, why not) when there is no data for it."""
+    if task in helmet_long.TASKS:
+        if not helmet_long.available(task, args.helmet_data):
+            return None, f"{task} @ {length}: no data under {args.helmet_data} ({helmet_long.files(task, args.helmet_data)[0]})"
+        records = helmet_long.records(task, length, args.helmet_data, samples, args.seed, tok, length_tok)
+        if args.judge_url and ALL_TASKS[task].category == "Summ" and any(not r.get("keypoints") for r in records):
+            raise ValueError(f"{task}: --judge-url needs HELMET's key points, and {args.helmet_data} has none for "
+                             f"some samples (expected {helmet_long.KEYPOINTS[task][0]}, field "
+                             f"{helmet_long.KEYPOINTS[task][1]!r})")
+        return records, f"HELMET's {task} from {args.helmet_data}"
+    if args.helmet_data:
+        files = helmet_files(task, length, args.helmet_data)
+        if files is None or not os.path.exists(files[0]):
+            return None, f"{task} @ {length}: no HELMET file" + (f" {files[0]}" if files else " for this length")
+        return helmet_records(task, *files, samples, args.seed), os.path.relpath(files[0], args.helmet_data)
+    return synthetic_records(task, length, samples, tok, args.seed), \
+        f"synthetic (ruler.py; keys: {ruler.WORD_SOURCE}; sized in this tokenizer's tokens)"
+
+
+def run(args):
+    if args.samples is not None and args.samples < 1:
+        raise fail(f"--samples {args.samples}: give a positive number of samples per task and length (HELMET: 100)")
+    tasks = choose_tasks(args)
     lengths = parse_lengths(args.lengths) if args.lengths else None
-    check_helmet_data(args.helmet_data, tasks, lengths)  # before loading (the folders only, if lengths default)
+    check_helmet_data(args.helmet_data, [t for t in tasks if t in TASKS], lengths)  # before loading the model
     dtype = getattr(torch, args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32"))
     model, tok = load_checkpoint(args.ckpt, args.tokenizer, args.device, dtype)
+    length_tok = load_length_tokenizer(args.length_tokenizer, tok)
     window = model.config.max_position_embeddings
     if lengths is None:
         lengths = default_lengths(window)
         log(f"lengths {','.join(map(str, lengths))}: " + (
             f"HELMET's (8192 to 131072, then powers of two) up to the checkpoint's max_position_embeddings {window}"
-            if window >= 8192 else f"the checkpoint's max_position_embeddings, under HELMET's shortest (8192)")
+            if window >= 8192 else "the checkpoint's max_position_embeddings, under HELMET's main 8192")
             + "; choose others with --lengths")
-        check_helmet_data(args.helmet_data, tasks, lengths)
+        check_helmet_data(args.helmet_data, [t for t in tasks if t in TASKS], lengths)
     for task in [] if args.helmet_data else tasks:  # synthetic tasks: a length too short fails before anything runs
         check_length(task, min(lengths), tok)
     if max(lengths) > window and tasks:
         log(f"note: lengths above the model's max_position_embeddings ({window}) test extrapolation")
+    chat = args.chat == "on" or (args.chat == "auto" and is_instruct(model, tok))
+    judge = None
+    if args.judge_url:
+        judge = judge_mod.Judge(args.judge_url, args.judge_model, cache_path=None)
     out = args.out or (os.path.join(args.ckpt, "eval_results.json") if os.path.isdir(args.ckpt)
                        else os.path.join("runs", "eval", args.ckpt.replace("/", "__") + ".json"))
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    samples_path = os.path.splitext(out)[0] + "_samples.jsonl"
+    if judge is not None:  # the judge's answers are cached next to the results: a rerun does not pay twice
+        judge.cache_path = os.path.splitext(out)[0] + "_judge_cache.jsonl"
+    samples_file = open(samples_path, "w", encoding="utf-8")
+
+    def write_sample(result):
+        samples_file.write(json.dumps(result, default=lambda x: x.item() if hasattr(x, "item") else str(x)) + "\n")
+        samples_file.flush()
 
     def save():  # after every task and length, so a long run that dies keeps what it measured
         with open(out + ".tmp", "w") as f:
             json.dump(report, f, indent=1)
         os.replace(out + ".tmp", out)  # never a half-written results file
 
+    protocol = {"helmet": "princeton-nlp/HELMET at 4526dfb (the code behind the published HELMET and ProLong "
+                          "numbers)",
+                "stop_newline": "on (as HELMET's configs ask; its later refactor)" if args.stop_newline else
+                "off (HELMET 4526dfb: full generation budget)",
+                "chat_template": "on for LongQA and Summ" if chat else "off", "bos": getattr(tok, "add_bos", True),
+                "judge": f"{args.judge_model} at {args.judge_url}" if judge else None,
+                "length_tokenizer": getattr(length_tok or tok, "name", None)}
     report = {"ckpt": args.ckpt, "tokenizer": getattr(tok, "name", None), "args": vars(args), "lengths": lengths,
-              "tasks": {}, "skipped": []}
+              "protocol": protocol, "samples_file": samples_path, "tasks": {}, "skipped": []}
     scores = {}
     for task in tasks:
+        spec = ALL_TASKS[task]
+        n = args.samples or (helmet_long.ICL_SAMPLES if spec.category == "ICL" else 100)  # HELMET's defaults
         for length in lengths:
-            if args.helmet_data:
-                files = helmet_files(task, length, args.helmet_data)
-                if files is None or not os.path.exists(files[0]):
-                    why = f"{task} @ {length}: no HELMET file" + (f" {files[0]}" if files else " for this length")
-                    log(f"skip {why}")
-                    report["skipped"].append(why)
-                    continue
-                records = helmet_records(task, *files, args.samples, args.seed)
-            else:
-                records = synthetic_records(task, length, args.samples, tok, args.seed)
+            records, source = task_records(args, task, length, tok, length_tok, n)
+            if records is None:
+                log(f"skip {source}")
+                report["skipped"].append(source)
+                continue
             start = time.time()
-            results = run_task(model, tok, task, records, length, args.prefill_chunk)
-            summary = summarize(results, TASKS[task][4])
-            report["tasks"].setdefault(task, {})[length] = {**summary, "seconds": time.time() - start,
-                                                            "samples": results}
-            scores.setdefault(task, {})[length] = summary["score"]
+            opts = {"chat": chat, "stop_newline": args.stop_newline, "judge": judge,
+                    "prefill_chunk": args.prefill_chunk}
+            results = run_task(model, tok, task, records, length, opts, write_sample)
+            summary = summarize(results, spec.metric)
+            report["tasks"].setdefault(task, {})[length] = {**summary, "source": source,
+                                                            "seconds": time.time() - start}
+            if "missing" not in summary:  # a judged task without its judge stays out of the category averages
+                scores.setdefault(task, {})[length] = summary["score"]
             save()
+    samples_file.close()
     report["averages"] = category_averages(scores)
-    if scores:
-        print(format_table(scores, report["averages"], lengths))
+    report["paper_averages"] = category_averages(scores, PAPER_CATEGORIES)
+    table = {t: {L: r["score"] for L, r in by_len.items()} for t, by_len in report["tasks"].items()}
+    if table:
+        print(format_table(table, report["averages"], lengths, title="HELMET's categories"))
+        print()
+        print(format_table({}, report["paper_averages"], lengths, title="the ProLong paper's categories (Table 13)"))
+        unjudged = sorted({f"{t} ({r['metric']} shown; {r['missing']} needs --judge-url)"
+                           for t, by_len in report["tasks"].items() for r in by_len.values() if "missing" in r})
+        if unjudged:
+            print("not judged, so not averaged: " + "; ".join(unjudged))
     kv_depths = {L: r for L, r in report["tasks"].get("json_kv", {}).items() if r["by_depth"]}
     if kv_depths:
         print("\njson_kv SubEM by depth of the gold key")
@@ -408,13 +530,22 @@ def run(args):
                   f"ppl {math.exp(row['loss']):.2f}")
         print(f"second half of each document: loss {ppl['second_half_loss']:.4f}  ppl {ppl['second_half_ppl']:.2f}")
     if args.lm_eval:
-        report["lm_eval"] = run_lm_eval(model, tok, args.lm_eval.split(","), args.lm_eval_limit)
+        report["lm_eval"] = run_lm_eval(model, tok, args.lm_eval.split(","), args.lm_eval_limit,
+                                        args.lm_eval_include)
 
     if kv_depths:
         report["heatmap"] = heatmap(kv_depths, os.path.splitext(out)[0] + "_json_kv.png")
     save()
-    log(f"results written to {out}")
+    log(f"results written to {out}; per-sample outputs in {samples_path}")
     return report
+
+
+def load_length_tokenizer(spec, tok):
+    """The tokenizer that sizes LongQA/Summ documents (HELMET: Llama-2's); None: the checkpoint's own."""
+    if spec is None:
+        return None
+    from data import load_tokenizer
+    return load_tokenizer(spec)
 
 
 if __name__ == "__main__":

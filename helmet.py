@@ -1,26 +1,27 @@
 """
-HELMET's tasks, as data: prompt templates, the synthetic generators (JSON KV, RULER), readers for HELMET's published
-data folder, the selection of records, metrics and category tables. Nothing here knows about models: evaluate.py runs
-a checkpoint on what this file defines (a tokenizer only measures prompts, in the checkpoint's own tokens).
+HELMET's Recall, RAG and Re-rank tasks, as data: prompt templates, readers for HELMET's published data folder, the
+selection of samples and demonstrations, prompt assembly and truncation, metrics, and the two category tables.
+Nothing here knows about models: evaluate.py runs a checkpoint on what this file defines. The synthetic JSON KV and
+RULER records are made by ruler.py; ICL, LongQA and Summ are in helmet_long.py. Everything follows HELMET's code at
+commit 4526dfb (data.py, eval.py, model_utils.py, utils.py, scripts/), the code behind the published HELMET and
+ProLong numbers (facts in shared/HELMET.md).
 
-How HELMET evaluates, and so how evaluate.py does (facts in shared/HELMET.md, from princeton-nlp/HELMET):
-- Completion mode. Every task has a user template and a system template; the prompt is
-  `user.format(**fields) + "\n" + system.format(**fields)`, tokenised with BOS in front, and the model continues it
-  greedily for a per-task number of tokens (`TASKS`). RAG and re-ranking also stop at the first newline token; all
-  tasks stop at end-of-text / end-of-turn. Before scoring, the system template is put back in front of the output
-  (HELMET does this so that "Answer: ..." parsing sees the prefix the model was completing).
-- Lengths are in the checkpoint's own tokens and count prompt + generation. Synthetic tasks are generated to fit:
-  the number of JSON pairs / haystack sentences is searched so that BOS + prompt + generation tokens <= length and
-  at least ~90% of it is used. HELMET's published files were sized with the Llama-2 tokenizer, so their `context`
-  is cut from its end (and only it) when a prompt is too long, as HELMET does.
+- Completion mode. Every task has a user and a system template; the prompt is `user + sep + system` formatted with
+  the record's fields, tokenised with the tokenizer's own defaults (a BOS only where it adds one: Llama-3 does),
+  and continued greedily for the task's budget. LongQA and Summ on an instruct model use the chat template instead
+  (the user template as the only message). Before scoring, the system template is put back in front of a
+  completion-mode output, as HELMET's eval.py does, so that "Answer: ..." parsing sees the prefix it completed.
+- A newline stop: HELMET's configs ask for it on RAG, re-rank and ICL, but its code at 4526dfb never applied it
+  (the flag is spelled --stop_newline, the configs' key stop_new_line). Task.stop_newline records the configs'
+  wish; evaluate.py applies it only with --stop-newline.
+- Lengths count prompt + generation. A prompt that is too long loses the end of its `context` (and only that), cut
+  once at the character where the kept tokens end (fit_context).
+- Selection: KILT and MS MARCO `random.seed(seed); random.sample(sorted(unique keys), samples)`, keeping every row of
+  the chosen keys; JSON KV and RULER files `datasets`' shuffle(seed), i.e. np.random.default_rng(seed).permutation.
+  Demonstrations: the pool shuffled with sha256(key) % 2**31, duplicates dropped, the first two.
 - Metrics, averaged over samples and x100: SubEM (normalised gold answer is a substring of the normalised output,
   max over the raw output and the text after the "Answer:"-style prefix), `ruler_recall` (share of gold strings
   found, lower-cased), nDCG@10 (trec_eval's, linear gain on graded labels 0-3, over the longest "ID > ID" chain).
-  Category averages are HELMET's `custom_avgs` (Recall = json_kv + niah_mk_2 + niah_mk_3 + niah_mv).
-- Synthetic data is made offline and deterministically from `--seed`: uuid4 strings from a seeded RNG, RULER word
-  keys from a small embedded word list (RULER uses wonderwords), and for niah_mv an "essay" haystack that is the
-  docstrings of this Python's standard library instead of RULER's Paul Graham essays (not available offline; the
-  text, and so scores, can shift slightly between Python versions).
 """
 
 import hashlib
@@ -140,7 +141,25 @@ TASKS = {
     "msmarco_rerank_psg": Task("Re-rank", RERANK, 200, True, "NDCG@10"),
 }
 SYNTHETIC = ["json_kv", "ruler_niah_mk_2", "ruler_niah_mk_3", "ruler_niah_mv", "ruler_vt"]
-CATEGORIES = {c: [t for t, spec in TASKS.items() if spec[0] == c] for c in ("Recall", "RAG", "Re-rank")}
+# Two ways to average tasks into categories. HELMET's (scripts/collect_results.py custom_avgs), and the ProLong
+# paper's own (its Table 13), which keeps fewer tasks per category. The ICL, LongQA and Summ tasks are defined in
+# helmet_long.py.
+CATEGORIES = {
+    "Recall": ["json_kv", "ruler_niah_mk_2", "ruler_niah_mk_3", "ruler_niah_mv"],
+    "RAG": ["kilt_nq", "kilt_triviaqa", "kilt_hotpotqa", "kilt_popqa_3"],
+    "Re-rank": ["msmarco_rerank_psg"],
+    "ICL": ["icl_trec_coarse", "icl_trec_fine", "icl_banking77", "icl_clinic150", "icl_nlu"],
+    "LongQA": ["narrativeqa", "infbench_qa_eng", "infbench_choice_eng"],
+    "Summ": ["infbench_sum_eng", "multi_lexsum"],
+}
+PAPER_CATEGORIES = {
+    "Recall": ["json_kv"],
+    "RAG": ["kilt_nq", "kilt_hotpotqa", "kilt_popqa_3"],
+    "Re-rank": ["msmarco_rerank_psg"],
+    "ICL": ["icl_trec_coarse", "icl_trec_fine", "icl_nlu", "icl_banking77", "icl_clinic150"],
+    "QA": ["narrativeqa"],
+    "Summ": ["multi_lexsum"],
+}
 
 
 def build_prompt(task, fields):
@@ -174,10 +193,10 @@ def score(task, output, rec):
     return ndcg_at_k(parse_rankings(output), rec["qrels"], k=10)
 
 
-def category_averages(scores):
-    """HELMET's custom_avgs for the categories whose tasks ran: {category: {length: mean}}, with the members used."""
+def category_averages(scores, categories=CATEGORIES):
+    """Category means over the tasks that ran: {category: {length: {score, tasks used, complete}}}."""
     out = {}
-    for cat, members in CATEGORIES.items():
+    for cat, members in categories.items():
         for length in sorted({L for t in members for L in scores.get(t, {})}):
             have = [t for t in members if length in scores.get(t, {})]
             out.setdefault(cat, {})[length] = {"score": float(np.mean([scores[t][length] for t in have])),
@@ -190,8 +209,8 @@ def category_averages(scores):
 
 # HELMET's file for each input length (configs/*_short.yaml and *.yaml), by number of pairs / passages.
 KV_FILES = {4096: 50, 8192: 105, 16384: 220, 32768: 440, 65536: 900, 131072: 1800}
-KILT_FILES = {8192: 50, 16384: 105, 32768: 220, 65536: 440, 131072: 1000}
-MSMARCO_FILES = {8192: 50, 16384: 130, 32768: 285, 65536: 600, 131072: 1000}
+KILT_FILES = {4096: 20, 8192: 50, 16384: 105, 32768: 220, 65536: 440, 131072: 1000}
+MSMARCO_FILES = {4096: 14, 8192: 50, 16384: 130, 32768: 285, 65536: 600, 131072: 1000}
 RULER_DIRS = {"ruler_niah_mk_2": "niah_multikey_2", "ruler_niah_mk_3": "niah_multikey_3",
               "ruler_niah_mv": "niah_multivalue", "ruler_vt": "vt"}
 KILT_NAMES = {"kilt_nq": ("nq-dev-multikilt_1000_k{k}_dep6", "nq-train-multikilt_1000_k3_dep6"),
@@ -228,12 +247,31 @@ def read_jsonl(path):
     return records
 
 
-def _demo_order(key, demos, exclude=None):
-    """Demonstrations in a per-question order seeded by sha256, as HELMET (its shuffle is `datasets`'s; ours is
-    Python's, so the chosen demos differ from HELMET's while the format is the same)."""
-    order = [d for d in demos if exclude is None or d[exclude[0]] != exclude[1]]
-    random.Random(int(hashlib.sha256(key.encode("utf-8")).hexdigest(), 16) % 2**31).shuffle(order)
-    return order
+def shuffle_order(n, seed):
+    """The order of `datasets`' Dataset.shuffle(seed=seed): np.random.default_rng(seed).permutation(n)."""
+    return np.random.default_rng(seed).permutation(n)
+
+
+def sample_keys(data, key, samples, seed):
+    """HELMET's KILT / MS MARCO selection: random.seed(seed); random.sample(sorted(unique keys), samples), keeping
+    every row of the chosen keys, in file order (data.filter)."""
+    keys = sorted({d[key] for d in data})
+    chosen = set(random.Random(seed).sample(keys, min(samples, len(keys))))
+    return [d for d in data if d[key] in chosen]
+
+
+def pick_demos(sample_key, pool, key, shots):
+    """HELMET's demonstrations for one test question: pool.shuffle(seed=sha256(str(sample_key)) % 2**31), drop
+    duplicate keys keeping the first, take `shots` (keys compared as they are; the seed from their str)."""
+    h = int(hashlib.sha256(str(sample_key).encode("utf-8")).hexdigest(), 16) % 2**31
+    picked, seen = [], set()
+    for i in shuffle_order(len(pool), h):
+        if len(picked) == shots:
+            break
+        if pool[i][key] not in seen:
+            seen.add(pool[i][key])
+            picked.append(pool[i])
+    return picked
 
 
 PASSAGE_FIELDS = ("id", "title", "text", "label")  # the fields of a passage in a record's `ctxs`
@@ -259,7 +297,7 @@ def helmet_records(task, test_file, demo_file, samples, seed, shots=2):
         raise ValueError(f"{path}: {where} has no {field!r} field, which {task} reads") from None
 
 
-def _check_fields(task, rec):
+def _checked(task, rec):
     """Read what the prompt and the score will read, so that a missing field fails now, not after generation."""
     fields = prompt_fields(task, rec)
     for template in TASKS[task][1]:
@@ -267,56 +305,81 @@ def _check_fields(task, rec):
     if task.startswith("ruler_") and "answer" not in rec and "outputs" not in rec:
         raise KeyError("outputs")
     score(task, "", rec)
+    return rec
 
 
 def _helmet_records(task, data, demos, samples, seed, shots):
+    if task == "json_kv" or task.startswith("ruler_"):  # HELMET: data.shuffle(seed).select(range(samples))
+        return [_checked(task, dict(data[i])) for i in shuffle_order(len(data), seed)[:samples]]
     if task == "kilt_popqa_3":  # HELMET keeps the long-tail questions only: log10(subject popularity) < 3
         data = [d for d in data if math.log10(d["s_pop"]) < 3]
         demos = [d for d in demos if math.log10(d["s_pop"]) < 3]
-    data = random.Random(seed).sample(data, min(samples, len(data)))
+    if task.startswith("kilt_"):
+        key = "id" if data and "id" in data[0] else "question"  # HELMET: NQ has no id, questions are unique
+        passage = "Document (Title: {title}): {text}"
+        out = []
+        for rec in sample_keys(data, key, samples, seed):
+            pool = [d for d in demos if d[key] != rec[key]] if "popqa" in task else demos  # PopQA: one split
+            picked = ["\n\n".join(passage.format(**c) for c in d["ctxs"])
+                      + f"\n\nQuestion: {d['question']}\nAnswer: {d['answers'][0]}"
+                      for d in pick_demos(rec[key], pool, key, shots)]
+            out.append(_checked(task, dict(rec, demos="\n\n".join(picked) + "\n\n" if picked else "",
+                                           context="\n\n".join(passage.format(**c) for c in rec["ctxs"]))))
+        return out
+    # msmarco_rerank_psg
+    key = "qid" if data and "qid" in data[0] else "query"
+    data = sample_keys(data, key, samples, seed)
+    if len(demos) > 2 * len(data):  # HELMET: a large demo pool loses every test question once, up front
+        qids = {d["qid"] for d in data}
+        demos, filtered = [d for d in demos if d["qid"] not in qids], True
+    else:
+        filtered = False
     out = []
     for rec in data:
-        rec = dict(rec)
-        if task.startswith("kilt_"):
-            passage = "Document (Title: {title}): {text}"
-            key = rec.get("id", rec["question"])
-            picked, seen = [], set()
-            for d in _demo_order(key, demos, ("question", rec["question"]) if "popqa" in task else None):
-                if d.get("id", d["question"]) not in seen and len(picked) < shots:
-                    seen.add(d.get("id", d["question"]))
-                    picked.append("\n\n".join(passage.format(**c) for c in d["ctxs"])
-                                  + f"\n\nQuestion: {d['question']}\nAnswer: {d['answers'][0]}")
-            rec["demos"] = "\n\n".join(picked) + "\n\n" if picked else ""
-            rec["context"] = "\n\n".join(passage.format(**c) for c in rec["ctxs"])
-        elif task == "msmarco_rerank_psg":
-            passage = "[ID: {id}] Document (Title: {title}): {text}" if "title" in rec["ctxs"][0] \
-                else "[ID: {id}] Document: {text}"
-            text = ""
-            seen = set()
-            for d in _demo_order(str(rec["qid"]), demos, ("qid", rec["qid"])):
-                if d["qid"] not in seen and len(seen) < shots:
-                    seen.add(d["qid"])
-                    ranking = " > ".join(str(c["id"]) for c in sorted(d["ctxs"], key=lambda c: -c["label"]))
-                    text += "\n\n".join(passage.format(**c) for c in d["ctxs"]) + \
-                        f"\n\nQuery: {d['query']}\nRanking: {ranking}\n\n"
-            rec.update(demos=text, question=rec["query"], context="\n\n".join(passage.format(**c) for c in rec["ctxs"]),
-                       qrels={str(c["id"]): int(c["label"]) for c in rec["ctxs"]})
-        _check_fields(task, rec)
-        out.append(rec)
+        passage = "[ID: {id}] Document (Title: {title}): {text}" if "title" in rec["ctxs"][0] \
+            else "[ID: {id}] Document: {text}"
+        pool = demos if filtered else [d for d in demos if d["qid"] != rec["qid"]]
+        text = ""
+        for d in pick_demos(rec["qid"], pool, "qid", shots):
+            ranking = " > ".join(str(c["id"]) for c in sorted(d["ctxs"], key=lambda c: -c["label"]))
+            text += "\n\n".join(passage.format(**c) for c in d["ctxs"]) + f"\n\nQuery: {d['query']}\nRanking: {ranking}\n\n"
+        out.append(_checked(task, dict(rec, demos=text, question=rec["query"],
+                                       context="\n\n".join(passage.format(**c) for c in rec["ctxs"]),
+                                       qrels={str(c["id"]): int(c["label"]) for c in rec["ctxs"]})))
     return out
 
 
-def fit_context(task, fields, tok, budget):
-    """BOS + prompt ids within `budget` tokens, cutting only the context from its end (HELMET's truncation)."""
-    ids = [tok.bos_id] + tok.encode(build_prompt(task, fields))
-    while len(ids) > budget:
-        context = tok.encode(fields["context"])
-        if not context:
-            raise ValueError(f"{task}: the prompt without its context is {len(ids)} tokens, over the {budget} "
+def encode_prompt(spec, fields, tok, chat=False):
+    """A task's prompt as ids, as HELMET's model_utils.tokenize builds it. Completion mode: user + sep + system
+    templates, tokenised with the tokenizer's defaults (a BOS only where the tokenizer adds one: Llama-3 does). Chat
+    mode (an instruct model on LongQA/Summ): the user template alone as the one user message, no system message
+    (HELMET's HFModel passes none), then the assistant header; the chat format brings its own BOS."""
+    spec = TASKS[spec] if isinstance(spec, str) else spec  # a helmet.py task's name, or any Task
+    user, system = spec.templates
+    if chat:
+        from tokenizer import chat_ids
+        return chat_ids(tok, [{"role": "user", "content": user.format(**fields)}], add_generation_prompt=True)[0]
+    bos = [tok.bos_id] if getattr(tok, "add_bos", True) else []
+    return bos + tok.encode(user.format(**fields) + spec.sep + system.format(**fields))
+
+
+def fit_context(spec, fields, tok, budget, chat=False):
+    """(ids, fields) of a prompt within `budget` tokens where HELMET's would be: when too long, the context alone is
+    cut once, at the start of the context token that leaves `budget` (HELMET cuts at that token's character offset
+    and does not re-check, so a re-tokenised boundary can leave a token or two over; so does this)."""
+    ids = encode_prompt(spec, fields, tok, chat)
+    excess = len(ids) - budget
+    if excess > 0:
+        context = fields["context"]
+        ctx = tok.encode(context)
+        if excess > len(ctx):
+            raise ValueError(f"the prompt without its context is {len(ids) - len(ctx)} tokens, over the {budget} "
                              f"tokens left after generation")
-        fields = dict(fields, context=tok.decode(context[:max(0, len(context) - (len(ids) - budget))]))
-        ids = [tok.bos_id] + tok.encode(build_prompt(task, fields))
-    return ids
+        kept = tok.decode(ctx[:len(ctx) - excess])
+        # the kept tokens' text is the context's prefix, except where a cut splits a multi-byte character
+        fields = dict(fields, context=context[:len(kept)] if context.startswith(kept) else kept)
+        ids = encode_prompt(spec, fields, tok, chat)
+    return ids, fields
 
 
 def check_helmet_data(data_dir, tasks, lengths):
@@ -334,4 +397,4 @@ def check_helmet_data(data_dir, tasks, lengths):
         files = ", ".join(os.path.relpath(f, data_dir) for f in wanted[:4])
         raise ValueError(f"--helmet-data {data_dir} has no file for {','.join(tasks)} at lengths "
                          f"{','.join(map(str, lengths))}" + (f"; expected {files}" if files else
-                                                             " (HELMET's files are for 8192 to 131072 tokens)"))
+                                                             " (HELMET's files are for 4096 to 131072 tokens)"))

@@ -3,31 +3,53 @@ Synthetic long-context tasks, made offline: lost-in-the-middle's JSON KV and RUL
 niah_mv) and variable tracking, in the record layout of HELMET's published files, sized to a length in the
 checkpoint's own tokens. helmet.py defines how they are prompted and scored; evaluate.py runs them.
 
-- Uuids are str(uuid.uuid4()) drawn from a seeded RNG; RULER word keys come from a small embedded word list (RULER
-  uses wonderwords); niah_mv's "essay" haystack is this Python's standard-library docstrings instead of RULER's Paul
-  Graham essays (not available offline; the text, and so scores, can shift slightly between Python versions).
-- Lengths count BOS + prompt + generation: the number of JSON pairs / haystack sentences is searched so that the
+How each generator follows RULER (NVIDIA/RULER as of October 2024, when HELMET made its files: scripts/data/
+synthetic/niah.py, variable_tracking.py, constants.py; RULER's 2025 code builds the vt example differently):
+- Word keys (niah_mk_2, niah_mv) are RULER's list: every "adjective-noun" pair of the wonderwords package's word
+  lists, sorted and deduplicated (6,171,620 pairs with wonderwords 3.0.1), drawn uniformly. wonderwords is optional:
+  without it the keys come from a small embedded list (about 15K pairs, so long haystacks reuse the gold key's
+  words); `WORD_SOURCE` says which, and the first word key drawn without wonderwords warns once on stderr.
+- niah_mk_2 / _3: the gold needle goes at a uniform random index among the distractor needles, never after the
+  last; the record's `depth` is where it landed (index / number of distractors, so 0.0 to just under 1.0).
+- niah_mv: 4 values for one word key, at 4 of RULER's 40 depths of an "essay" haystack; RULER's Paul Graham essays
+  are not available offline, so the essay is this Python's standard-library docstrings (the text, and so scores,
+  can shift slightly between Python versions). `depth` is None, as for vt.
+- vt: one chain of 4 hops, 5-letter names, in noise lines, after one solved example that RULER builds with its own
+  noise to about 500 tokens, from RULER's template with the whitespace collapsed, the last word before the answer
+  dropped and RULER's answer prefix ("assgined", "they are: " then a space before the names). All the records of a
+  seed share one example, as all the samples of a RULER file do.
+- Uuids are str(uuid.uuid4()) drawn from a seeded RNG. JSON KV follows lost-in-the-middle; `KV_DEPTHS` are its gold
+  key positions (0.0 = first pair, 1.0 = last pair), cycled over the records.
+- Lengths count BOS + prompt + generation: the number of JSON pairs / haystack lines / words is searched so that the
   prompt fits and fills at least ~90% of the length.
 """
 
 import ast
+import bisect
+import importlib.metadata
+import itertools
 import os
 import random
 import re
 import string
+import sys
 import sysconfig
 import uuid
 
 import numpy as np
 
-from helmet import TASKS, build_prompt, prompt_fields
-
-
+from helmet import TASKS, encode_prompt, prompt_fields
 
 NEEDLE = "One of the special magic {type_needle_v} for {key} is: {value}."
 NOISE = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
-KV_DEPTHS = [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]  # "dep6": six positions of the gold key, first to last
+KV_DEPTHS = [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]  # json_kv ("dep6"): six positions of the gold key, first to last pair
 RULER_DEPTHS = [int(x) for x in np.round(np.linspace(0, 100, num=40, endpoint=True))]
+# RULER's vt template and answer prefix (synthetic/constants.py), typo included: the one-shot example is built from
+# these; the record's own question uses HELMET's template (helmet.RULER_VT, which spells "assigned").
+RULER_VT = ("Memorize and track the chain(s) of variable assignment hidden in the following text.\n\n{context}\n"
+            "Question: Find all variables that are assigned the value {query} in the text above.",
+            " Answer: According to the chain(s) of variable assignment in the text above, {num_v} variables are "
+            "assgined the value {query}, they are: ")
 ADJECTIVES = ("able acid angry brave bright broad calm cheap clean clever cold cool curly damp dark dear deep dry "
               "eager early easy empty fair fancy fast fierce flat fresh gentle giant glad gold grand great green "
               "happy hard heavy high hollow huge humble icy jolly keen kind large late lazy light little lively "
@@ -46,11 +68,66 @@ NOUNS = ("actor anchor apple arrow badge baker bamboo banana basket beach bell b
          "violin wagon walnut whale window wizard").split()
 
 
+class WordPairs:
+    """RULER's key list, `sorted(set(f"{adj}-{noun}" for adj in adjs for noun in nouns))`, as a lazy sequence with
+    the same length, order and items: the built list is 6.2M strings, 17 s and 0.8 GB. Each adjective's pairs are
+    one run of the sorted nouns, except where an adjective is another's hyphen-prefix ("old", "old-fashioned"):
+    those pairs interleave (and could coincide), so those few blocks are built and sorted as RULER's list is."""
+
+    def __init__(self, adjs, nouns):
+        self.nouns = sorted(set(nouns))
+        blocks = {}
+        for a in sorted(set(adjs)):  # a prefix sorts first, so its block exists when an extension comes
+            root = next((a[:i] for i, c in enumerate(a) if c == "-" and a[:i] in blocks), a)
+            blocks.setdefault(root, []).append(a)
+        # blocks are contiguous in RULER's order, sorted by "root-" (no root is another's hyphen-prefix)
+        self.blocks = [(root + "-", None if len(group) == 1 else sorted({f"{a}-{n}" for a in group
+                                                                         for n in self.nouns}))
+                       for root, group in sorted(blocks.items(), key=lambda b: b[0] + "-")]
+        sizes = (len(self.nouns) if items is None else len(items) for _, items in self.blocks)
+        self.starts = list(itertools.accumulate(sizes, initial=0))
+
+    def __len__(self):
+        return self.starts[-1]
+
+    def __getitem__(self, i):
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        b = bisect.bisect_right(self.starts, i) - 1
+        prefix, items = self.blocks[b]
+        return prefix + self.nouns[i - self.starts[b]] if items is None else items[i - self.starts[b]]
+
+
+def load_words():
+    """(RULER's word-key list, where it came from): wonderwords' shipped lists, read as RULER reads them
+    (random_word._get_words_from_text_file: each line of assets/<name>, right-stripped), else the embedded list."""
+    from importlib.resources import files
+    lists = []
+    try:
+        for name in ("adjectivelist.txt", "nounlist.txt"):
+            with files("wonderwords").joinpath("assets", name).open("r") as f:
+                lists.append([w.rstrip() for w in f.readlines()])
+    except (ImportError, OSError):
+        pairs = WordPairs(ADJECTIVES, NOUNS)
+        return pairs, f"embedded list of {len(pairs)} pairs (pip install wonderwords for RULER's)"
+    pairs = WordPairs(*lists)
+    return pairs, f"wonderwords {importlib.metadata.version('wonderwords')} ({len(pairs)} pairs)"
+
+
+WORDS, WORD_SOURCE = load_words()
+_warned = False
+
+
 def _random(rng, kind):
+    """RULER's generate_random: a 7-digit number, an adjective-noun key, or a uuid4 string."""
+    global _warned
     if kind == "numbers":
         return str(rng.randint(10**6, 10**7 - 1))
     if kind == "words":
-        return f"{rng.choice(ADJECTIVES)}-{rng.choice(NOUNS)}"
+        if not WORD_SOURCE.startswith("wonderwords") and not _warned:
+            _warned = True
+            print(f"ruler.py: RULER word keys come from an {WORD_SOURCE}", file=sys.stderr)
+        return rng.choice(WORDS)
     return str(uuid.UUID(int=rng.getrandbits(128), version=4))  # uuids, as str(uuid.uuid4()) but seeded
 
 
@@ -69,19 +146,25 @@ def make_json_kv(n, seed, depth):
             "answer": pairs[gold][1], "depth": depth, "num_kvs": n}
 
 
-def make_niah_mk(task, n, seed, depth):
-    """RULER niah_multikey_2 (word keys, 7-digit values) / _3 (uuids): one gold needle among n distractor needles."""
+def make_niah_mk(task, n, seed, depth=None):
+    """RULER niah_multikey_2 (word keys, 7-digit values) / _3 (uuids): one gold needle among n distractor needles.
+    `depth` is not an input: RULER draws the gold index itself (niah.py, type_haystack 'needle':
+    `sentences.insert(index, needle)` for `index in random.sample(range(num_haystack), 1)`), so the needle can be
+    first but never after the last distractor. The record's depth is that index / n, rounded to 0.01."""
     rng = random.Random(seed)
     kind_k, kind_v = ("words", "numbers") if task == "ruler_niah_mk_2" else ("uuids", "uuids")
     key, value = _random(rng, kind_k), _random(rng, kind_v)
     haystack = []
     while len(haystack) < n:
         k = _random(rng, kind_k)
-        if k != key:  # a distractor with the gold key would make the question ambiguous
+        # RULER does not check this; a distractor with the gold key would make the question ambiguous (with
+        # RULER's 6.2M pairs it is rare and skipping it changes nothing measurable; the embedded list needs it)
+        if k != key:
             haystack.append(NEEDLE.format(type_needle_v=kind_v, key=k, value=_random(rng, kind_v)))
-    haystack.insert(round(depth * n), NEEDLE.format(type_needle_v=kind_v, key=key, value=value))
+    index = rng.sample(range(n), 1)[0]
+    haystack.insert(index, NEEDLE.format(type_needle_v=kind_v, key=key, value=value))
     return {"context": "\n".join(haystack), "query": key, "type_needle_v": kind_v[:-1], "outputs": [value],
-            "depth": depth}
+            "depth": round(index / n, 2)}
 
 
 _DOCSTRINGS = []  # stdlib docstrings read so far, in a fixed order (files sorted by name)
@@ -114,7 +197,7 @@ def make_niah_mv(n, seed, depth=None):
     key = _random(rng, "words")
     values = [_random(rng, "numbers") for _ in range(4)]
     needles = [NEEDLE.format(type_needle_v="numbers", key=key, value=v) for v in values]
-    rng.shuffle(needles)
+    random.Random(seed).shuffle(needles)  # RULER shuffles with a fresh random.Random(args.random_seed)
     # RULER splits sentences with nltk; a punctuation rule does the same job on this text without the dependency
     sents = re.split(r"(?<=[.!?])\s+", " ".join(essay_words(n)).strip())
     cuts = [0] + sorted(int(len(sents) * d / 100) for d in rng.sample(RULER_DEPTHS, 4)) + [len(sents)]
@@ -127,12 +210,14 @@ def make_niah_mv(n, seed, depth=None):
 
 
 def _vt_context(rng, n, hops, name_len):
+    """RULER's generate_input_output (noise haystack): a chain of `hops` assignments in n noise lines, (context,
+    value, names). RULER stops on a repeated name; redrawing it gives the same distribution of distinct names."""
     names = []
     while len(names) < hops + 1:
         name = "".join(rng.choices(string.ascii_uppercase, k=name_len))
         if name not in names:
             names.append(name)
-    value = rng.randint(10000, 99999)
+    value = rng.randrange(10000, 99999)  # np.random.randint(10000, 99999): the upper bound is excluded
     chain = [f"VAR {names[0]} = {value}"] + [f"VAR {names[j + 1]} = VAR {names[j]} " for j in range(hops)]
     sents = [NOISE + "\n"] * n
     if len(sents) <= len(chain):  # RULER: too few noise lines, so insert between sentences instead
@@ -142,29 +227,66 @@ def _vt_context(rng, n, hops, name_len):
     return " ".join(sents).replace(". \n", ".\n"), str(value), names
 
 
-def make_vt(n, seed, depth=None):
-    """RULER variable tracking: one chain of 4 hops in n noise lines, after one solved example (RULER's few-shot)."""
+def vt_example(tok, seed, max_len=500, gen_len=30):
+    """RULER's one-shot vt example (variable_tracking.py, main: a first call with max_seq_length=500, incremental=5,
+    tokens_to_generate 30, is_icl=True): 3-letter names, 4 hops; the template's whitespace collapsed and its last
+    word before the answer prefix ("above.") dropped, `' '.join(template[cutoff:cutoff_ans].split()[:-1])`; the
+    noise grown by 5 lines while `tokens(input + f' {names}') + 30` stays within 500, then one example drawn that
+    fits; RULER appends " " + the names (and "\\n\\n", which HELMET's loader adds back after `example`)."""
     rng = random.Random(seed)
-    ex_context, ex_value, ex_names = _vt_context(rng, 5, 4, 3)
-    example = build_prompt("ruler_vt", {"example": "", "context": ex_context, "query": ex_value, "num_v": 5})
-    context, value, names = _vt_context(rng, n, 4, 5)
-    return {"context": context, "query": value, "num_v": 5, "outputs": names, "depth": depth,
-            "example": example + " " + " ".join(ex_names)}
+    template = " ".join(RULER_VT[0].split()[:-1]) + RULER_VT[1]
+
+    def draw(n):
+        context, value, names = _vt_context(rng, n, 4, 3)
+        return template.format(context=context, query=value, num_v=5), names
+
+    n, total = 5, 0
+    while total + gen_len < max_len:  # RULER's linear search, as written (it stops one step up when equal)
+        text, names = draw(n)
+        total = len(tok.encode(text + f" {names}"))
+        if total + gen_len > max_len:
+            n = max(1, n - 5)
+            break
+        n += 5
+    while True:
+        text, names = draw(n)
+        if len(tok.encode(text)) + gen_len <= max_len or n <= 5:
+            return text + " " + " ".join(names)
+        n -= 5
+
+
+def make_vt(n, seed, depth=None, example=""):
+    """RULER variable tracking: one chain of 4 hops in n noise lines, after `example` (vt_example)."""
+    context, value, names = _vt_context(random.Random(seed), n, 4, 5)
+    return {"context": context, "query": value, "num_v": 5, "outputs": names, "depth": depth, "example": example}
 
 
 MAKERS = {"json_kv": make_json_kv, "ruler_niah_mk_2": lambda n, s, d: make_niah_mk("ruler_niah_mk_2", n, s, d),
           "ruler_niah_mk_3": lambda n, s, d: make_niah_mk("ruler_niah_mk_3", n, s, d),
-          "ruler_niah_mv": make_niah_mv, "ruler_vt": make_vt}
+          "ruler_niah_mv": make_niah_mv, "ruler_vt": make_vt}  # make(n, seed, depth); vt without its example
+
+
+def _maker(task, tok, seed):
+    """make(n, record seed, depth) for a run: vt's records share one example per seed (RULER seeds its example
+    first, with the file's seed, so it is the same in every file of a seed, whatever the length)."""
+    if task not in MAKERS:
+        raise ValueError(f"unknown synthetic task {task!r}: expected one of {', '.join(MAKERS)}")
+    if task == "ruler_vt":
+        example = vt_example(tok, f"{seed}-ruler_vt-example")
+        return lambda n, s, d: make_vt(n, s, d, example)
+    return MAKERS[task]
 
 
 def prompt_length(task, rec, tok):
-    return 1 + len(tok.encode(build_prompt(task, prompt_fields(task, rec))))  # +1: BOS
+    """Tokens of the prompt as the model will get it (BOS where the tokenizer adds one)."""
+    return len(encode_prompt(task, prompt_fields(task, rec), tok))
 
 
-def check_length(task, length, tok, seed="min"):
+def check_length(task, length, tok, seed=0, make=None):
     """A length must hold the task's smallest prompt (one pair, needle or noise line) plus its generation budget."""
-    gen = TASKS[task][2]
-    need = prompt_length(task, MAKERS[task](1, seed, KV_DEPTHS[0]), tok) + gen
+    make = make or _maker(task, tok, seed)
+    gen = TASKS[task].gen_len
+    need = prompt_length(task, make(1, f"{seed}-{task}-min", KV_DEPTHS[0]), tok) + gen
     if length < need:
         raise ValueError(f"length {length} is too short for {task}: it needs at least {need} tokens, its smallest "
                          f"prompt ({need - gen} tokens) plus the {gen} tokens it generates")
@@ -172,16 +294,16 @@ def check_length(task, length, tok, seed="min"):
 
 def synthetic_records(task, length, samples, tok, seed):
     """`samples` records whose prompts, with BOS and the task's generation budget, fit `length` tokens."""
-    budget = length - TASKS[task][2]
-    make = MAKERS[task]
-    depths = KV_DEPTHS if task in ("json_kv", "ruler_niah_mk_2", "ruler_niah_mk_3") else [None]
+    make = _maker(task, tok, seed)
+    check_length(task, length, tok, seed, make)
+    budget = length - TASKS[task].gen_len
+    depths = KV_DEPTHS if task == "json_kv" else [None]  # RULER's tasks place their needles themselves
 
     def fits(n, s, d):
         return prompt_length(task, make(n, s, d), tok) <= budget
 
-    # Calibrate the size (pairs / sentences / words) once on a probe: exponential then binary search.
+    # Calibrate the size (pairs / lines / words) once on a probe: exponential then binary search.
     probe = f"{seed}-{task}-{length}-probe"
-    check_length(task, length, tok, probe)
     lo, hi = 1, 2
     while fits(hi, probe, depths[0]) and hi < 64 * length:
         lo, hi = hi, hi * 2
@@ -195,4 +317,3 @@ def synthetic_records(task, length, samples, tok, seed):
             n -= max(1, n // 200)
         records.append(make(n, s, d))
     return records
-

@@ -115,6 +115,7 @@ class Tokenizer:
         self.sha256 = sha256_file(files[0])
         self._encode_many, self._decode, self.splits_safely = encode_many, decode, splits_safely
         self.bos_id, self.eos_id, self.eot_id = special_tokens[bos], special_tokens[eos], special_tokens[eot]
+        self.add_bos = True  # whether the tokenizer's own default encoding starts with BOS (HELMET follows it)
 
     def pieces(self, blocks):
         return text_pieces(blocks) if self.splits_safely else ["".join(blocks)]
@@ -182,11 +183,13 @@ def _hf_tokenizer(directory):
     if eos is None:
         raise DataError(f"{path}: cannot tell the end-of-text token (no eos_token in tokenizer_config.json)")
     files = [path] + ([cfg_path] if os.path.exists(cfg_path) else [])
-    return Tokenizer("hf:" + os.path.abspath(directory), files, special,
+    tok = Tokenizer("hf:" + os.path.abspath(directory), files, special,
                      lambda texts, threads: [e.ids for e in hf.encode_batch(texts, add_special_tokens=False)],
                      lambda ids: hf.decode(ids, skip_special_tokens=False), hf.get_vocab_size(),
                      pick("bos_token", "<|begin_of_text|>", "<s>") or eos, eos,
                      pick("eot_token", "<|eot_id|>", "<|im_end|>") or eos, splits_safely=False)
+    tok.add_bos = hf.encode("a", add_special_tokens=True).ids[:1] == [tok.bos_id]  # its post-processor's choice
+    return tok
 
 
 def load_tokenizer(spec=None):

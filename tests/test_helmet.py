@@ -1,10 +1,12 @@
 """helmet.py: HELMET prompts and metrics, HELMET's data files (the synthetic tasks: tests/test_ruler.py)."""
+import hashlib
 import itertools
 import json
 import math
 import os
 import sys
 
+import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -101,6 +103,111 @@ def test_rerank_prompt_from_helmet_msmarco_files():
 
 
 # ------------------------------------------------------------------------------------------------------------
+# 1a. which samples and which demonstrations: HELMET's procedure (data.py at 4526dfb), written out independently.
+# `datasets`' Dataset.shuffle(seed) is np.random.default_rng(seed).permutation(n); when `datasets` is installed
+# it is checked against that too.
+
+
+def datasets_order(n, seed):
+    try:
+        import datasets
+    except ImportError:
+        return None
+    return datasets.Dataset.from_dict({"i": list(range(n))}).shuffle(seed=seed)["i"]
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def kilt_rows(n_questions, depths, prefix, with_id=True, pop=False):
+    rows = []
+    for q in range(n_questions):
+        for d in range(depths):  # HELMET's files hold each question at several depths: one row each
+            row = {"question": f"{prefix} question {q}?", "answers": [f"answer {q}"], "depth": d / max(1, depths - 1),
+                   "ctxs": [{"id": f"{q}-{d}", "title": f"T{q}", "text": f"text {q} {d}", "has_answer": True}]}
+            if with_id:
+                row["id"] = q * 7 if pop else f"{prefix}{q}"  # PopQA's ids are integers
+            if pop:
+                row["s_pop"] = 10 ** (1 + q % 4)  # log10 = 1..4: a quarter of them fail HELMET's < 3 filter
+            rows.append(row)
+    return rows
+
+
+@pytest.mark.parametrize("task,with_id", [("kilt_nq", False), ("kilt_hotpotqa", True), ("kilt_popqa_3", True)])
+def test_kilt_samples_and_demos_follow_helmet(tmp_path, task, with_id):
+    pop = task == "kilt_popqa_3"
+    test = kilt_rows(40, 3, "dev", with_id, pop)
+    demo = test if pop else kilt_rows(25, 2, "train", with_id)
+    test_file = write_jsonl(tmp_path / "test.jsonl", test)
+    demo_file = write_jsonl(tmp_path / "demo.jsonl", demo)
+    recs = hm.helmet_records(task, test_file, demo_file, samples=7, seed=42)
+
+    # HELMET: popqa filter on both; random.seed(42); random.sample(sorted(set(keys)), 7); keep every row of them
+    import math
+    import random
+    if pop:
+        test = [r for r in test if math.log10(r["s_pop"]) < 3]
+        demo = [r for r in demo if math.log10(r["s_pop"]) < 3]
+    key = "id" if with_id else "question"
+    random.seed(42)
+    chosen = random.sample(sorted({r[key] for r in test}), 7)
+    expected = [r for r in test if r[key] in chosen]
+    assert [(r[key], r["depth"]) for r in recs] == [(r[key], r["depth"]) for r in expected]
+    assert len(recs) == 21  # three depths of each of the 7 questions
+
+    for rec in recs:
+        pool = [d for d in demo if d[key] != rec[key]] if pop else demo
+        h = int(hashlib.sha256(str(rec[key]).encode("utf-8")).hexdigest(), 16) % 2**31
+        order = np.random.default_rng(h).permutation(len(pool))
+        if datasets_order(len(pool), h) is not None:
+            assert list(order) == datasets_order(len(pool), h)
+        firsts = []
+        for i in order:  # drop_duplicates(key) keeps the first of each key, then select(range(2))
+            if pool[i][key] not in [f[key] for f in firsts]:
+                firsts.append(pool[i])
+        want = "\n\n".join(f"Document (Title: {d['ctxs'][0]['title']}): {d['ctxs'][0]['text']}\n\nQuestion: "
+                            f"{d['question']}\nAnswer: {d['answers'][0]}" for d in firsts[:2]) + "\n\n"
+        assert rec["demos"] == want
+
+
+def test_msmarco_samples_and_demos_follow_helmet(tmp_path):
+    def rows(n, prefix):
+        return [{"qid": f"{prefix}{q}", "query": f"query {q}",
+                 "ctxs": [{"id": f"{q}{j}", "title": "t", "text": f"passage {j}", "label": (q + j) % 4}
+                          for j in range(3)]} for q in range(n)]
+    test = rows(30, "q")
+    for pool_size, filtered_up_front in ((80, True), (10, False)):  # a pool over 2x the sampled rows loses their qids
+        demo = rows(pool_size, "q")  # HELMET's demo file shares qids with the test file
+        recs = hm.helmet_records("msmarco_rerank_psg", write_jsonl(tmp_path / "t.jsonl", test),
+                                 write_jsonl(tmp_path / "d.jsonl", demo), samples=5, seed=42)
+        import random
+        random.seed(42)
+        chosen = random.sample(sorted({r["qid"] for r in test}), 5)
+        assert [r["qid"] for r in recs] == [r["qid"] for r in test if r["qid"] in chosen]
+        for rec in recs:
+            pool = [d for d in demo if d["qid"] not in chosen] if filtered_up_front else \
+                [d for d in demo if d["qid"] != rec["qid"]]
+            h = abs(int(hashlib.sha256(rec["qid"].encode("utf-8")).hexdigest(), 16) % 2**31)
+            picked = [pool[i] for i in np.random.default_rng(h).permutation(len(pool))[:2]]  # qids are unique
+            assert [f"Query: {d['query']}\n" in rec["demos"] for d in picked] == [True, True]
+            assert rec["demos"].index(picked[0]["query"] + "\n") < rec["demos"].index(picked[1]["query"] + "\n")
+            assert rec["demos"].count("Query: ") == 2
+
+
+@pytest.mark.parametrize("task", ["json_kv", "ruler_niah_mk_2"])
+def test_json_kv_and_ruler_files_sample_like_datasets_shuffle(tmp_path, task):
+    rows = [{"context": f"c{i}", "demos": [], "question": f"k{i}", "answer": f"v{i}", "query": f"k{i}",
+             "type_needle_v": "number", "outputs": [f"v{i}"], "depth": i % 6, "num_kvs": 1} for i in range(250)]
+    recs = hm.helmet_records(task, write_jsonl(tmp_path / "f.jsonl", rows), None, samples=100, seed=42)
+    expected = np.random.default_rng(42).permutation(250)[:100]  # data.shuffle(seed=42).select(range(100))
+    assert [r["context"] for r in recs] == [f"c{i}" for i in expected]
+    if datasets_order(250, 42) is not None:
+        assert list(expected) == datasets_order(250, 42)[:100]
+
+
+# ------------------------------------------------------------------------------------------------------------
 # 1b. metrics on edge cases (HELMET's definitions)
 
 
@@ -168,19 +275,33 @@ def test_ndcg_hand_computed():
     ranking = hm.parse_rankings(" > ".join([str(i) for i in range(10, 20)] + ["99"]))
     assert hm.ndcg_at_k(ranking, many) == 0.0
 
-def test_helmet_context_truncated_from_its_end_only(tok):
+@pytest.mark.parametrize("excess", [1, 15, 40])
+def test_helmet_context_cut_once_at_the_kept_tokens_offset(tok, excess):
+    """HELMET's model_utils.tokenize: truncate_length = prompt tokens - budget; the context is cut once at the start
+    character of its token [-truncate_length] (offset_mapping), the prompt rebuilt, no second check. The reference
+    offsets come from llama_models' own tiktoken encoding, not from our tokenizer."""
+    ref = pytest.importorskip("llama_models.llama3.tokenizer").Tokenizer.get_instance()
     rec = hm.helmet_records("kilt_nq", *hm.helmet_files("kilt_nq", 8192, FIXTURES), samples=10, seed=0)[0]
     fields = hm.prompt_fields("kilt_nq", rec)
-    full = [tok.bos_id] + tok.encode(hm.build_prompt("kilt_nq", fields))
-    budget = len(full) - 15
-    ids = hm.fit_context("kilt_nq", fields, tok, budget)
-    assert len(ids) <= budget and len(ids) >= budget - 3
-    text = tok.decode(ids[1:])
-    head = hm.build_prompt("kilt_nq", dict(fields, context="\x00")).split("\x00")[0]  # instructions and demos
-    tail = "\n\nQuestion: " + rec["question"] + "\nAnswer:"
-    assert text.startswith(head) and text.endswith(tail)
-    kept = text[len(head):-len(tail)]
-    assert 0 < len(kept) < len(rec["context"]) and rec["context"].startswith(kept)
+    prompt = ref.encode(hm.build_prompt("kilt_nq", fields), bos=True, eos=False)
+    budget = len(prompt) - excess
+    ctx = ref.encode(fields["context"], bos=True, eos=False)  # HELMET tokenises the context with BOS too
+    _, offsets = ref.model.decode_with_offsets(ctx[1:])
+    cut = fields["context"][:([0] + offsets)[-excess]]
+    ids, new_fields = hm.fit_context("kilt_nq", fields, tok, budget)
+    assert new_fields["context"] == cut and 0 < len(cut) < len(fields["context"])
+    assert ids == ref.encode(hm.build_prompt("kilt_nq", dict(fields, context=cut)), bos=True, eos=False)
+    head = hm.build_prompt("kilt_nq", dict(fields, context="\x00")).split("\x00")
+    assert tok.decode(ids[1:]) == head[0] + cut + head[1]  # instructions, demos and question untouched
+
+
+def test_bos_only_where_the_tokenizer_adds_one(tok):
+    spec = hm.TASKS["json_kv"]
+    fields = {"context": "{}", "demos": "", "question": "k"}
+    assert hm.encode_prompt(spec, fields, tok)[0] == tok.bos_id
+    tok_no_bos = type(tok).__new__(type(tok))
+    tok_no_bos.__dict__.update(tok.__dict__, add_bos=False)
+    assert hm.encode_prompt(spec, fields, tok_no_bos) == hm.encode_prompt(spec, fields, tok)[1:]
 
 # ------------------------------------------------------------------------------------------------------------
 # errors a user can cause

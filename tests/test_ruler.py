@@ -1,7 +1,10 @@
-"""ruler.py: synthetic JSON KV and RULER records in HELMET's layout, and their calibration in the checkpoint's tokens."""
+"""ruler.py: synthetic JSON KV and RULER records in HELMET's layout, checked against RULER's generators (NVIDIA/RULER,
+October 2024: scripts/data/synthetic/niah.py, variable_tracking.py, constants.py) and measured with the tokenizer."""
 import json
 import os
+import re
 import sys
+from collections import Counter
 
 import pytest
 
@@ -17,6 +20,13 @@ def tok():
     return load_tokenizer(None)  # the real Llama-3 tokenizer (llama-models package), offline
 
 
+NOISE = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."  # RULER's
+
+
+def needle(kind, key, value):  # RULER's needle, written out (the context keeps the plural: "numbers", "uuids")
+    return f"One of the special magic {kind} for {key} is: {value}."
+
+
 def test_synthetic_records_have_helmet_structure():
     rec = ruler.make_json_kv(7, "s", 0.4)
     pairs = json.loads(rec["context"])  # one pair per line, valid JSON
@@ -25,45 +35,182 @@ def test_synthetic_records_have_helmet_structure():
     assert all(k not in pairs for k, _ in rec["demos"]) and len(rec["demos"]) == 2
     assert all(len(x) == 36 and x[14] == "4" for x in list(pairs) + list(pairs.values()))  # uuid4 strings
 
-    rec = ruler.make_niah_mk("ruler_niah_mk_2", 9, "s", 1.0)
+    rec = ruler.make_niah_mk("ruler_niah_mk_2", 9, "s")
     lines = rec["context"].split("\n")
-    gold = f"One of the special magic numbers for {rec['query']} is: {rec['outputs'][0]}."
-    assert len(lines) == 10 and lines[-1] == gold and sum(rec["query"] in x for x in lines) == 1
+    assert len(lines) == 10 and needle("numbers", rec["query"], rec["outputs"][0]) in lines
     assert len(rec["outputs"][0]) == 7 and rec["type_needle_v"] == "number" and "-" in rec["query"]
-    rec = ruler.make_niah_mk("ruler_niah_mk_3", 9, "s", 0.0)
-    assert rec["context"].split("\n")[0].startswith(f"One of the special magic uuids for {rec['query']} is: ")
+    rec = ruler.make_niah_mk("ruler_niah_mk_3", 9, "s")
+    assert needle("uuids", rec["query"], rec["outputs"][0]) in rec["context"].split("\n")
+    assert rec["type_needle_v"] == "uuid" and len(rec["query"]) == 36
 
     rec = ruler.make_niah_mv(400, "s")
-    assert rec["type_needle_v"] == "numbers" and len(rec["outputs"]) == 4
+    assert rec["type_needle_v"] == "numbers" and len(rec["outputs"]) == 4 and rec["depth"] is None
     for v in rec["outputs"]:
-        assert rec["context"].count(f"One of the special magic numbers for {rec['query']} is: {v}.") == 1
+        assert rec["context"].count(needle("numbers", rec["query"], v)) == 1
 
-    rec = ruler.make_vt(20, "s")
+    rec = ruler.make_vt(20, "s", None, "EXAMPLE")
     chain = [f"VAR {rec['outputs'][0]} = {rec['query']}"] + \
         [f"VAR {b} = VAR {a}" for a, b in zip(rec["outputs"], rec["outputs"][1:])]
     positions = [rec["context"].index(c) for c in chain]
     assert positions == sorted(positions) and rec["context"].count("The grass is green.") == 20
-    assert rec["example"].endswith("they are: " + " ".join(rec["example"].split("they are: ")[1].split()))
+    assert rec["example"] == "EXAMPLE" and rec["num_v"] == 5
+    assert all(re.fullmatch("[A-Z]{5}", v) for v in rec["outputs"])
+    assert 10000 <= int(rec["query"]) < 99999  # np.random.randint(10000, 99999)
     # deterministic for a seed, different across seeds
-    assert ruler.make_vt(20, "s") == rec and ruler.make_vt(20, "t") != rec
+    assert ruler.make_vt(20, "s", None, "EXAMPLE") == rec and ruler.make_vt(20, "t", None, "EXAMPLE") != rec
 
 # ------------------------------------------------------------------------------------------------------------
-# 2. calibration in the checkpoint's tokens
+# 1. word keys: RULER's list (niah.py: every adjective-noun pair of wonderwords' lists, sorted and deduplicated)
+
+
+def rulers_list(adjs, nouns):  # niah.py, written out: words = sorted(list(set(f"{adj}-{noun}" ...)))
+    return sorted(set(f"{adj}-{noun}" for adj in adjs for noun in nouns))
+
+
+def test_word_pairs_equal_rulers_sorted_list_where_words_share_hyphens():
+    adjs = ["x", "x-y", "x-y-z", "x y", "xa", "", "-a", "b", "b", "Early", "old", "old-fashioned", "older"]
+    nouns = ["y-b", "b", "z", "y", "a-z", "", "Z", "fashioned-b", "y-z"]  # "x-y-z" is both x + y-z and x-y + z
+    pairs = ruler.WordPairs(adjs, nouns)
+    assert [pairs[i] for i in range(len(pairs))] == rulers_list(adjs, nouns)
+    with pytest.raises(IndexError):
+        pairs[len(pairs)]
+
+
+def test_word_keys_are_rulers_wonderwords_list():
+    wonderwords = pytest.importorskip("wonderwords")
+    from importlib.metadata import version
+    assets = os.path.join(os.path.dirname(wonderwords.__file__), "assets")
+    adjs, nouns = [], []
+    for name, words in (("adjectivelist.txt", adjs), ("nounlist.txt", nouns)):
+        with open(os.path.join(assets, name)) as f:
+            lines = f.read().split("\n")
+        words += [w.rstrip() for w in lines[:-1 if lines[-1] == "" else None]]  # lines, right-stripped ("nasty ")
+    read = getattr(wonderwords.random_word, "_get_words_from_text_file", None)  # what niah.py calls
+    if read is not None:
+        assert read("adjectivelist.txt") == adjs and read("nounlist.txt") == nouns
+    assert len(set(adjs)) > 900 and len(set(nouns)) > 6700
+    # no two pairs coincide in these lists, so RULER's list has |adjectives| x |nouns| pairs (6,171,620 with 3.0.1,
+    # also counted on RULER's list built in full, which takes 17 s and 0.8 GB)
+    assert len(ruler.WORDS) == len(set(adjs)) * len(set(nouns))
+    assert ruler.WORD_SOURCE == f"wonderwords {version('wonderwords')} ({len(ruler.WORDS)} pairs)"
+    # the order too, on every adjective that is another's hyphen-prefix ("old", "old-fashioned") and a sample
+    hyphened = {a for a in adjs for b in adjs if b.startswith(a + "-")}
+    sub = sorted(hyphened | {b for a in hyphened for b in adjs if b.startswith(a + "-")} | set(adjs[::40]))
+    pairs = ruler.WordPairs(sub, nouns)
+    assert [pairs[i] for i in range(len(pairs))] == rulers_list(sub, nouns)
+    rec = ruler.make_niah_mk("ruler_niah_mk_2", 3, "s")
+    q, noun_set = rec["query"], set(nouns)
+    assert any(q.startswith(a + "-") and q[len(a) + 1:] in noun_set for a in adjs)
+
+
+def test_without_wonderwords_the_embedded_list_is_used_and_said_once(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "wonderwords", None)  # import wonderwords now fails
+    words, source = ruler.load_words()
+    assert len(words) == len(set(ruler.ADJECTIVES)) * len(set(ruler.NOUNS)) > 10000
+    assert source == f"embedded list of {len(words)} pairs (pip install wonderwords for RULER's)"
+    monkeypatch.setattr(ruler, "WORDS", words)
+    monkeypatch.setattr(ruler, "WORD_SOURCE", source)
+    monkeypatch.setattr(ruler, "_warned", False)
+    capsys.readouterr()
+    for s in range(3):
+        rec = ruler.make_niah_mk("ruler_niah_mk_2", 5, s)
+        assert rec["query"].split("-")[0] in ruler.ADJECTIVES
+    ruler.make_niah_mv(50, "s")
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "embedded list" in err and "pip install wonderwords" in err
+
+# ------------------------------------------------------------------------------------------------------------
+# 2. the gold needle: niah.py draws `random.sample(range(num_haystack), 1)` and inserts before that distractor
+
+
+@pytest.mark.parametrize("task", ["ruler_niah_mk_2", "ruler_niah_mk_3"])
+def test_gold_needle_is_at_a_uniform_index_never_after_the_last_distractor(task):
+    n, runs = 4, 500
+    kind = "numbers" if task == "ruler_niah_mk_2" else "uuids"
+    where = Counter()
+    for s in range(runs):
+        rec = ruler.make_niah_mk(task, n, s)
+        lines = rec["context"].split("\n")
+        index = lines.index(needle(kind, rec["query"], rec["outputs"][0]))
+        assert len(lines) == n + 1 and sum(rec["query"] in x for x in lines) == 1
+        assert rec["depth"] == round(index / n, 2)
+        where[index] += 1
+    assert set(where) == set(range(n))  # first to last-but-one line: never after the last distractor
+    assert all(abs(c - runs / n) < 0.25 * runs / n for c in where.values()), where  # uniform (3 sigma)
+
+# ------------------------------------------------------------------------------------------------------------
+# 3. variable tracking's one-shot example, against RULER's strings written out
+
+
+RULER_EXAMPLE = re.compile(
+    r"Memorize and track the chain\(s\) of variable assignment hidden in the following text\. "  # collapsed: no \n\n
+    r"(?P<context>.*)\n "
+    r"Question: Find all variables that are assigned the value (?P<value>\d{5}) in the text "  # "above." dropped
+    r"Answer: According to the chain\(s\) of variable assignment in the text above, 5 variables are assgined the "
+    r"value (?P=value), they are:  (?P<names>[A-Z]{3} [A-Z]{3} [A-Z]{3} [A-Z]{3} [A-Z]{3})", re.DOTALL)
+
+
+def test_vt_example_is_rulers_one_shot(tok):
+    records = ruler.synthetic_records("ruler_vt", 1024, 2, tok, seed=3)
+    example = records[0]["example"]
+    m = RULER_EXAMPLE.fullmatch(example)
+    assert m, example[-400:]
+    names, noise = m["names"].split(), re.escape(NOISE)
+    # RULER's context: " ".join of noise lines (NOISE + "\n") and chain lines ("VAR A = VAR B ", trailing space)
+    items = rf"(?:{noise}\n |VAR [A-Z]{{3}} = VAR [A-Z]{{3}}  |VAR [A-Z]{{3}} = \d{{5}} )+"
+    assert re.fullmatch(items, m["context"] + "\n "), m["context"]
+    chain = [f"VAR {names[0]} = {m['value']}"] + [f"VAR {b} = VAR {a}" for a, b in zip(names, names[1:])]
+    assert re.findall(r"VAR [A-Z]{3} = (?:VAR [A-Z]{3}|\d{5})", m["context"]) == chain and len(set(names)) == 5
+    # sized as RULER: input (without the names) + 30 generated tokens within 500, grown 5 noise lines at a time
+    size = len(tok.encode(example[:example.rindex("they are: ") + len("they are: ")]))
+    assert 300 < size and size + 30 <= 500 and m["context"].count(NOISE) % 5 == 0
+    # one example per seed, whatever the length (RULER draws it first, from the file's seed); another seed, another
+    assert all(r["example"] == example for r in records + ruler.synthetic_records("ruler_vt", 2048, 1, tok, seed=3))
+    assert ruler.synthetic_records("ruler_vt", 1024, 1, tok, seed=4)[0]["example"] != example
+    # HELMET's load_ruler: example + "\n\n", then its template
+    prompt = hm.build_prompt("ruler_vt", hm.prompt_fields("ruler_vt", records[0]))
+    assert prompt.startswith(example + "\n\nMemorize and track the chain(s) of variable assignment hidden in the "
+                             "following text.\n\n" + records[0]["context"] + "\nQuestion: Find all variables")
+
+# ------------------------------------------------------------------------------------------------------------
+# 4. calibration, measured with the tokenizer (not with ruler.prompt_length), and the gold in the prompt
+
+
+def gold_strings(task, rec):
+    """What must be in the prompt for the task to be answerable: the gold needles / pair / chain, and the answers."""
+    if task == "json_kv":
+        return [f'"{rec["question"]}": "{rec["answer"]}"', rec["answer"]]
+    if task == "ruler_vt":
+        names = rec["outputs"]
+        return [f"VAR {names[0]} = {rec['query']}"] + [f"VAR {b} = VAR {a}" for a, b in zip(names, names[1:])] + names
+    kind = {"number": "numbers", "uuid": "uuids"}.get(rec["type_needle_v"], rec["type_needle_v"])
+    return [needle(kind, rec["query"], v) for v in rec["outputs"]] + rec["outputs"]
 
 
 @pytest.mark.parametrize("task", hm.SYNTHETIC)
 @pytest.mark.parametrize("length", [1024, 4096])
-def test_calibration_fits_and_fills_the_length(tok, task, length):
+def test_calibration_fits_and_fills_the_length_with_the_gold_in_the_prompt(tok, task, length):
     records = ruler.synthetic_records(task, length, 6, tok, seed=3)
-    gen = hm.TASKS[task][2]
+    gen = hm.TASKS[task].gen_len
+    assert tok.add_bos  # Llama-3 starts its encodings with BOS: HELMET's prompt is BOS + the prompt's tokens
     for rec in records:
-        used = ruler.prompt_length(task, rec, tok) + gen
-        assert 0.9 * length <= used <= length, (task, length, used)
-    if task in ("json_kv", "ruler_niah_mk_2", "ruler_niah_mk_3"):
+        prompt = hm.build_prompt(task, hm.prompt_fields(task, rec))
+        used = 1 + len(tok.encode(prompt)) + gen
+        assert 0.9 * length <= used <= length, (task, length, rec["depth"], used)
+        # within the length, HELMET does not cut the context, so this is the prompt the model sees
+        for gold in gold_strings(task, rec):
+            assert gold in prompt, (task, length, rec["depth"], gold)
+    if task == "json_kv":
         assert [r["depth"] for r in records] == ruler.KV_DEPTHS
+    elif task in ("ruler_niah_mk_2", "ruler_niah_mk_3"):
+        assert all(0 <= r["depth"] < 1 for r in records) and len({r["depth"] for r in records}) > 1
     assert records == ruler.synthetic_records(task, length, 6, tok, seed=3)  # deterministic for a seed
 
 
-def test_too_short_length_is_a_clear_error(tok):
+def test_user_errors_are_one_clear_line(tok):
     with pytest.raises(ValueError, match="too short for json_kv"):
         ruler.synthetic_records("json_kv", 150, 1, tok, seed=0)
+    with pytest.raises(ValueError, match="too short for ruler_vt"):  # its ~350-token example must fit too
+        ruler.check_length("ruler_vt", 400, tok)
+    with pytest.raises(ValueError, match="unknown synthetic task 'kilt_nq'"):
+        ruler.synthetic_records("kilt_nq", 1024, 1, tok, seed=0)
