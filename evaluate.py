@@ -432,6 +432,8 @@ def task_records(args, task, length, tok, length_tok, samples):
 
 
 def run(args):
+    if args.ppl_docs < 1:
+        raise fail(f"--ppl-docs {args.ppl_docs}: give a positive number of documents")
     if args.samples is not None and args.samples < 1:
         raise fail(f"--samples {args.samples}: give a positive number of samples per task and length (HELMET: 100)")
     tasks = choose_tasks(args)

@@ -244,6 +244,8 @@ def read_jsonl(path):
                     records.append(json.loads(line))
                 except json.JSONDecodeError as e:
                     raise ValueError(f"{path}:{i}: not a JSON line ({e.msg})") from None
+                if not isinstance(records[-1], dict):
+                    raise ValueError(f"{path}:{i}: expected a JSON object per line, found {line.strip()[:60]}")
     return records
 
 
@@ -295,6 +297,8 @@ def helmet_records(task, test_file, demo_file, samples, seed, shots=2):
         path = test_file if lacks(data) or not demos or not lacks(demos) else demo_file
         where = "a record's passage (in ctxs)" if passage else "a record"
         raise ValueError(f"{path}: {where} has no {field!r} field, which {task} reads") from None
+    except ValueError as e:  # a field with a value the task cannot use
+        raise ValueError(f"{test_file}" + (f" or {demo_file}" if demos else "") + f": {e}") from None
 
 
 def _checked(task, rec):
@@ -312,8 +316,12 @@ def _helmet_records(task, data, demos, samples, seed, shots):
     if task == "json_kv" or task.startswith("ruler_"):  # HELMET: data.shuffle(seed).select(range(samples))
         return [_checked(task, dict(data[i])) for i in shuffle_order(len(data), seed)[:samples]]
     if task == "kilt_popqa_3":  # HELMET keeps the long-tail questions only: log10(subject popularity) < 3
-        data = [d for d in data if math.log10(d["s_pop"]) < 3]
-        demos = [d for d in demos if math.log10(d["s_pop"]) < 3]
+        def long_tail(d):
+            if not isinstance(d["s_pop"], (int, float)) or d["s_pop"] <= 0:
+                raise ValueError(f"a PopQA record has s_pop {d['s_pop']!r}: HELMET's log10 filter needs a "
+                                 f"positive popularity")
+            return math.log10(d["s_pop"]) < 3
+        data, demos = [d for d in data if long_tail(d)], [d for d in demos if long_tail(d)]
     if task.startswith("kilt_"):
         key = "id" if data and "id" in data[0] else "question"  # HELMET: NQ has no id, questions are unique
         passage = "Document (Title: {title}): {text}"

@@ -518,6 +518,8 @@ def test_cli_samples_must_be_positive(tiny_ckpt, tmp_path):
     for n in (0, -1):  # no NaN scores: an error before anything loads
         assert_error(run_cli("--ckpt", tiny_ckpt, "--tasks", "json_kv", "--lengths", "512", "--samples", n,
                              "--out", tmp_path / "r.json"), f"--samples {n}: give a positive number of samples")
+    with pytest.raises(SystemExit, match="--ppl-docs 0: give a positive number of documents"):
+        ev.main(["--ckpt", str(tiny_ckpt), "--tasks", "none", "--ppl", "x.txt", "--ppl-docs", "0"])
     assert not (tmp_path / "r.json").exists()
 
 

@@ -317,6 +317,17 @@ def test_malformed_jsonl_names_file_and_line(tmp_path):
     path.write_text('{"a": 1}\n{not json\n')
     with pytest.raises(ValueError, match=r"bad.jsonl:2: not a JSON line"):
         hm.read_jsonl(str(path))
+    path.write_text('{"a": 1}\n["a list"]\n')
+    with pytest.raises(ValueError, match=r"bad.jsonl:2: expected a JSON object per line, found \["):
+        hm.read_jsonl(str(path))
+
+
+def test_popqa_without_a_positive_popularity_names_the_file(tmp_path):
+    row = {"id": 1, "question": "q", "answers": ["a"], "ctxs": [], "s_pop": 0}
+    path = tmp_path / "popqa.jsonl"
+    path.write_text(json.dumps(row) + "\n")
+    with pytest.raises(ValueError, match=r"popqa.jsonl: a PopQA record has s_pop 0: HELMET's log10 filter needs"):
+        hm.helmet_records("kilt_popqa_3", str(path), None, 10, 42)
 
 
 def copy_with(src, dst, edit):
