@@ -55,14 +55,14 @@ def parse_output(output, prefix="Answer:"):
     return None
 
 
-def _gold_list(answers):
+def gold_list(answers):
     if isinstance(answers, str):
         return [answers]
     return [a for x in answers for a in (x if isinstance(x, list) else [x])]
 
 
 def substring_exact_match(prediction, answers):
-    return float(max(normalize_answer(a) in normalize_answer(prediction) for a in _gold_list(answers)))
+    return float(max(normalize_answer(a) in normalize_answer(prediction) for a in gold_list(answers)))
 
 
 def sub_em(output, answers, prefix="Answer:"):
@@ -73,7 +73,7 @@ def sub_em(output, answers, prefix="Answer:"):
 
 
 def ruler_recall(prediction, answers):
-    answers = _gold_list(answers)
+    answers = gold_list(answers)
     return sum(a.lower() in prediction.lower() for a in answers) / len(answers)
 
 

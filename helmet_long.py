@@ -55,7 +55,7 @@ import os
 import random
 from collections import Counter
 
-from helmet import Task, normalize_answer, parse_output, shuffle_order
+from helmet import Task, gold_list, normalize_answer, parse_output, shuffle_order
 from rouge import rouge as rouge_scores
 from tokenizer import log
 
@@ -471,12 +471,6 @@ def _multi_lexsum(data_dir, samples, seed, shots, keep, count):
 # scoring: HELMET's post_process per task on top of utils.py's calculate_metrics (values 0..1, averaged x100)
 
 
-def _golds(answers):
-    if isinstance(answers, str):
-        return [answers]
-    return [a for x in answers for a in (x if isinstance(x, list) else [x])]
-
-
 def _f1(prediction, gold):
     """utils.py's f1_score (token F1 of normalised answers; yes / no / noanswer must match exactly)."""
     pred, gold = normalize_answer(prediction), normalize_answer(gold)
@@ -491,7 +485,7 @@ def _f1(prediction, gold):
 
 def _metrics(prediction, answers, rouge=True):
     """calculate_metrics: exact_match, f1, substring_exact_match (+ ROUGE-L / Lsum f1 and recall), max over golds."""
-    golds, pred = _golds(answers), normalize_answer(prediction)
+    golds, pred = gold_list(answers), normalize_answer(prediction)
     mets = {"exact_match": float(any(pred == normalize_answer(a) for a in golds)),
             "f1": max(_f1(prediction, a) for a in golds),
             "substring_exact_match": float(any(normalize_answer(a) in pred for a in golds))}

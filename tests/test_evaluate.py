@@ -115,16 +115,23 @@ def test_oracle_scores_100_and_silence_scores_0(tok, task, length):
         assert all(0.9 * length <= n + spec.gen_len for n, _, _ in silent.calls)
 
 
-def test_main_on_helmet_data_with_an_oracle(monkeypatch, tok, tmp_path, capsys):
-    present = ["json_kv", "ruler_niah_mk_2", "ruler_niah_mv", "kilt_nq", "msmarco_rerank_psg"]
+def helmet_file_oracle():
+    """Answers helmet.py's tasks on the fixture files: from the prompt's text where the answer is there (JSON KV,
+    RULER), else from the gold answers of the question asked (RAG, re-rank); None for any other prompt."""
     tables = {t: table_answer(hm.helmet_records(t, *hm.helmet_files(t, 8192, FIXTURES), 100, 42), t)
               for t in ("kilt_nq", "msmarco_rerank_psg")}
 
     def ask(prompt):
         answer = read_answer(prompt)
-        if answer is not None:
-            return answer
-        return tables["kilt_nq" if prompt.endswith("Answer:") else "msmarco_rerank_psg"](prompt)
+        if answer is None and prompt.endswith(("Answer:", "Ranking:")):
+            answer = tables["kilt_nq" if prompt.endswith("Answer:") else "msmarco_rerank_psg"](prompt)
+        return answer
+    return ask
+
+
+def test_main_on_helmet_data_with_an_oracle(monkeypatch, tok, tmp_path, capsys):
+    present = ["json_kv", "ruler_niah_mk_2", "ruler_niah_mv", "kilt_nq", "msmarco_rerank_psg"]
+    ask = helmet_file_oracle()
     monkeypatch.setattr(ev, "load_checkpoint", lambda *a, **k: (StubModel(tok, ask, 8192 + 2), tok))
     report = ev.main(["--ckpt", "hub/id", "--helmet-data", FIXTURES, "--lengths", "8k", "--tasks", ",".join(hm.TASKS),
                       "--out", str(tmp_path / "r.json")])
@@ -566,15 +573,12 @@ def test_every_category_from_helmet_data_with_an_oracle_and_a_judge(monkeypatch,
             answer = r["answer"] if isinstance(r["answer"], str) else r["answer"][0]
             gold[(r["context"][:1000] if task not in hl.ICL_DATA else "", r["question"])] = \
                 " " + answer if task in hl.ICL_DATA else answer
-    tables = {t: table_answer(hm.helmet_records(t, *hm.helmet_files(t, 8192, FIXTURES), 100, 42), t)
-              for t in ("kilt_nq", "msmarco_rerank_psg")}
+    helmet_ask = helmet_file_oracle()
 
     def ask(prompt):
-        answer = read_answer(prompt)
+        answer = helmet_ask(prompt)
         if answer is not None:
             return answer
-        if prompt.endswith(("Answer:", "Ranking:")):
-            return tables["kilt_nq" if prompt.endswith("Answer:") else "msmarco_rerank_psg"](prompt)
         if prompt.endswith("\nlabel:"):
             return gold[("", prompt.rsplit("\n\n", 1)[1][:-len("\nlabel:")])]
         assert prompt.endswith("<|start_header_id|>assistant<|end_header_id|>\n\n")  # LongQA, Summ: chat format
