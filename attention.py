@@ -35,7 +35,8 @@ and the model never knows.
 
 Generation (`attend_cached`): c new queries over L cached keys, causal from the bottom right, without ever
 building a c x L mask: flash-attn or varlen on CUDA; on CPU the keys before the new ones (no mask) and the c x c
-causal block are attended separately and merged through their log-sum-exps, which is exact.
+causal block are attended separately and merged through their log-sum-exps, which is exact. Batched decoding
+(`attend_cached_rows`): one new query per sequence, each over its own keys, through a key-padding mask.
 """
 import importlib.util
 from dataclasses import dataclass
@@ -397,6 +398,20 @@ def _cached_by_parts(q, k, v, prefix):
     lse = torch.logaddexp(lse_old, lse_new)
     w_old, w_new = ((x - lse).exp().unsqueeze(-1) for x in (lse_old, lse_new))
     return (w_old * out_old + w_new * out_new).to(q.dtype)
+
+
+def attend_cached_rows(q, k, v, lengths):
+    """Batched decoding: q (B, H, D) holds one new query per row, over that row's first lengths[b] keys of
+    k, v (B, L, H_kv, D) (rows right-padded to L, the new token's key last). Returns (B, H, D).
+
+    One query per row needs no causal mask, only a (B, 1, 1, L) key-padding mask: B x L booleans. The H query heads
+    are viewed as H_kv groups of H / H_kv queries (HF's GQA: query head h reads KV head h // (H / H_kv)), so K/V
+    are never repeated and no kernel needs to support GQA."""
+    B, H, D = q.shape
+    groups = q.view(B, k.shape[2], H // k.shape[2], D)
+    mask = torch.arange(k.shape[1], device=q.device)[None, :] < lengths[:, None]
+    out = F.scaled_dot_product_attention(groups, k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask[:, None, None])
+    return out.reshape(B, H, D)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import attention
+import generation
 from hf_checkpoint import read_safetensors, resolve_checkpoint, save_safetensors, write_hf_config
 
 
@@ -272,9 +273,8 @@ class Attention(nn.Module):
         v = self.v_proj(x).view(T, self.n_kv_heads, self.head_dim)
         if cache is None:
             out = self.ops.attend(q, k, v, docs)
-        else:
-            k, v = cache.append(self.layer_idx, k, v)
-            out = attention.attend_cached(q, k, v)
+        else:  # a KVCache (one sequence) or a BatchKVCache (one new token for each of several)
+            out = cache.attend(self.layer_idx, q, k, v)
         return self.o_proj(out.reshape(T, self.n_heads * self.head_dim))
 
 
@@ -380,7 +380,7 @@ class Llama(nn.Module):
                                               backend=self.attention_backend)
         if position_ids is None:
             if cache is not None:
-                position_ids = torch.arange(cache.length, cache.length + T, device=input_ids.device)
+                position_ids = cache.positions(T, input_ids.device)
             elif self.cross_document or cu_seqlens is None:
                 position_ids = torch.arange(T, device=input_ids.device)
             else:
@@ -391,36 +391,19 @@ class Llama(nn.Module):
         for layer in self.model.layers:
             x = layer(x, cos, sin, docs, cache)
         if cache is not None:
-            cache.length += T
+            cache.advance(T)
         return self.model.norm(x)
 
     # ------------------------------------------------------------------------------------------------------------
     # generation
 
-    @torch.no_grad()
-    def generate(self, prompt_ids, max_new_tokens, temperature=0.0, top_p=1.0, stop_tokens=(), prefill_chunk=4096,
-                 generator=None):
-        """Continue one prompt; greedy when temperature == 0. Returns the new token ids, without the stop token.
+    def generate(self, prompt_ids, max_new_tokens, *args, **kwargs):
+        """Continue one prompt: the new token ids (generation.generate: temperature, top_p, stop_tokens, ...)."""
+        return generation.generate(self, prompt_ids, max_new_tokens, *args, **kwargs)
 
-        The prompt is prefilled through the KV cache `prefill_chunk` tokens at a time, so that activations stay
-        bounded at long context; only the last position's logits are ever computed."""
-        param = self.head_weight
-        prompt = torch.as_tensor(prompt_ids, dtype=torch.long, device=param.device).reshape(-1)
-        if prompt.numel() == 0:
-            raise ValueError("generate needs a prompt of at least one token")
-        cache = KVCache(self.config, prompt.numel() + max_new_tokens, param.dtype, param.device)
-        stop_tokens = set(stop_tokens)
-        for start in range(0, prompt.numel(), prefill_chunk):
-            hidden = self.hidden_states(prompt[start:start + prefill_chunk], cache=cache)
-        new_tokens = []
-        for _ in range(max_new_tokens):
-            logits = F.linear(hidden[-1], param).float()
-            token = sample_token(logits, temperature, top_p, generator)
-            if token in stop_tokens:
-                break
-            new_tokens.append(token)
-            hidden = self.hidden_states(torch.tensor([token], device=prompt.device), cache=cache)
-        return new_tokens
+    def generate_batch(self, prompts, max_new_tokens, *args, **kwargs):
+        """Continue several prompts at once: for each, what `generate` returns (generation.generate_batch)."""
+        return generation.generate_batch(self, prompts, max_new_tokens, *args, **kwargs)
 
     # ------------------------------------------------------------------------------------------------------------
     # Hugging Face checkpoints
@@ -494,35 +477,6 @@ def _flatten_batch(input_ids, cu_seqlens):
     elif B != 1:
         raise ValueError("with cu_seqlens, input_ids must be one packed sequence: (T,) or (1, T)")
     return input_ids.reshape(-1), cu_seqlens, input_ids.shape
-
-
-class KVCache:
-    """Keys and values of every layer for one sequence, preallocated to the longest length generation reaches."""
-
-    def __init__(self, config, max_len, dtype, device):
-        shape = (config.num_hidden_layers, max_len, config.num_key_value_heads, config.head_dim)
-        self.k = torch.empty(shape, dtype=dtype, device=device)
-        self.v = torch.empty(shape, dtype=dtype, device=device)
-        self.length = 0  # positions filled in every layer
-
-    def append(self, layer, k, v):
-        end = self.length + k.shape[0]
-        if end > self.k.shape[1]:
-            raise ValueError(f"KV cache holds {self.k.shape[1]} positions; {end} needed")
-        self.k[layer, self.length:end] = k
-        self.v[layer, self.length:end] = v
-        return self.k[layer, :end], self.v[layer, :end]
-
-
-def sample_token(logits, temperature, top_p, generator=None):
-    if temperature == 0:
-        return int(logits.argmax())
-    probs = torch.softmax(logits / temperature, dim=-1)
-    if top_p < 1.0:  # nucleus: keep the smallest set of tokens whose mass reaches top_p
-        sorted_probs, order = probs.sort(descending=True)
-        outside = sorted_probs.cumsum(-1) - sorted_probs >= top_p
-        probs = torch.zeros_like(probs).scatter_(-1, order, sorted_probs.masked_fill(outside, 0.0))
-    return int(torch.multinomial(probs, 1, generator=generator))
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -1,9 +1,9 @@
 """Synthetic long-instruction SFT data (ProLong paper, section 5): `python sft.py synth OUT.jsonl --ckpt CKPT
 --domain DIR [--n N] [--chunk-tokens 4096] [--context-tokens 64000] [--seed 0] [--max-new-tokens M]
-[--temperature T] [--top-p P] [--shard K/M]`.
+[--temperature T] [--top-p P] [--batch-size B] [--shard K/M]`.
 
 Three kinds of records, from the long documents of a token domain (data.py's format, e.g. books or code repos) and
-any checkpoint model.py loads (generation through `Llama.generate`, greedy unless --temperature, stopped at
+any checkpoint model.py loads (generation through `Llama.generate_batch`, greedy unless --temperature, stopped at
 <|eot_id|> or <|end_of_text|>, prompts in the Llama-3 chat format via `tokenizer.chat_ids(...,
 add_generation_prompt=True)`):
   qa   (40%): the model is shown a random chunk of --chunk-tokens tokens of a long document and asked for one question
@@ -20,15 +20,24 @@ every 10 consecutive records are exactly 4 qa / 3 rag / 3 summary, and all rando
 Random(f"{seed}:{i}"): a record does not depend on which records were generated before it, so a resumed run writes
 exactly what an uninterrupted run would have written.
 
+Batching: up to --batch-size prompts are generated together (`Llama.generate_batch`: one forward per new token for
+all of them), the waiting prompts of several records at once: each record is built by a Python generator (`steps`)
+that yields the prompts it needs next (one QA prompt; all chunk summaries of a document; all merges of one level)
+and is sent their replies, and a new record is started whenever fewer than --batch-size prompts are waiting. Call k
+of record i samples from its own torch.Generator, seeded by (seed, i, k) only, so the batch a prompt lands in does
+not change what it draws: the records are those of --batch-size 1 (tests: float64, greedy and sampled; in bf16 the
+batched forward rounds differently, which can break a near-tie either way).
+
 Output: one JSON object per line, UltraChat format ({"messages": [{"role", "content"}, ...]}, what `sft.py prepare`
 reads; it ignores the other keys) plus "id" (the record index i), "kind", "seed", "parsed" (false when the model's
 reply to QA_PROMPT never had the "Question: ... Answer: ..." shape within --retries tries: the raw reply is used as
 question and answer; filter such records out before training, e.g. `jq -c 'select(.parsed)'`) and "source" (document
-indices). Each finished record is appended with flush + fsync. On start the file is read back: ids already present are
-skipped, and a last line cut short by a kill (text after the last newline) is removed and generated again, so a kill at
-any moment never duplicates or loses a record. Progress and ETA go to stderr. Generation is one prompt at a time
-(model.generate takes one prompt; a batched KV cache is not in model.py): to use several GPUs run one process per
-GPU with --shard K/M (ids with i % M == K), each writing its own file, and concatenate the files.
+indices). Records are appended in order of id, each with flush + fsync (a record finished before a lower id is held
+until that one is written). On start the file is read back: ids already present are skipped, and a last line cut short
+by a kill (text after the last newline) is removed and generated again, so a kill at any moment never duplicates or
+loses a record (it loses the work on records not yet written, at most a few batches). Progress and ETA go to stderr.
+To use several GPUs run one process per GPU with --shard K/M (ids with i % M == K), each writing its own file, and
+concatenate the files.
 
 The prompt texts below are NOT the paper's exact wording (Tables 16 and 24 of Gao et al. 2024 were not found
 offline); they follow its description (QA pair from a random chunk, RAG with "Document [i](Title: ...)" passages,
@@ -103,12 +112,15 @@ class Synth:
     """Everything needed to build record i: the model, tokenizer, domain and settings."""
 
     def __init__(self, model, tok, domain, chunk_tokens=4096, context_tokens=64000, max_new_tokens=512,
-                 temperature=0.0, top_p=1.0, seed=0, retries=3, keep_prompts=False):
+                 temperature=0.0, top_p=1.0, seed=0, retries=3, keep_prompts=False, batch_size=8):
         if chunk_tokens < 1 or context_tokens < chunk_tokens:
             raise DataError(f"--chunk-tokens {chunk_tokens} must be >= 1 and <= --context-tokens {context_tokens}")
+        if batch_size < 1:
+            raise DataError(f"--batch-size must be >= 1, got {batch_size}")
         self.model, self.tok, self.domain = model, tok, domain
         self.chunk, self.context, self.max_new = chunk_tokens, context_tokens, max_new_tokens
         self.temperature, self.top_p, self.seed, self.retries = temperature, top_p, seed, retries
+        self.batch_size = batch_size
         self.specials = {tok.bos_id, tok.eos_id}
         self.stop = {tok.eot_id, tok.eos_id}
         lengths = domain.lengths - 2  # tokenize stores BOS text EOS
@@ -117,7 +129,6 @@ class Synth:
             raise DataError(f"{domain.path}: no document has --chunk-tokens {chunk_tokens} tokens (longest: "
                             f"{int(lengths.max())}); lower --chunk-tokens or use a domain of long documents")
         self.prompts = [] if keep_prompts else None  # every prompt sent (messages), for tests
-        self._rec, self._calls = 0, 0  # record being built, prompts sent for it: seeds sampling
 
     # ---- text
     def doc_ids(self, d):
@@ -133,17 +144,56 @@ class Synth:
         return (first[:80] or f"document {d}").replace("\n", " ")
 
     # ---- generation
-    def generate(self, messages):
+    def generate(self, prompts):
+        """Replies (text) to prompts [(messages, record i, call k)], generated together; call k of record i samples
+        from its own stream, so neither the batch nor the records generated before change its reply."""
         import torch
-        if self.prompts is not None:
-            self.prompts.append(messages)
-        ids, _ = chat_ids(self.tok, messages, add_generation_prompt=True)
-        gen = torch.Generator(device=self.model.head_weight.device)
-        gen.manual_seed(((self.seed * 1_000_003) + self._rec) * 10_007 + self._calls)  # record i's own stream
-        self._calls += 1
+        ids, generators = [], []
+        for messages, i, k in prompts:
+            if self.prompts is not None:
+                self.prompts.append(messages)
+            ids.append(chat_ids(self.tok, messages, add_generation_prompt=True)[0])
+            generators.append(torch.Generator(device=self.model.head_weight.device))
+            generators[-1].manual_seed(((self.seed * 1_000_003) + i) * 10_007 + k)
+        args = (self.max_new, self.temperature, self.top_p, self.stop)
         with torch.no_grad():
-            out = self.model.generate(ids, self.max_new, self.temperature, self.top_p, self.stop, generator=gen)
-        return self.text(out).strip()
+            if len(ids) == 1:  # what generate_batch returns too (tests), without its padding mask
+                out = [self.model.generate(ids[0], *args, generator=generators[0])]
+            else:
+                out = self.model.generate_batch(ids, *args, generator=generators)
+        return [self.text(x).strip() for x in out]
+
+    def records(self, ids):
+        """Build the records `ids` and yield them in that order, batching the waiting prompts of several records.
+
+        Each record is a `steps` generator waiting for the replies to the prompts it yielded last. A model call
+        takes up to batch_size waiting prompts, the oldest records' first; a record resumes once all its prompts
+        are answered, and a new record is started whenever fewer than batch_size prompts wait."""
+        ids, started, finished, active = iter(ids), [], {}, []
+        while True:
+            while sum(len(r.prompts) - len(r.replies) for r in active) < self.batch_size:
+                i = next(ids, None)
+                if i is None:
+                    break
+                active.append(_Pending(i, self.steps(i)))
+                started.append(i)
+            if not active:
+                return
+            waiting = [(r, k) for r in active for k in range(len(r.replies), len(r.prompts))][:self.batch_size]
+            for (r, _), reply in zip(waiting, self.generate([(r.prompts[k], r.i, r.calls + k) for r, k in waiting])):
+                r.replies.append(reply)
+            for r in [r for r in active if len(r.replies) == len(r.prompts)]:
+                r.calls += len(r.prompts)
+                try:
+                    r.prompts, r.replies = r.steps.send(r.replies), []
+                except StopIteration as done:
+                    active.remove(r)
+                    finished[r.i] = done.value
+            while started and started[0] in finished:
+                yield finished.pop(started.pop(0))
+
+    def record(self, i):
+        return next(self.records([i]))
 
     # ---- records
     def random_chunk(self, rng):
@@ -154,29 +204,31 @@ class Synth:
 
     def qa_pair(self, rng):
         """(doc, doc ids, chunk start, question, answer, parsed): retries with a new chunk if the reply is not a
-        "Question: ... Answer: ..." pair; after --retries tries the last raw reply is used (parsed=False)."""
+        "Question: ... Answer: ..." pair; after --retries tries the last raw reply is used (parsed=False).
+        A generator, like `steps`: it yields the QA prompt and is sent the reply."""
         for attempt in range(max(1, self.retries)):
             d, ids, start = self.random_chunk(rng)
-            reply = self.generate(qa_prompt(self.text(ids[start:start + self.chunk])))
+            reply, = yield [qa_prompt(self.text(ids[start:start + self.chunk]))]
             pair = parse_qa(reply)
             if pair:
                 return d, ids, start, pair[0], pair[1], True
         raw = reply or "(empty generation)"
         return d, ids, start, raw, raw, False
 
-    def record(self, i):
+    def steps(self, i):
+        """Record i, as a generator: it yields lists of prompts (messages) and is sent their replies (texts), in the
+        order its randomness asks for them, and returns the record."""
         rng = random.Random(f"{self.seed}:{i}")
         kind = kind_of(i)
-        self._rec, self._calls = i, 0
         if kind == "qa":
-            d, ids, start, q, a, ok = self.qa_pair(rng)
+            d, ids, start, q, a, ok = yield from self.qa_pair(rng)
             end = start + self.chunk
             lo, hi = max(0, end - self.context), min(start, max(0, len(ids) - self.context))
             w = rng.randint(lo, max(lo, hi))
             content = QA_RECORD.format(document=self.text(ids[w:w + self.context]), question=q)
             source = [d]
         elif kind == "rag":
-            d, ids, start, q, a, ok = self.qa_pair(rng)
+            d, ids, start, q, a, ok = yield from self.qa_pair(rng)
             n = max(2, self.context // self.chunk)
             passages, source = [(self.title(d), self.text(ids[start:start + self.chunk]))], [d]
             for _ in range(n - 1):
@@ -193,8 +245,7 @@ class Synth:
         else:
             d = rng.choice(self.long_docs)
             ids = self.doc_ids(d)[:self.context]
-            summaries = [self.generate(summary_prompt(self.text(ids[s:s + self.chunk])))
-                         for s in range(0, len(ids), self.chunk)]
+            summaries = yield [summary_prompt(self.text(ids[s:s + self.chunk])) for s in range(0, len(ids), self.chunk)]
             summaries = [s or "(empty generation)" for s in summaries]
             while len(summaries) > 1:  # summaries of summaries: groups that fit in one chunk, at least two each
                 groups, cur, size = [], [], 0
@@ -209,11 +260,19 @@ class Synth:
                     groups[-1].append(cur[0])
                 else:
                     groups.append(cur)
-                summaries = [self.generate(merge_prompt(g)) or "(empty generation)" for g in groups]
+                summaries = [s or "(empty generation)" for s in (yield [merge_prompt(g) for g in groups])]
             a, ok, source = summaries[0], True, [d]
             content = SUMMARY_RECORD.format(text=self.text(ids))
         return {"id": i, "kind": kind, "seed": self.seed, "parsed": ok, "source": source,
                 "messages": [{"role": "user", "content": content}, {"role": "assistant", "content": a}]}
+
+
+class _Pending:
+    """A record under construction: its steps, the prompts it waits on, the replies so far, the calls before."""
+
+    def __init__(self, i, steps):
+        self.i, self.steps, self.calls, self.replies = i, steps, 0, []
+        self.prompts = next(steps)  # every record asks the model something
 
 
 # ------------------------------------------------------------------------------------------------ resumable file
@@ -261,8 +320,8 @@ def run(out, synth, n, stop_after=None, shard=(0, 1)):
         + (f" ({len(extra)} with ids outside --n {n} / --shard are kept)" if extra else ""))
     t0, written = time.time(), 0
     with open(out, "ab") as f:
-        for i in todo:
-            rec = synth.record(i)
+        for rec in synth.records(todo):
+            i = rec["id"]
             f.write((json.dumps(rec, ensure_ascii=False) + "\n").encode("utf-8"))
             f.flush()
             os.fsync(f.fileno())
@@ -291,6 +350,8 @@ def main(argv):
     ap.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
     ap.add_argument("--top-p", type=float, default=1.0)
     ap.add_argument("--retries", type=int, default=3, help="QA prompts tried before a reply is kept unparsed")
+    ap.add_argument("--batch-size", type=int, default=8, help="prompts generated together (one forward per new "
+                    "token for all of them); the records do not depend on it")
     ap.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     ap.add_argument("--shard", default="0/1", help="K/M: only ids i with i %% M == K (one process per GPU, each "
                     "with its own OUT; concatenate the files afterwards)")
@@ -312,7 +373,7 @@ def main(argv):
         domain = open_domain(args.domain)
         model = Llama.from_pretrained(args.ckpt, dtype=dtype, device=device).eval()
         synth = Synth(model, tok, domain, args.chunk_tokens, args.context_tokens, args.max_new_tokens,
-                      args.temperature, args.top_p, args.seed, args.retries)
+                      args.temperature, args.top_p, args.seed, args.retries, batch_size=args.batch_size)
         t0 = time.time()
         written = run(args.out, synth, args.n, args.stop_after, shard)
     except (DataError, ValueError) as e:

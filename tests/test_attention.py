@@ -239,6 +239,20 @@ def test_cached_attention_is_causal_from_the_bottom_right():
         assert (attention.attend_cached(q[-1:], k, v) - full[-1:]).abs().max() <= 1e-10
 
 
+def test_cached_rows_equal_each_row_alone():
+    """Batched decoding: row b's one query over its first lengths[b] keys is attend_cached on that row alone; the
+    padding past a row's length (large values here) never shows."""
+    lengths = [1, 9, 30, 17]
+    q = torch.randn(len(lengths), 8, 16, dtype=torch.float64)
+    k, v = (torch.randn(len(lengths), 30, 2, 16, dtype=torch.float64) for _ in range(2))
+    for b, n in enumerate(lengths):
+        k[b, n:], v[b, n:] = 1e3, -1e3
+    with torch.no_grad():
+        out = attention.attend_cached_rows(q, k, v, torch.tensor(lengths))
+        for b, n in enumerate(lengths):
+            assert (out[b] - attention.attend_cached(q[b:b + 1], k[b, :n], v[b, :n])[0]).abs().max() <= 1e-12
+
+
 def test_bad_boundaries_are_one_clear_line():
     for cu in ([0, 5, 9], [1, 10], [0, 6, 4, 10], [[0, 10]]):
         with pytest.raises(ValueError) as info:

@@ -215,7 +215,7 @@ def test_rope_precision_at_half_a_million_positions():
 
 
 def generate_without_cache(model, prompt, n, temperature=0.0, generator=None, stop=()):
-    from model import sample_token
+    from generation import sample_token
     ids = list(prompt)
     for _ in range(n):
         with torch.no_grad():
@@ -239,8 +239,36 @@ def test_kv_cache_generation_equals_recomputation():
     assert stopped == greedy[:greedy.index(stop)]
 
 
+def test_generate_batch_equals_generate_per_prompt():
+    """Prompts of 3, 17, 40 and 1 tokens decoded together, each row against `generate` on its prompt alone, token for
+    token, with stop tokens that end some rows early (the others go on without them) and a prefill chunk of 16, so
+    that the long prompts are prefilled in pieces."""
+    model = Llama(tiny(**CONFIGS["gqa"])).double().eval()
+    prompts = [torch.randint(0, VOCAB, (n,)).tolist() for n in (3, 17, 40, 1)]
+    full = [model.generate(p, 20) for p in prompts]
+    assert model.generate_batch(prompts, 20) == full
+    stops = [full[0][0], full[2][6]]  # row 0 stops at once, row 2 after six tokens
+    alone = [model.generate(p, 20, stop_tokens=stops, prefill_chunk=16) for p in prompts]
+    assert len(alone[0]) == 0 and 0 < len(alone[2]) <= 6 and max(len(x) for x in alone) == 20
+    assert model.generate_batch(prompts, 20, stop_tokens=stops, prefill_chunk=16) == alone
+    assert model.generate_batch(prompts[1:2], 20, prefill_chunk=16) == full[1:2]  # a batch of one
+
+
+def test_generate_batch_sampling():
+    """One generator per prompt: each row samples what `generate` samples with that generator. One shared generator:
+    the same tokens for the same seed (the rows draw in turn, so not generate's sequences)."""
+    model = Llama(tiny(**CONFIGS["gqa"])).double().eval()
+    prompts = [torch.randint(0, VOCAB, (n,)).tolist() for n in (3, 17, 40)]
+    alone = [model.generate(p, 15, temperature=1.0, top_p=0.9, stop_tokens=[5, 6],
+                            generator=torch.Generator().manual_seed(i)) for i, p in enumerate(prompts)]
+    gens = [torch.Generator().manual_seed(i) for i in range(3)]
+    assert model.generate_batch(prompts, 15, 1.0, 0.9, [5, 6], generator=gens) == alone
+    shared = [model.generate_batch(prompts, 15, 1.0, generator=torch.Generator().manual_seed(7)) for _ in range(2)]
+    assert shared[0] == shared[1] and [len(x) for x in shared[0]] == [15, 15, 15]
+
+
 def test_top_p_keeps_only_the_nucleus():
-    from model import sample_token
+    from generation import sample_token
     logits = torch.log(torch.tensor([0.5, 0.3, 0.15, 0.05]))
     g = torch.Generator().manual_seed(0)
     draws = {sample_token(logits, 1.0, 0.7, g) for _ in range(200)}

@@ -1,7 +1,8 @@
 """synth.py (`sft.py synth`): synthetic long-instruction records. The 40/30/30 split fixed by record index, the prompts
 sent to the model equal the templates (formatted by hand here, compared as messages and as token ids), the records a
 tiny random checkpoint writes through the command line all pass `sft.py prepare`, and a SIGKILL mid-run (plus a
-cut-short last line) followed by a rerun gives exactly N unique ids, identical to an uninterrupted run."""
+cut-short last line) followed by a rerun gives exactly N unique ids, identical to an uninterrupted run. Batched
+generation (--batch-size) changes how prompts are grouped, never the records: the same bytes as batch size 1."""
 import collections
 import json
 import os
@@ -74,11 +75,17 @@ class FakeModel:
 
     def __init__(self, tok):
         self.tok, self.prompts, self.head_weight = tok, [], torch.zeros(1)
+        self.seeds, self.batches = [], []  # each prompt's sampling seed; generate_batch's batch sizes
 
     def generate(self, prompt_ids, max_new_tokens, temperature=0.0, top_p=1.0, stop_tokens=(), generator=None):
         self.prompts.append(list(prompt_ids))
+        self.seeds.append(generator.initial_seed() if generator is not None else None)
         is_qa = "Reply in exactly this format" in self.tok.decode(prompt_ids)
         return self.tok.encode("Question: Which module is this?\nAnswer: A standard one." if is_qa else "A summary.")
+
+    def generate_batch(self, prompts, max_new_tokens, temperature=0.0, top_p=1.0, stop_tokens=(), generator=None):
+        self.batches.append(len(prompts))
+        return [self.generate(p, max_new_tokens, generator=g) for p, g in zip(prompts, generator)]
 
 
 def doc_ids(dom, tok, d):
@@ -177,6 +184,47 @@ def test_shards_cover_every_id_once(tmp_path, tok, domain_dir):
     recs = [json.loads(x) for f in files for x in f.read_text().splitlines()]
     assert sorted(r["id"] for r in recs) == list(range(10))
     assert collections.Counter(r["kind"] for r in recs) == {"qa": 4, "rag": 3, "summary": 3}
+
+
+def test_batch_size_changes_batches_not_records(tmp_path, tok, domain_dir):
+    """The scheduler: batches of up to --batch-size prompts from several records, records written in id order, the
+    same file for any batch size, and a resumed run adds the rest. Call k of record i samples from its own stream,
+    seeded by (seed, i, k) whatever the batch: here 1 call per QA/RAG record (the reply parses), 4 chunk summaries
+    and 1 merge per summary record."""
+    dom = data.open_domain(domain_dir)
+    files, sent = {}, {}
+    for bs in (1, 3, 8):
+        model = FakeModel(tok)
+        s = synth.Synth(model, tok, dom, CHUNK, CONTEXT, max_new_tokens=8, seed=5, batch_size=bs)
+        files[bs] = tmp_path / f"b{bs}.jsonl"
+        assert synth.run(str(files[bs]), s, 4) == 4 and synth.run(str(files[bs]), s, 10) == 6
+        assert max(model.batches, default=1) == bs and all(b <= bs for b in model.batches)
+        sent[bs] = dict(zip(model.seeds, map(tuple, model.prompts)))
+        assert len(sent[bs]) == len(model.prompts)  # a seed of its own for every prompt
+    assert set(sent[1]) == {(5 * 1_000_003 + i) * 10_007 + k for i in range(10)
+                            for k in range(5 if synth.kind_of(i) == "summary" else 1)}
+    assert sent[3] == sent[1] == sent[8]  # the same prompt under the same seed
+    assert [json.loads(x)["id"] for x in files[1].read_text().splitlines()] == list(range(10))
+    assert files[3].read_bytes() == files[1].read_bytes() == files[8].read_bytes()
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_batched_generation_writes_the_records_of_batch_size_1(tmp_path, tok, domain_dir, temperature):
+    """A tiny random Llama in float64, greedy and sampled: --batch-size 4 (generate_batch over prompts of several
+    records, QA retries among them) writes the same bytes as --batch-size 1 (generate, one prompt at a time)."""
+    model = Llama(LlamaConfig.tiny(vocab_size=128256, initializer_range=0.2)).double().eval()
+    real_batch, sizes = model.generate_batch, []
+    model.generate_batch = lambda prompts, *a, **k: sizes.append(len(prompts)) or real_batch(prompts, *a, **k)
+    out = {}
+    for bs in (1, 4):
+        s = synth.Synth(model, tok, data.open_domain(domain_dir), CHUNK, CONTEXT, max_new_tokens=8,
+                        temperature=temperature, retries=2, batch_size=bs)
+        out[bs] = tmp_path / f"b{bs}.jsonl"
+        synth.run(str(out[bs]), s, 6)  # qa, rag, summary, qa, rag, summary
+        assert (max(sizes) == 4) if bs == 4 else not sizes  # batch size 1 calls generate only
+    recs = [json.loads(x) for x in out[1].read_text().splitlines()]
+    assert [r["id"] for r in recs] == list(range(6)) and all(r["messages"][1]["content"] for r in recs)
+    assert out[4].read_bytes() == out[1].read_bytes()
 
 
 def synth_cli(out, ckpt, domain, *extra):
