@@ -366,7 +366,9 @@ def encode_prompt(spec, fields, tok, chat=False):
     user, system = spec.templates
     if chat:
         from tokenizer import chat_ids
-        return chat_ids(tok, [{"role": "user", "content": user.format(**fields)}], add_generation_prompt=True)[0]
+        # Llama-3's chat template trims each message (`message['content'] | trim`), so HELMET's prompt is trimmed
+        return chat_ids(tok, [{"role": "user", "content": user.format(**fields).strip()}],
+                        add_generation_prompt=True)[0]
     bos = [tok.bos_id] if getattr(tok, "add_bos", True) else []
     return bos + tok.encode(user.format(**fields) + spec.sep + system.format(**fields))
 

@@ -360,3 +360,23 @@ def test_helmet_file_missing_a_field_names_the_file_and_the_field(tmp_path):
     with pytest.raises(ValueError, match=r"r.jsonl: a record has no 'outputs' field, which ruler_niah_mk_2 reads"):
         hm.helmet_records("ruler_niah_mk_2", copy_with(ruler, tmp_path / "r.jsonl", lambda r: r.pop("outputs")),
                           None, 5, 0)
+
+
+# Meta-Llama-3-8B-Instruct's tokenizer_config.json "chat_template", as HELMET renders it with apply_chat_template
+LLAMA3_INSTRUCT_TEMPLATE = (
+    "{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = '<|start_header_id|>' + "
+    "message['role'] + '<|end_header_id|>\n\n'+ message['content'] | trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}"
+    "{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}{% if add_generation_prompt %}"
+    "{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}")
+
+
+def test_chat_prompt_is_the_llama3_instruct_template_as_helmet_renders_it(tok):
+    """HELMET (model_utils.tokenize): one user message, no system message, add_generation_prompt, the template's
+    own BOS; the template trims the message, which matters when a question ends in whitespace."""
+    import jinja2
+    spec = hm.Task("LongQA", ("Story: {context}\n\nQuestion: {question}", "Answer:"), 100, False, "x", "\n", True)
+    fields = {"context": "  Once upon a time.", "question": "who was there? \n"}
+    text = spec.templates[0].format(**fields)
+    rendered = jinja2.Template(LLAMA3_INSTRUCT_TEMPLATE).render(
+        messages=[{"role": "user", "content": text}], bos_token="<|begin_of_text|>", add_generation_prompt=True)
+    assert tok.decode(hm.encode_prompt(spec, fields, tok, chat=True)) == rendered
