@@ -49,7 +49,6 @@ import os
 import random
 import re
 import signal
-import sys
 import time
 
 from data import DataError, fail, load_tokenizer, log, open_domain

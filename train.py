@@ -138,7 +138,7 @@ def load_config(argv):
         except (ValueError, SyntaxError):
             pass  # a bare string
         cfg[key] = value
-        check_keys(cfg, f"on the command line")
+        check_keys(cfg, "on the command line")
     return cfg
 
 
