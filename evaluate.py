@@ -157,7 +157,8 @@ def summarize(results, metric):
         score = judge_mod.judged_mean([r[metric] for r in results], metric)
         judged = sum(r[metric] is not None for r in results)
         return {"metric": metric, "score": float("nan") if score is None else score, "n": len(results),
-                "judged": judged, "by_depth": {}}
+                "judged": judged, "rougeL_f1": 100 * float(np.mean([r["rougeL_f1"] for r in results])),
+                "by_depth": {}}  # ROUGE-L beside the judged score, as HELMET's results files have it
     by_depth, depths = {}, {r["depth"] for r in results if r["depth"] is not None}
     for r in results:  # JSON KV has six depths; RULER's random needle positions are put in tenths
         if r["depth"] is not None:

@@ -597,6 +597,7 @@ def test_every_category_from_helmet_data_with_an_oracle_and_a_judge(monkeypatch,
     assert scores == {t: 100.0 for t in scores}, scores
     assert report["tasks"]["narrativeqa"][8192]["metric"] == "gpt-4-score"
     assert report["tasks"]["multi_lexsum"][8192]["judged"] == 3
+    assert report["tasks"]["multi_lexsum"][8192]["rougeL_f1"] == 100.0  # the oracle wrote the reference summary
     for cat in ("Recall", "RAG", "Re-rank", "ICL", "LongQA", "Summ"):
         assert report["averages"][cat][8192]["score"] == 100.0
     assert report["paper_averages"]["QA"][8192] == {"score": 100.0, "tasks": ["narrativeqa"], "complete": True}
