@@ -1,6 +1,6 @@
 """data.py: tokenising to token files (ids against llama_models' own Tokenizer), mixtures and packing, SFT packing,
 the command line and its errors. The tokenizer itself: tests/test_tokenizer.py; MDS import: tests/test_mds_import.py."""
-import glob, gzip, json, os, random, shutil, signal, subprocess, sys, sysconfig, time
+import glob, gzip, json, os, shutil, signal, subprocess, sys, sysconfig, time
 
 import numpy as np
 import pytest
@@ -10,24 +10,10 @@ sys.path.insert(0, ROOT)
 import data  # noqa: E402
 import sources  # noqa: E402
 
-llama_tokenizer = pytest.importorskip("llama_models.llama3.tokenizer", reason="pip install --no-deps llama-models")
+pytest.importorskip("llama_models.llama3.tokenizer", reason="pip install --no-deps llama-models")
+from tests.test_tokenizer import ref, stdlib_texts, tok  # noqa: E402,F401  (fixtures: the two tokenizers)
 FIXTURES = os.path.join(ROOT, "tests", "fixtures", "mds")
 STDLIB = sysconfig.get_paths()["stdlib"]
-
-
-@pytest.fixture(scope="module")
-def ref():
-    return llama_tokenizer.Tokenizer.get_instance()
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return data.load_tokenizer()
-
-
-def stdlib_texts(n=40, seed=0):
-    files = sorted(f for f in glob.glob(os.path.join(STDLIB, "**", "*.py"), recursive=True) if "-packages" not in f)
-    return [open(f, encoding="utf-8", errors="replace").read() for f in random.Random(seed).sample(files, n)]
 
 
 def no_leftovers(out):
