@@ -35,16 +35,10 @@ mixture = [
 ]
 
 tokens_per_step = 4 * 1024 * 1024  # 64 sequences
-micro_batch_sequences = 1
 max_steps = 5000
-lr = 1e-5
-min_lr = 1e-6
-warmup_fraction = 0.1
-weight_decay = 0.1
-beta1, beta2 = 0.9, 0.95
-grad_clip = 1.0
-param_dtype = "float32"
-compute_dtype = "bfloat16"
-activation_checkpointing = True
 checkpoint_interval = 500
 keep_checkpoints = 3
+
+# Optimiser, schedule and precision: train.DEFAULTS, which are the paper's (AdamW, lr 1e-5 warmed up over 10% of
+# the steps then cosine-decayed to 1e-6, weight decay 0.1, betas 0.9/0.95, gradient clipping 1.0, bf16 compute
+# over fp32 master weights, activation checkpointing, one sequence per micro-batch).

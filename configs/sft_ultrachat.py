@@ -22,17 +22,13 @@ mixture = [dict(path="ultrachat", proportion=1.0, length=65536, mode="sft")]
 allow_repeat = True  # ~1B tokens is several passes over UltraChat's train_sft split
 
 tokens_per_step = 64 * 65536  # 4M tokens: 64 sequences
-micro_batch_sequences = 1
 max_steps = 250
 lr = 2e-5
 min_lr = 2e-6
 warmup_fraction = 0.05
-weight_decay = 0.1
-beta1, beta2 = 0.9, 0.95
-grad_clip = 1.0
-param_dtype = "float32"
-compute_dtype = "bfloat16"
-activation_checkpointing = True
-sp_size = 1
 checkpoint_interval = 50
 keep_checkpoints = 3
+
+# The rest of the optimiser and precision: train.DEFAULTS (weight decay 0.1, betas 0.9/0.95, clipping 1.0, bf16
+# compute over fp32 master weights, activation checkpointing, one sequence per micro-batch, no sequence
+# parallelism), as in the paper.

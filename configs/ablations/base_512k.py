@@ -12,24 +12,19 @@
 #       configs/ablations/base_512k.py
 # Data: princeton-nlp/prolong-data-512K imported per domain into data/prolong-512K (`python data.py import-mds`).
 
-exec(open("configs/ablations/base_64k.py").read())  # the optimiser and ShortMix; run from the repository root
+# The recipe's 512K stage (RoPE base 1.28e8, 8-way sequence parallelism, 512K sequences, 8M-token steps, optimiser)
+# with base_64k.py's ShortMix in place of the recipe's; what follows is all that this base changes.
+_base64 = {}
+exec(open("configs/ablations/base_64k.py").read(), _base64)  # read for its ShortMix only; run from the repo root
+exec(open("configs/prolong_512k.py").read())
 _gpus = 8
 
 out_dir = "runs/ablations/base_512k"
 init_from = "runs/ablations/base_64k/step_0001280"
-load_optimizer = True
-rope_theta = 1.28e8
-sp_size = 8
+mixture = [c for c in mixture if c["mode"] == "chunk" and c["path"] != "textbooks"]  # the long data, no textbooks
+mixture += [dict(path=p, proportion=_base64["_short"] * x, length=65536, mode="pack")
+            for p, x in _base64["_shortmix"].items()]
 
-data_root = "data/prolong-512K"
-seq_len = 524288
-mixture = [
-    dict(path="thestackv1_concat_by_repo-524288", proportion=0.15, length=524288, mode="chunk"),
-    dict(path="thestackv1_concat_by_repo-65536", proportion=0.15, length=65536, mode="chunk"),
-    dict(path="book-524288", proportion=0.05, length=524288, mode="chunk"),
-    dict(path="book-65536", proportion=0.25, length=65536, mode="chunk"),
-] + [dict(path=p, proportion=_short * x, length=65536, mode="pack") for p, x in _shortmix.items()]
-
-tokens_per_step = 8 * 1024 * 1024  # 16 sequences
 max_steps = 640  # 5B tokens
 checkpoint_interval = 160
+keep_checkpoints = 2
