@@ -25,7 +25,7 @@ global sequences r, r + n, ...), and resuming needs one number: how many global 
 listed at two lengths is split so that no document serves both.
 Sequences are numpy arrays (torch.from_numpy is free), so this file needs no torch.
 """
-import argparse, difflib, errno, glob, hashlib, json, os, re, sys, time
+import argparse, contextlib, difflib, errno, glob, hashlib, json, os, re, sys, time
 from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
@@ -548,6 +548,24 @@ def fail(message, code=1):
     sys.exit(code)
 
 
+@contextlib.contextmanager
+def one_line_errors(target):
+    """Every failure a user can cause, while a command writes `target`, ends here in one line and a non-zero exit:
+    a DataError as it is, Ctrl-C (130), a full disk, another OS error by file. The writers have already removed
+    their temporaries as the error unwound through them."""
+    try:
+        yield
+    except DataError as e:
+        fail(e)
+    except KeyboardInterrupt:
+        fail(f"interrupted; temporary files removed, nothing half-written in {target}", 130)
+    except OSError as e:
+        if e.errno == errno.ENOSPC:
+            fail(f"no space left on device while writing {target}; temporary files removed: free some space or "
+                 f"write elsewhere")
+        fail(f"{e.filename}: {e.strerror}" if e.filename else e)
+
+
 def main(argv=None):
     from sources import SHAKESPEARE_FETCH, demo, import_mds, input_documents
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -578,8 +596,7 @@ def main(argv=None):
         p.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     target = getattr(args, "out", None) or args.domain
-    # Every failure a user can cause ends here in one line; the writers have already removed their temporaries.
-    try:
+    with one_line_errors(target):
         if args.cmd == "tokenize":
             if not args.inputs and not args.repos:
                 ap.error("tokenize: give input files or --repos DIR")
@@ -598,15 +615,6 @@ def main(argv=None):
             dom = open_domain(args.domain)
             print(f"{args.domain}: {len(dom):,} documents, {int(dom.lengths.sum()):,} tokens, longest "
                   f"{int(dom.lengths.max())}, tokenizer {dom.meta['tokenizer']}")
-    except DataError as e:
-        fail(e)
-    except KeyboardInterrupt:
-        fail(f"interrupted; temporary files removed, nothing half-written in {target}", 130)
-    except OSError as e:
-        if e.errno == errno.ENOSPC:
-            fail(f"no space left on device while writing {target}; temporary files removed: free some space or "
-                 f"write elsewhere")
-        fail(f"{e.filename}: {e.strerror}" if e.filename else e)
 
 
 if __name__ == "__main__":

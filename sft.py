@@ -25,7 +25,6 @@ truncated and its remainder dropped, labels only where the mask is 1). train.py'
 the valid labels of the whole step across ranks, so it is the token-weighted mean over assistant tokens.
 """
 import argparse
-import errno
 import gzip
 import json
 import os
@@ -36,7 +35,7 @@ import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 
-from data import DataError, ShardWriter, fail, load_tokenizer, log
+from data import DataError, ShardWriter, load_tokenizer, log, one_line_errors
 from tokenizer import chat_ids
 
 HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
@@ -239,17 +238,9 @@ def prepare_main(argv):
     if args.holdout < 0:
         ap.error("--holdout must be >= 0")
     holdout_dir = args.holdout_dir or os.path.normpath(args.out) + "-heldout"
-    try:
+    with one_line_errors(args.out):
         r = prepare(args.out, args.inputs, args.tokenizer, args.strict, args.system, args.holdout, holdout_dir,
                     args.seed, args.split, args.threads)
-    except DataError as e:
-        fail(e)
-    except KeyboardInterrupt:
-        fail(f"interrupted; temporary files removed, nothing half-written in {args.out}", 130)
-    except OSError as e:
-        if e.errno == errno.ENOSPC:
-            fail(f"no space left on device while writing {args.out}; temporary files removed")
-        fail(f"{e.filename}: {e.strerror}" if e.filename else e)
     line = lambda s: (f"{s['conversations']:,} conversations, {s['tokens']:,} tokens, {s['assistant']:,} assistant "
                       f"tokens ({100 * s['assistant'] / max(s['tokens'], 1):.0f}%)")
     print(f"prepare: {args.out}: {line(r['train'])}" + (f"; {holdout_dir}: {line(r['heldout'])}" if r["heldout"]
