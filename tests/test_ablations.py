@@ -15,6 +15,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import data  # noqa: E402
 import train  # noqa: E402
+from tests.test_train import DRY_RUN  # noqa: E402  (the recipe configs' scaled-down run)
 from model import Llama, LlamaConfig  # noqa: E402
 
 ABLATIONS = sorted(glob.glob(os.path.join(ROOT, "configs", "ablations", "*.py")))
@@ -270,14 +271,6 @@ def test_every_ablation_validates_and_runs_one_scaled_down_step(ablation_domains
         assert 10 < loss < 13 and np.isfinite(grad_norm), (name, loss)  # ~ln(128256) = 11.8 for a fresh model
 
 
-DRY_RUN = """
-exec(open({config!r}).read())
-init_from, load_optimizer, model, model_overrides = None, False, "tiny", {{"num_hidden_layers": 1}}
-seq_len //= {scale}
-mixture = [dict(c, length=c["length"] // {scale}) for c in mixture]
-tokens_per_step //= {scale} * {fewer}
-data_root, out_dir, max_steps, compute_dtype, sp_size, hf_weights = {root!r}, {out!r}, 1, "float32", {sp}, False
-"""
 
 
 @pytest.mark.slow

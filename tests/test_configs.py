@@ -16,29 +16,28 @@ LLAMA3_1 = {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "ori
             "rope_type": "llama3"}
 LLAMA3_2 = {**LLAMA3_1, "factor": 32.0}
 
+LLAMA3_8B = dict(tie_word_embeddings=False, head_dim=128, num_attention_heads=32, num_key_value_heads=8)
+SMOLLM2 = dict(rope_theta=100000, rope_scaling=None, tie_word_embeddings=True, head_dim=64, num_attention_heads=9,
+               num_key_value_heads=3, max_position_embeddings=8192, hidden_size=576, vocab_size=49152, eos_token_id=0)
+
 # fixture -> what a reader of that checkpoint must get
 EXPECTED = {
     "meta-llama--Meta-Llama-3-8B-Instruct.json": dict(
-        rope_theta=500000.0, rope_scaling=None, tie_word_embeddings=False, head_dim=128, num_attention_heads=32,
-        num_key_value_heads=8, max_position_embeddings=8192, hidden_size=4096, vocab_size=128256, eos_token_id=128009),
+        LLAMA3_8B, rope_theta=500000.0, rope_scaling=None, max_position_embeddings=8192, hidden_size=4096,
+        vocab_size=128256, eos_token_id=128009),
     "meta-llama--Meta-Llama-3-8B-Instruct.resaved-4.39.3.json": dict(
-        rope_theta=500000.0, rope_scaling=None, tie_word_embeddings=False, head_dim=128, num_attention_heads=32,
-        num_key_value_heads=8, max_position_embeddings=8192, hidden_size=4096, vocab_size=128256, eos_token_id=128001),
+        LLAMA3_8B, rope_theta=500000.0, rope_scaling=None, max_position_embeddings=8192, hidden_size=4096,
+        vocab_size=128256, eos_token_id=128001),
     "meta-llama--Llama-3.1-8B.json": dict(
-        rope_theta=500000.0, rope_scaling=LLAMA3_1, tie_word_embeddings=False, head_dim=128, num_attention_heads=32,
-        num_key_value_heads=8, max_position_embeddings=131072, hidden_size=4096, vocab_size=128256),
+        LLAMA3_8B, rope_theta=500000.0, rope_scaling=LLAMA3_1, max_position_embeddings=131072, hidden_size=4096,
+        vocab_size=128256),
     "meta-llama--Llama-3.2-1B.json": dict(
         rope_theta=500000.0, rope_scaling=LLAMA3_2, tie_word_embeddings=True, head_dim=64, num_attention_heads=32,
         num_key_value_heads=8, max_position_embeddings=131072, hidden_size=2048, num_hidden_layers=16),
     "princeton-nlp--Llama-3-8B-ProLong-512k-Instruct.RECONSTRUCTED.json": dict(
-        rope_theta=1.28e8, rope_scaling=None, tie_word_embeddings=False, head_dim=128, num_attention_heads=32,
-        num_key_value_heads=8, max_position_embeddings=524288),
-    "HuggingFaceTB--SmolLM2-135M.json": dict(
-        rope_theta=100000, rope_scaling=None, tie_word_embeddings=True, head_dim=64, num_attention_heads=9,
-        num_key_value_heads=3, max_position_embeddings=8192, hidden_size=576, vocab_size=49152, eos_token_id=0),
-    "HuggingFaceTB--SmolLM2-135M.resaved-transformers-5.17.json": dict(
-        rope_theta=100000, rope_scaling=None, tie_word_embeddings=True, head_dim=64, num_attention_heads=9,
-        num_key_value_heads=3, max_position_embeddings=8192, hidden_size=576, vocab_size=49152, eos_token_id=0),
+        LLAMA3_8B, rope_theta=1.28e8, rope_scaling=None, max_position_embeddings=524288),
+    "HuggingFaceTB--SmolLM2-135M.json": SMOLLM2,
+    "HuggingFaceTB--SmolLM2-135M.resaved-transformers-5.17.json": SMOLLM2,  # the same numbers after a re-save
     "TinyLlama--TinyLlama-1.1B-Chat-v1.0.json": dict(
         rope_theta=10000.0, rope_scaling=None, tie_word_embeddings=False, head_dim=64, num_attention_heads=32,
         num_key_value_heads=4, max_position_embeddings=2048, num_hidden_layers=22, vocab_size=32000, bos_token_id=1),

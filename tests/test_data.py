@@ -173,15 +173,21 @@ def test_peak_memory_does_not_grow_with_input_size(tmp_path):
 
 # -------------------------------------------------------------------------------------------------- mixtures
 
-def synthetic_domain(path, lengths, eos=1):
-    """Token value = (document << 16) | position, so every token says where it came from."""
+def write_domain(path, docs, eos=1, shard_tokens=5000, with_mask=False):
+    """A domain of the given documents: ids, or (ids, mask) pairs with_mask."""
     w = data.ShardWriter(str(path), {"tokenizer": "synthetic", "tokenizer_sha256": "", "eos_id": eos},
-                         shard_tokens=5000)
-    for d, n in enumerate(lengths):
-        w.add((d << 16) | np.arange(n))
+                         shard_tokens=shard_tokens, with_mask=with_mask)
+    for doc in docs:
+        ids, mask = doc if with_mask else (doc, None)
+        w.add(ids, mask)
         w.end_document()
     w.commit()
     return str(path)
+
+
+def synthetic_domain(path, lengths, eos=1):
+    """Token value = (document << 16) | position, so every token says where it came from."""
+    return write_domain(path, ((d << 16) | np.arange(n) for d, n in enumerate(lengths)), eos)
 
 
 @pytest.fixture(scope="module")
@@ -317,14 +323,9 @@ def chat_mask(pos):
 
 def masked_domain(path, docs, eos=1):
     """docs: (ids, mask) pairs, or lengths of synthetic conversations (token = (doc << 16) | position)."""
-    w = data.ShardWriter(str(path), {"tokenizer": "synthetic", "tokenizer_sha256": "", "eos_id": eos},
-                         shard_tokens=3000, with_mask=True)
-    for d, doc in enumerate(docs):
-        ids, mask = doc if isinstance(doc, tuple) else ((d << 16) | np.arange(doc), chat_mask(np.arange(doc)))
-        w.add(ids, mask)
-        w.end_document()
-    w.commit()
-    return str(path)
+    docs = (doc if isinstance(doc, tuple) else ((d << 16) | np.arange(doc), chat_mask(np.arange(doc)))
+            for d, doc in enumerate(docs))
+    return write_domain(path, docs, eos, shard_tokens=3000, with_mask=True)
 
 
 @pytest.fixture(scope="module")

@@ -17,14 +17,7 @@ sys.path.insert(0, ROOT)
 import evaluate as ev  # noqa: E402
 import helmet as hm  # noqa: E402
 import ruler  # noqa: E402
-
-FIXTURES = os.path.join(ROOT, "tests", "fixtures", "helmet")
-
-
-@pytest.fixture(scope="module")
-def tok():
-    from data import load_tokenizer
-    return load_tokenizer(None)  # the real Llama-3 tokenizer (llama-models package), offline
+from tests.test_helmet import FIXTURES, tok  # noqa: E402,F401  (HELMET's fixture files; the Llama-3 tokenizer)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -642,7 +635,8 @@ def test_cli_runs_every_category_on_a_copy_of_helmets_data_layout(tiny_ckpt, tmp
     server = Server(perfect_judge)
     out = tmp_path / "r.json"
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "evaluate.py"), "--ckpt", str(tiny_ckpt), "--helmet-data",
-                           str(data), "--lengths", "8k", "--samples", "1", "--judge-url", server.url, "--out", str(out)],
+                           str(data), "--lengths", "8k", "--samples", "1", "--judge-url", server.url,
+                           "--out", str(out)],
                           capture_output=True, text=True, cwd=ROOT, timeout=600,
                           env=dict(os.environ, NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost"))
     server.httpd.shutdown()

@@ -1,5 +1,6 @@
 """sources.py's import of the paper's MDS data (`python data.py import-mds`) against mosaic-streaming's MDSWriter: the
-committed fixtures under tests/fixtures/mds were written by it (tests/fixtures/make_mds_fixtures.py regenerates them)."""
+committed fixtures under tests/fixtures/mds were written by it (tests/fixtures/make_mds_fixtures.py regenerates
+them)."""
 import glob
 import json
 import os

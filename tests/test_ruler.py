@@ -12,12 +12,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import helmet as hm  # noqa: E402
 import ruler  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def tok():
-    from data import load_tokenizer
-    return load_tokenizer(None)  # the real Llama-3 tokenizer (llama-models package), offline
+from tests.test_helmet import tok  # noqa: E402,F401  (the real Llama-3 tokenizer)
 
 
 NOISE = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."  # RULER's

@@ -242,7 +242,7 @@ init_from, load_optimizer, model, model_overrides = None, False, "tiny", {{"num_
 seq_len //= {scale}
 mixture = [dict(c, length=c["length"] // {scale}) for c in mixture]
 tokens_per_step //= {scale} * {fewer}
-data_root, out_dir, max_steps, compute_dtype, sp_size = {root!r}, {out!r}, 1, "float32", {sp}
+data_root, out_dir, max_steps, compute_dtype, sp_size, hf_weights = {root!r}, {out!r}, 1, "float32", {sp}, False
 """
 
 
