@@ -143,7 +143,8 @@ def run_task(model, tok, task, records, length, opts, write_sample=None):
         if write_sample:
             write_sample(result)
         elapsed = time.time() - start
-        log(f"  {task} @ {length}: {i + 1}/{len(records)} {elapsed:.0f}s, ETA {elapsed / (i + 1) * (len(records) - i - 1):.0f}s")
+        eta = elapsed / (i + 1) * (len(records) - i - 1)
+        log(f"  {task} @ {length}: {i + 1}/{len(records)} {elapsed:.0f}s, ETA {eta:.0f}s")
     return results
 
 
@@ -416,7 +417,8 @@ def task_records(args, task, length, tok, length_tok, samples):
     """(records, where they came from) for a task at a length, or (None, why not) when there is no data for it."""
     if task in helmet_long.TASKS:
         if not helmet_long.available(task, args.helmet_data):
-            return None, f"{task} @ {length}: no data under {args.helmet_data} ({helmet_long.files(task, args.helmet_data)[0]})"
+            expected = helmet_long.files(task, args.helmet_data)[0]
+            return None, f"{task} @ {length}: no data under {args.helmet_data} ({expected})"
         records = helmet_long.records(task, length, args.helmet_data, samples, args.seed, tok, length_tok)
         if args.judge_url and ALL_TASKS[task].category == "Summ" and any(not r.get("keypoints") for r in records):
             raise ValueError(f"{task}: --judge-url needs HELMET's key points, and {args.helmet_data} has none for "

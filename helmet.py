@@ -350,7 +350,8 @@ def _helmet_records(task, data, demos, samples, seed, shots):
         text = ""
         for d in pick_demos(rec["qid"], pool, "qid", shots):
             ranking = " > ".join(str(c["id"]) for c in sorted(d["ctxs"], key=lambda c: -c["label"]))
-            text += "\n\n".join(passage.format(**c) for c in d["ctxs"]) + f"\n\nQuery: {d['query']}\nRanking: {ranking}\n\n"
+            text += "\n\n".join(passage.format(**c) for c in d["ctxs"])
+            text += f"\n\nQuery: {d['query']}\nRanking: {ranking}\n\n"
         out.append(_checked(task, dict(rec, demos=text, question=rec["query"],
                                        context="\n\n".join(passage.format(**c) for c in rec["ctxs"]),
                                        qrels={str(c["id"]): int(c["label"]) for c in rec["ctxs"]})))

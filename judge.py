@@ -60,8 +60,8 @@ def _one_line(text, limit=200):
 class Judge:
     """`ask(prompt) -> str` against `{url}/chat/completions` (url as the openai client's base_url, e.g.
     https://api.openai.com/v1 or http://localhost:8000/v1). The key is `api_key` or $`key_env`; a local server needs
-    none (then urllib sends no Authorization header and the openai client a dummy key). Connection errors, 429 and 5xx are retried `retries` times,
-    `backoff` x 1, 2, 4... seconds apart; then JudgeError. Answers are cached in `cache_path` (JSONL, one line per
+    none (then urllib sends no Authorization header and the openai client a dummy key). Connection errors, 429 and
+    5xx are retried `retries` times, `backoff` x 1, 2, 4... seconds apart; then JudgeError. Answers are cached in `cache_path` (JSONL, one line per
     answer, appended and flushed) keyed by sha256 of (model, temperature, prompt); the path may be set or changed
     after construction. Safe to share between threads (e.g. a ThreadPoolExecutor over samples)."""
 
