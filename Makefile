@@ -40,12 +40,14 @@ demo: venv demo_data/.built
 test: venv
 	$(PY) -m pytest -q
 
-# The one-shot GPU check (bench.py gpu, under 5 minutes on one H100/H200): attention backends against float64,
-# a compiled block, an FSDP2 1B step at 64K, the flex mask's memory. It runs with the Python that has the CUDA
-# torch (default: this venv if present, else python3; override with GPU_PY=...); without CUDA, at CPU size.
+# The one-shot GPU check (bench.py gpu, gpucheck.py; under 5 minutes on one H100/H200): attention backends against
+# float64, a compiled block, an FSDP2 1B step at 64K, the flex mask's memory. It runs with the Python that has the
+# CUDA torch (default: this venv if present, else python3; override with GPU_PY=...). It fails (non-zero) on any
+# FAILED row or error above tolerance, on a section stopped for time (3), and without CUDA (2; GPU_CHECK_ARGS=
+# --cpu-smoke runs it at CPU size).
 GPU_PY ?= $(if $(wildcard $(PY)),$(PY),$(PYTHON))
 gpu-check:
-	$(GPU_PY) bench.py gpu
+	$(GPU_PY) bench.py gpu $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf $(VENV) demo_data downloads runs

@@ -1,46 +1,128 @@
-"""bench.py: the one-shot GPU check runs end to end at CPU size (so it cannot rot before a GPU sees it), and its
+"""bench.py gpu (gpucheck.py): the one-shot GPU check runs end to end at CPU size (so it cannot rot before a GPU sees
+it), its exit status says FAILED, incomplete or no CUDA, and its time budget stops a section that overruns; bench.py's
 CPU memory meter measures what it says."""
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
 
 import bench
+import gpucheck
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CPU_ONLY = dict(os.environ, CUDA_VISIBLE_DEVICES="")  # the CPU path even on a GPU machine
+
+
+def table(out):
+    """The check's rows: fixed columns section 10, case 26, backend 8, dtype 8, then the result."""
+    return [[line[0:10].strip(), line[11:37].strip(), line[38:46].strip(), line[47:55].strip(), line[56:]]
+            for line in out.splitlines() if line[0:10].strip() in ("attention", "compile", "train", "mask")]
 
 
 @pytest.mark.slow
 def test_gpu_check_runs_every_section_at_cpu_size():
-    env = dict(os.environ, CUDA_VISIBLE_DEVICES="")  # the CPU smoke path even on a GPU machine
-    proc = subprocess.run([sys.executable, "bench.py", "gpu", "--cpu-smoke"], cwd=ROOT, env=env,
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "bench.py", "gpu", "--cpu-smoke"], cwd=ROOT, env=CPU_ONLY,
                           capture_output=True, text=True, timeout=300)
     out = proc.stdout
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "FAILED" not in out, out
-    # fixed columns: section 10, case 26, backend 8, dtype 8, then the result
-    rows = [[line[0:10].strip(), line[11:37].strip(), line[38:46].strip(), line[47:55].strip(), line[56:]]
-            for line in out.splitlines() if line[0:10].strip() in ("attention", "compile", "train", "mask")]
-    sections = {r[0] for r in rows}
-    assert sections == {"attention", "compile", "train", "mask"}, out
+    assert proc.returncode == 0, out + proc.stderr[-3000:]
+    assert "FAILED" not in out and "skipped" not in out and out.splitlines()[-1] == "gpu check: passed", out
+    rows = table(out)
+    assert {r[0] for r in rows} == {"attention", "compile", "train", "mask"}, out
+    # compile runs before the second dtype's attention rows, the slow ones on a GPU (fp32 flex at 64K)
+    order = [r[0] for r in rows if r[1] != "section time"]
+    first_fp64 = next(i for i, r in enumerate(rows) if r[3] == "float64" and r[2] == "sdpa")
+    assert order.index("compile") < first_fp64, out
 
-    def results(section, backend, dtype):
-        return [r[4] for r in rows if r[0] == section and r[2] == backend and r[3] == dtype]
+    def results(backend, dtype):
+        return [r[4] for r in rows if r[0] == "attention" and r[2] == backend and r[3] == dtype]
 
     # sdpa forward and backward, flex forward, checked against the float64 reference on both cases
-    sdpa64 = results("attention", "sdpa", "float64")
-    assert len(sdpa64) == 2 and all("dv" in r for r in sdpa64)
-    for r in sdpa64 + results("attention", "flex", "float64"):
-        errors = [float(tok) for tok in r.split(";")[0].split()[2::2]]
+    sdpa64 = results("sdpa", "float64")
+    assert len(sdpa64) == 2 and all("dv" in r and "<= 1e-10" in r for r in sdpa64)
+    for r in sdpa64 + results("flex", "float64"):
+        errors = [float(tok) for tok in r.split(";")[0].split()[3::2] if tok[0].isdigit()]
         assert errors and max(errors) < 1e-12, r
     # the kernels this machine lacks say why instead of failing
-    assert all(r.startswith("n/a (") for r in results("attention", "fa3", "float32"))
+    assert all(r.startswith("n/a (") for r in results("fa3", "float32"))
     # a freshly initialised model predicts uniformly: loss near ln(vocab)
     steady = [r[4] for r in rows if r[0] == "train" and r[1].startswith("steady")]
     assert steady and abs(float(steady[0].split()[1].rstrip(",")) - 11.76) < 0.1, out
     assert any("T=524288" in line and "held" in line for line in out.splitlines())
+    print(f"gpu check at CPU size: {time.perf_counter() - t0:.0f} s")
+
+
+@pytest.mark.slow
+def test_gpu_check_without_cuda_is_an_error_not_a_cpu_run():
+    proc = subprocess.run([sys.executable, "bench.py", "gpu"], cwd=ROOT, env=CPU_ONLY, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == gpucheck.NO_CUDA and proc.stdout == "", proc.stdout
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: no CUDA device") and "--cpu-smoke" in lines[0]
+
+
+def run(*bodies, budget):
+    """gpucheck.run_sections over sections of equal weight that run the Python `bodies` instead of the check."""
+    names = [(f"s{i}", 1) for i in range(len(bodies))]
+    return gpucheck.run_sections(names, budget, lambda name, share: [sys.executable, "-c", bodies[int(name[1:])]])
+
+
+def test_the_exit_status_is_failed_for_a_failed_section_and_passed_only_when_all_pass(capfd):
+    ok = "print('fine')"
+    assert run(ok, ok, budget=60) == gpucheck.PASSED
+    assert capfd.readouterr().out.splitlines()[-1] == "gpu check: passed"
+    failed = "import sys; sys.exit(1)"
+    assert run(ok, failed, ok, budget=90) == gpucheck.FAILED
+    assert capfd.readouterr().out.splitlines()[-1] == "gpu check: FAILED in s1"
+    crashed = "import os; os.abort()"  # a segfault-like death is a failure, not a pass
+    assert run(crashed, budget=60) == gpucheck.FAILED
+
+
+def test_the_budget_stops_a_section_that_overruns_and_the_next_one_still_runs(capfd):
+    t0 = time.perf_counter()
+    status = run("import time; time.sleep(600)", "print('second ran')", budget=24)
+    elapsed = time.perf_counter() - t0
+    out = capfd.readouterr().out
+    assert status == gpucheck.INCOMPLETE and elapsed < 20, (elapsed, out)  # stopped at its share, 12 s
+    assert "stopped (time budget" in out and "second ran" in out
+    # a share too small to be worth starting is skipped, and says so
+    assert run("print('x')", budget=gpucheck.MIN_SHARE_S - 1) == gpucheck.INCOMPLETE
+    assert "skipped (time budget" in capfd.readouterr().out
+
+
+def test_errors_above_the_tolerance_fail_the_row():
+    ref = [torch.ones(4, dtype=torch.float64)]
+    ok, text = gpucheck.judge(gpucheck.relative_errors([ref[0] + 1e-3], ref), torch.bfloat16, names=("out",))
+    assert ok and "<= 0.05" in text
+    ok, text = gpucheck.judge(gpucheck.relative_errors([ref[0] + 1e-2], ref), torch.float32, names=("out",))
+    assert not ok and "above tolerance 0.002 (out)" in text
+    ok, _ = gpucheck.judge([float("nan")], torch.float32, names=("out",))
+    assert not ok
+
+
+def test_a_row_that_fails_makes_the_section_fail(capfd):
+    check = gpucheck.GpuCheck(torch.device("cpu"), True, time.perf_counter() + 60)
+    check.row("attention", "x", "sdpa", "float32", "fine")
+    assert check.status == gpucheck.PASSED
+    check.skipped("attention", "y", "sdpa", "float32")
+    assert check.status == gpucheck.INCOMPLETE
+    check.failed("attention", "z", "sdpa", "float32", "rel err out 1 above tolerance")
+    check.skipped("attention", "w", "sdpa", "float32")
+    assert check.status == gpucheck.FAILED
+    assert "FAILED rel err" in capfd.readouterr().out
+
+
+def test_timings_take_fewer_repetitions_when_a_call_is_slow():
+    check = gpucheck.GpuCheck(torch.device("cpu"), True, time.perf_counter() + 60)
+    calls = []
+    check.timed(lambda: calls.append(1), first_s=0.001)
+    assert len(calls) == 5
+    calls.clear()
+    check.timed(lambda: calls.append(1), first_s=3.0)  # one 64K fp32 flex call: no repetition at all
+    assert calls == []
 
 
 def test_tensor_memory_counts_live_storages_not_views():
