@@ -13,7 +13,7 @@ Conventions the rest of the repository relies on:
 - With `labels` (aligned with the inputs: labels[i] is the target for position i, -100 where nothing is to be
   predicted) the forward pass returns (summed loss, number of valid labels) so that the caller can average over
   exactly the tokens it wants (an optimizer step across all devices). The loss is a chunked cross-entropy that
-  never materialises the (T x vocab) logits, not even for the backward pass.
+  never materialises the (T x vocab) logits, not even for the backward pass (loss.py).
 - Sequence parallelism wraps the two attention entry points `prepare`/`attend` (`model.attention_ops`); the model
   does not know whether it is distributed.
 """
@@ -30,6 +30,7 @@ import torch.nn.functional as F
 import attention
 import generation
 from hf_checkpoint import read_safetensors, resolve_checkpoint, save_safetensors, write_hf_config
+from loss import chunked_cross_entropy, fused_cross_entropy  # noqa: F401 (tests import them from here)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -324,6 +325,9 @@ class Llama(nn.Module):
         # 4096 tokens, loss forward+backward): 13.9 s with 4096-token chunks, 15.8 s with 1024, 27.1 s with 64, and
         # 16.2 s for unchunked F.cross_entropy; at hidden 64 all sizes were within 8%. GPUs want large matmuls too.
         self.loss_chunk_size = 4096
+        # The summed loss computes its gradients in the forward pass (loss.py): one matmul fewer, at the price of a
+        # (vocab x hidden) float32 buffer held until backward. False: backward recomputes the logits instead.
+        self.fused_loss = True
         self.attention_backend = None  # None: picked by attention.py from the device
         if not any(p.is_meta for p in self.parameters()):
             self.reset_parameters()
@@ -359,8 +363,10 @@ class Llama(nn.Module):
         labels = labels.reshape(-1)
         if labels.device.type == "cpu":
             check_token_ids(labels, self.config.vocab_size, "labels")
-        losses = chunked_cross_entropy(hidden, self.head_weight, labels, self.loss_chunk_size)
         n_valid = (labels != -100).sum()
+        if reduction == "sum" and self.fused_loss:
+            return fused_cross_entropy(hidden, self.head_weight, labels, self.loss_chunk_size), n_valid
+        losses = chunked_cross_entropy(hidden, self.head_weight, labels, self.loss_chunk_size)
         if reduction == "none":
             return losses.view(batch_shape), n_valid
         if reduction != "sum":
@@ -477,68 +483,6 @@ def _flatten_batch(input_ids, cu_seqlens):
     elif B != 1:
         raise ValueError("with cu_seqlens, input_ids must be one packed sequence: (T,) or (1, T)")
     return input_ids.reshape(-1), cu_seqlens, input_ids.shape
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# chunked cross-entropy
-
-
-class _ChunkedCrossEntropy(torch.autograd.Function):
-    """Per-token cross-entropy of softmax(hidden @ weight.T) without ever holding all (T x vocab) logits.
-
-    Forward keeps only each token's log-sum-exp; backward recomputes each chunk's logits and turns them into
-    gradients at once (softmax - one_hot), so peak memory is one chunk of logits, at the price of one extra
-    (hidden x vocab) matmul. Logits and softmax are in float32 at least, as HF upcasts them."""
-
-    @staticmethod
-    def forward(ctx, hidden, weight, labels, chunk_size):
-        losses = torch.zeros(labels.shape, dtype=torch.promote_types(hidden.dtype, torch.float32),
-                             device=hidden.device)
-        lse = torch.zeros_like(losses)
-        for s in range(0, hidden.shape[0], chunk_size):
-            logits = (hidden[s:s + chunk_size] @ weight.T).to(losses.dtype)
-            lse[s:s + chunk_size] = torch.logsumexp(logits, dim=-1)
-            target = labels[s:s + chunk_size]
-            valid = target != -100
-            picked = logits.gather(-1, target.clamp(min=0)[:, None])[:, 0]
-            losses[s:s + chunk_size] = torch.where(valid, lse[s:s + chunk_size] - picked, 0.0)
-        ctx.save_for_backward(hidden, weight, labels, lse)
-        ctx.chunk_size = chunk_size
-        return losses
-
-    @staticmethod
-    def backward(ctx, grad_losses):
-        hidden, weight, labels, lse = ctx.saved_tensors
-        grad_hidden = torch.zeros_like(hidden) if ctx.needs_input_grad[0] else None
-        grad_weight = torch.zeros(weight.shape, dtype=lse.dtype, device=weight.device) \
-            if ctx.needs_input_grad[1] else None
-        n = ctx.chunk_size
-        # chunks without labels (a prompt, padding) contribute exactly zero; one host sync for all of them
-        starts = range(0, hidden.shape[0], n)
-        has_labels = torch.stack([(labels[s:s + n] != -100).any() for s in starts]).tolist() if len(starts) else []
-        for s, needed in zip(starts, has_labels):
-            if not needed:
-                continue
-            h, target = hidden[s:s + n], labels[s:s + n]
-            valid = target != -100
-            # softmax - one_hot, scaled by the upstream gradient, in place: on CPU this loop is memory-bound
-            probs = (h @ weight.T).to(lse.dtype).sub_(lse[s:s + n, None]).exp_()
-            probs[torch.arange(len(target), device=h.device), target.clamp(min=0)] -= 1.0
-            grad_logits = probs.mul_(torch.where(valid, grad_losses[s:s + n], 0.0)[:, None]).to(hidden.dtype)
-            if grad_hidden is not None:
-                grad_hidden[s:s + n] = grad_logits @ weight
-            if grad_weight is not None:
-                grad_weight += (grad_logits.T @ h).to(grad_weight.dtype)
-        if grad_weight is not None:
-            grad_weight = grad_weight.to(weight.dtype)
-        return grad_hidden, grad_weight, None, None
-
-
-def chunked_cross_entropy(hidden, weight, labels, chunk_size=4096):
-    """Per-token losses (T,), 0 where labels == -100. hidden (T, d), weight (vocab, d), labels (T,)."""
-    if labels.shape[0] != hidden.shape[0]:
-        raise ValueError(f"labels has {labels.shape[0]} tokens, the inputs {hidden.shape[0]}")
-    return _ChunkedCrossEntropy.apply(hidden, weight, labels, chunk_size)
 
 
 if __name__ == "__main__":
