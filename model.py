@@ -1,5 +1,8 @@
 """
-Llama-3, written out by hand: the model ProLong continues to train on long documents.
+Llama-3, written out by hand: the model ProLong continues to train on long documents; and, through three switches
+of the same module, its two close relatives Qwen2/Qwen2.5 (bias on the q, k and v projections) and Qwen3 (an
+RMSNorm over each head's q and k before RoPE, and a `head_dim` set independently of hidden_size / heads). There is
+no class per family: `LlamaConfig.model_type` names the family, and config.json says which one a checkpoint is.
 
 Conventions the rest of the repository relies on:
 - Parameter names are Hugging Face's (`model.layers.3.self_attn.q_proj.weight`, ...), so a state dict is an HF
@@ -39,7 +42,8 @@ from loss import chunked_cross_entropy, fused_cross_entropy  # noqa: F401 (tests
 
 @dataclass
 class LlamaConfig:
-    """Fields are Hugging Face `LlamaConfig` keys, so config.json maps 1:1."""
+    """Fields are Hugging Face config keys (of LlamaConfig, Qwen2Config, Qwen3Config), so config.json maps 1:1;
+    `attention_bias` and `qk_norm` are what `model_type` implies (see _FAMILIES), never read from config.json."""
     hidden_size: int = 4096
     num_hidden_layers: int = 32
     num_attention_heads: int = 32
@@ -55,8 +59,17 @@ class LlamaConfig:
     initializer_range: float = 0.02
     bos_token_id: int = 128000
     eos_token_id: object = 128001  # an id or a list of ids, as in HF configs
+    model_type: str = "llama"  # "llama", "qwen2" or "qwen3": the family, and what to_hf_dict writes
+    attention_bias: bool = False  # bias on q_proj, k_proj, v_proj (not o_proj): Qwen2 and Qwen2.5
+    qk_norm: bool = False  # RMSNorm over head_dim on q and k, before RoPE: Qwen3
 
     def __post_init__(self):
+        if self.model_type not in _FAMILIES:
+            raise ValueError(f"model_type {self.model_type!r} is not implemented (only {', '.join(_FAMILIES)})")
+        if (self.attention_bias, self.qk_norm) != _FAMILIES[self.model_type]:
+            raise ValueError(f"model_type {self.model_type!r} means attention_bias={_FAMILIES[self.model_type][0]} "
+                             f"and qk_norm={_FAMILIES[self.model_type][1]}; got {self.attention_bias} and "
+                             f"{self.qk_norm} (set model_type to the family you mean: {_family_names()})")
         if self.head_dim is None:
             self.head_dim = self.hidden_size // self.num_attention_heads
         if self.num_attention_heads % self.num_key_value_heads:
@@ -81,21 +94,35 @@ class LlamaConfig:
 
     @classmethod
     def tiny(cls, **overrides):
+        """`tiny(**qwen_family("qwen3"))` gives a tiny Qwen3 (and "qwen2" a tiny Qwen2)."""
         return cls(**{**dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                              intermediate_size=176), **overrides})
 
     @classmethod
-    def from_hf_dict(cls, d):
-        """Read a checkpoint's config.json the way Hugging Face reads it.
+    def from_hf_dict(cls, d, source="config.json"):
+        """Read a checkpoint's config.json (`source` names it in errors) the way Hugging Face reads it.
 
         Metadata (`_is_hf_metadata`) is ignored. A setting that changes the computation and is not implemented here
-        (`_HF_REQUIREMENTS`, a RoPE type or parameter), or a key nobody listed, is refused in one line naming the key
-        and its value: a new math-changing key must never be silently ignored. Absent keys take HF's defaults, not
-        our presets', because those are what the checkpoint was trained and saved with."""
+        (`_HF_REQUIREMENTS`, a RoPE type or parameter, a sliding window that is switched on), or a key nobody
+        listed, is refused in one line naming the key and its value: a new math-changing key must never be silently
+        ignored. A value of the wrong type ("hidden_size": "64") is refused naming the key and `source`. Absent keys
+        take HF's defaults for that model_type, not our presets', because those are what the checkpoint was trained
+        and saved with."""
         d = dict(d)
+        family = d.pop("model_type", "llama")
+        if family not in _FAMILIES:
+            raise ValueError(f"{source} has model_type={family!r}, which is not implemented here "
+                             f"(only {_family_names()})")
+        if family != "llama":
+            _check_no_sliding_window(d, family, source)
+        if family == "qwen2":
+            d.pop("attention_bias", None)  # Qwen2's q/k/v projections always have a bias: HF never reads the key
         # RoPE has two spellings: `rope_theta` + `rope_scaling` (transformers 4), and `rope_parameters` holding both
         # (transformers 5). Like transformers 5, a non-empty `rope_scaling` wins, and a theta inside the dict wins.
         params = d.pop("rope_parameters", None)
+        for key, value in (("rope_scaling", d.get("rope_scaling")), ("rope_parameters", params)):
+            if value is not None and not isinstance(value, dict):
+                raise ValueError(f"{source}: {key} must be an object or null, got {json.dumps(value)}")
         spelling = "rope_scaling" if d.get("rope_scaling") else "rope_parameters"
         scaling = d.get("rope_scaling") or params
         if scaling is not None:
@@ -104,43 +131,81 @@ class LlamaConfig:
                 d["rope_theta"] = scaling.pop("rope_theta")
             d["rope_scaling"] = _checked_rope_scaling(scaling, spelling)
         if d.get("num_key_value_heads") is None:  # Llama-1/2 configs: one KV head per query head
-            d["num_key_value_heads"] = d.get("num_attention_heads", _HF_DEFAULTS["num_attention_heads"])
-        if d.get("head_dim") is None:
+            d["num_key_value_heads"] = d.get("num_attention_heads", _HF_DEFAULTS[family]["num_attention_heads"])
+        if d.get("head_dim") is None and family != "qwen3":
             d.pop("head_dim", None)  # hidden_size // num_attention_heads, as in HF
-        d = {**_HF_DEFAULTS, **d}
-        ours = {f.name for f in fields(cls)}
+        d = {**_HF_DEFAULTS[family], **{k: v for k, v in d.items() if not (k == "head_dim" and v is None)}}
+        _check_types(d, source)
+        ours = {f.name for f in fields(cls)} - _DERIVED
+        requirements = {**_HF_REQUIREMENTS, **_FAMILY_REQUIREMENTS[family]}
         for key, value in d.items():
-            if key in ours or _is_hf_metadata(key):
+            if key in ours or _is_hf_metadata(key) or (family != "llama" and key in _QWEN_WINDOW_KEYS):
                 continue
-            if key in _HF_REQUIREMENTS:
-                ok = _HF_REQUIREMENTS[key]
+            if key in requirements:
+                ok = requirements[key]
                 if value == ok and isinstance(value, bool) == isinstance(ok, bool):  # 1 == True, but not here
                     continue
-                raise ValueError(f"config.json has {key}={value!r}, which is not implemented here "
-                                 f"(this Llama supports only {key}={ok!r})")
-            close = difflib.get_close_matches(key, ours | set(_HF_REQUIREMENTS), n=1)
+                raise ValueError(f"{source} has {key}={value!r}, which is not implemented here "
+                                 f"(this {family} model supports only {key}={ok!r})")
+            close = difflib.get_close_matches(key, ours | set(requirements), n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise ValueError(f"unknown config key {key!r}={value!r}{hint}: not implemented here, and it may change "
                              f"the model; if it is metadata, add it to model._HF_METADATA")
-        return cls(**{k: v for k, v in d.items() if k in ours})
+        bias, qk_norm = _FAMILIES[family]
+        return cls(**{k: v for k, v in d.items() if k in ours}, model_type=family, attention_bias=bias,
+                   qk_norm=qk_norm)
 
     def to_hf_dict(self):
         # The older spelling (rope_theta + rope_scaling) loads in every transformers version, 4.x and 5.x.
         d = asdict(self)
-        d.update(architectures=["LlamaForCausalLM"], model_type="llama", hidden_act="silu", attention_bias=False,
-                 mlp_bias=False, torch_dtype="float32")
+        for key in _DERIVED:
+            del d[key]
+        d.update(architectures=[_ARCHITECTURES[self.model_type]], hidden_act="silu", torch_dtype="float32")
+        if self.model_type == "llama":
+            d.update(attention_bias=False, mlp_bias=False)
+        else:  # what HF writes for a Qwen without a sliding window
+            d.update(use_sliding_window=False, sliding_window=None, max_window_layers=self.num_hidden_layers)
+            if self.model_type == "qwen3":
+                d.update(attention_bias=False)
         return d
 
 
-# What transformers' LlamaConfig assumes for a key that config.json leaves out (Llama-2-7B's values).
-_HF_DEFAULTS = {"vocab_size": 32000, "hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32,
-                "num_attention_heads": 32, "max_position_embeddings": 2048, "rms_norm_eps": 1e-6,
-                "tie_word_embeddings": False, "rope_theta": 10000.0, "rope_scaling": None, "initializer_range": 0.02,
-                "bos_token_id": 1, "eos_token_id": 2}
-# Keys that change the computation, with the one value this model implements.
-_HF_REQUIREMENTS = {"model_type": "llama", "hidden_act": "silu", "attention_bias": False, "mlp_bias": False,
-                    "pretraining_tp": 1, "attention_dropout": 0.0, "sliding_window": None, "use_sliding_window": False,
+def qwen_family(model_type):
+    """The LlamaConfig fields of a family: `LlamaConfig.tiny(**qwen_family("qwen2"))`."""
+    bias, qk_norm = _FAMILIES[model_type]
+    return dict(model_type=model_type, attention_bias=bias, qk_norm=qk_norm)
+
+
+# The families this module implements, with (attention_bias, qk_norm) each implies, and the class HF loads.
+_FAMILIES = {"llama": (False, False), "qwen2": (True, False), "qwen3": (False, True)}
+_ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}
+_DERIVED = {"attention_bias", "qk_norm"}  # fields that model_type implies
+
+
+def _family_names():
+    return "llama, qwen2 (Qwen2 and Qwen2.5: q/k/v bias), qwen3 (q/k norm)"
+
+
+# What transformers assumes for a key that config.json leaves out: LlamaConfig's (Llama-2-7B's values), and
+# Qwen2Config's and Qwen3Config's (Qwen3's head_dim is 128 whatever hidden_size / heads is; no bos or eos id).
+_LLAMA_DEFAULTS = {"vocab_size": 32000, "hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32,
+                   "num_attention_heads": 32, "max_position_embeddings": 2048, "rms_norm_eps": 1e-6,
+                   "tie_word_embeddings": False, "rope_theta": 10000.0, "rope_scaling": None,
+                   "initializer_range": 0.02, "bos_token_id": 1, "eos_token_id": 2}
+_QWEN_DEFAULTS = {**_LLAMA_DEFAULTS, "vocab_size": 151936, "intermediate_size": 22016,
+                  "max_position_embeddings": 32768, "bos_token_id": None, "eos_token_id": None}
+_HF_DEFAULTS = {"llama": _LLAMA_DEFAULTS, "qwen2": _QWEN_DEFAULTS, "qwen3": {**_QWEN_DEFAULTS, "head_dim": 128}}
+# Keys that change the computation, with the one value this model implements (for every family, then per family).
+_HF_REQUIREMENTS = {"hidden_act": "silu", "attention_dropout": 0.0,
                     "rope_interleaved": False}  # nanotron's flag: True pairs dims (2i, 2i+1), not (i, i + d/2)
+_FAMILY_REQUIREMENTS = {
+    "llama": {"attention_bias": False, "mlp_bias": False, "pretraining_tp": 1, "sliding_window": None,
+              "use_sliding_window": False},
+    "qwen2": {"use_mrope": False},  # multimodal RoPE (Qwen2-VL's sections of head_dim)
+    "qwen3": {"attention_bias": False},  # Qwen3's attention_bias would also put a bias on o_proj
+}
+# Qwen's sliding-window keys: read by _check_no_sliding_window, harmless when the window is off.
+_QWEN_WINDOW_KEYS = {"use_sliding_window", "sliding_window", "max_window_layers", "layer_types"}
 # Keys that do not change the computation: HF bookkeeping, generation defaults, tokenizer and hub metadata, and
 # what other tools add (nanotron: is_llama_config; transformers.js; early LLaMA conversions: max_sequence_length,
 # which HF never reads). `quantization_config` may be ignored because a still-quantised checkpoint is refused by its
@@ -149,6 +214,9 @@ _HF_REQUIREMENTS = {"model_type": "llama", "hidden_act": "silu", "attention_bias
 _HF_METADATA = {
     "architectures", "auto_map", "torch_dtype", "dtype", "transformers_version", "use_cache", "quantization_config",
     "is_llama_config", "transformers.js_config", "max_sequence_length",
+    # Qwen2.5-*-1M: Dual Chunk Attention for inference past 256K in vLLM; transformers' Qwen2 ignores it and
+    # attends over the whole context, as this model does
+    "dual_chunk_attention_config",
     "output_attentions", "output_hidden_states", "return_dict", "torchscript", "use_bfloat16", "tf_legacy_loss",
     "pruned_heads", "chunk_size_feed_forward", "is_encoder_decoder", "is_decoder", "add_cross_attention",
     "cross_attention_hidden_size", "tie_encoder_decoder", "finetuning_task", "id2label", "label2id", "num_labels",
@@ -159,6 +227,50 @@ _HF_METADATA = {
     "encoder_no_repeat_ngram_size", "bad_words_ids", "num_return_sequences", "output_scores",
     "return_dict_in_generate", "remove_invalid_values", "exponential_decay_length_penalty", "suppress_tokens",
     "begin_suppress_tokens", "forced_decoder_ids"}
+
+
+def _check_no_sliding_window(d, family, source):
+    """Refuse a Qwen config whose sliding window is actually used. As in HF: the window exists only with
+    `use_sliding_window: true` and a `sliding_window` size, and applies to the layers `layer_types` marks (by
+    default those from `max_window_layers` on), so Qwen2.5's `sliding_window: 131072` with the switch off is
+    plain attention."""
+    types = d.get("layer_types")
+    if types is not None and not (isinstance(types, list) and set(types) <= {"full_attention", "sliding_attention"}):
+        raise ValueError(f"{source} has layer_types={types!r}: only full_attention layers are implemented here")
+    if not d.get("use_sliding_window") or d.get("sliding_window") is None:
+        return
+    layers, first = d.get("num_hidden_layers", 32), d.get("max_window_layers", 28)  # Qwen2Config's defaults
+    types = types or ["sliding_attention" if i >= first else "full_attention" for i in range(layers)]
+    if "sliding_attention" in types:
+        raise ValueError(f"{source} has use_sliding_window=true with sliding_window={d['sliding_window']!r} on "
+                         f"{types.count('sliding_attention')} of {len(types)} layers: sliding-window attention is "
+                         f"not implemented here (only full attention, as with use_sliding_window=false)")
+
+
+# The types config.json values must have: a string "64" would otherwise fail deep inside torch, or not at all.
+_INT_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "intermediate_size",
+             "vocab_size", "max_position_embeddings", "head_dim")
+_FLOAT_KEYS = ("rope_theta", "rms_norm_eps", "initializer_range")
+
+
+def _check_types(d, source):
+    def is_int(v):
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    def is_number(v):
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
+
+    eos = d.get("eos_token_id")
+    checks = [(k, is_int(d[k]) and d[k] > 0, "a positive integer") for k in _INT_KEYS if k in d] + \
+        [(k, is_number(d[k]) and (d[k] > 0 or k == "initializer_range"), "a positive number")
+         for k in _FLOAT_KEYS if k in d] + \
+        [("tie_word_embeddings", isinstance(d.get("tie_word_embeddings", False), bool), "true or false"),
+         ("bos_token_id", d.get("bos_token_id") is None or is_int(d["bos_token_id"]), "an integer token id or null"),
+         ("eos_token_id", eos is None or is_int(eos) or isinstance(eos, list) and eos and all(map(is_int, eos)),
+          "an integer token id, a list of them, or null")]
+    for key, ok, what in checks:
+        if not ok:
+            raise ValueError(f"{source}: {key} must be {what}, got {json.dumps(d[key])}")
 
 
 def _is_hf_metadata(key):
@@ -259,18 +371,24 @@ class Attention(nn.Module):
         self.layer_idx = layer_idx
         self.n_heads, self.n_kv_heads, self.head_dim = (config.num_attention_heads, config.num_key_value_heads,
                                                         config.head_dim)
-        self.q_proj = nn.Linear(config.hidden_size, self.n_heads * self.head_dim, bias=False)
-        self.k_proj = nn.Linear(config.hidden_size, self.n_kv_heads * self.head_dim, bias=False)
-        self.v_proj = nn.Linear(config.hidden_size, self.n_kv_heads * self.head_dim, bias=False)
+        bias = config.attention_bias  # Qwen2: q, k and v have a bias, o does not
+        self.q_proj = nn.Linear(config.hidden_size, self.n_heads * self.head_dim, bias=bias)
+        self.k_proj = nn.Linear(config.hidden_size, self.n_kv_heads * self.head_dim, bias=bias)
+        self.v_proj = nn.Linear(config.hidden_size, self.n_kv_heads * self.head_dim, bias=bias)
         self.o_proj = nn.Linear(self.n_heads * self.head_dim, config.hidden_size, bias=False)
+        if config.qk_norm:  # Qwen3: each head's q and k normalised over head_dim (one weight shared by all heads)
+            self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
+            self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
+        else:
+            self.q_norm = self.k_norm = nn.Identity()
         # attention.py's entry points as a small object (a module would defeat copy.deepcopy); replaced, through
         # Llama.attention_ops, by sequence parallelism
         self.ops = attention.DocumentAttention()
 
     def forward(self, x, cos, sin, docs, cache=None):
         T = x.shape[0]
-        q = apply_rope(self.q_proj(x).view(T, self.n_heads, self.head_dim), cos, sin)
-        k = apply_rope(self.k_proj(x).view(T, self.n_kv_heads, self.head_dim), cos, sin)
+        q = apply_rope(self.q_norm(self.q_proj(x).view(T, self.n_heads, self.head_dim)), cos, sin)
+        k = apply_rope(self.k_norm(self.k_proj(x).view(T, self.n_kv_heads, self.head_dim)), cos, sin)
         v = self.v_proj(x).view(T, self.n_kv_heads, self.head_dim)
         if cache is None:
             out = self.ops.attend(q, k, v, docs)
@@ -333,10 +451,12 @@ class Llama(nn.Module):
             self.reset_parameters()
 
     def reset_parameters(self):
-        """HF Llama's initialisation: normal(0, initializer_range) for matrices, ones for norms."""
+        """HF's initialisation: normal(0, initializer_range) for matrices, zeros for biases, ones for norms."""
         for module in self.modules():
             if isinstance(module, (nn.Linear, nn.Embedding)):
                 nn.init.normal_(module.weight, mean=0.0, std=self.config.initializer_range)
+                if getattr(module, "bias", None) is not None:
+                    nn.init.zeros_(module.bias)
             elif isinstance(module, RMSNorm):
                 nn.init.ones_(module.weight)
 
@@ -425,7 +545,7 @@ class Llama(nn.Module):
             raise ValueError(f"{file} is not valid JSON ({e})") from None
         if not isinstance(d, dict):
             raise ValueError(f"{file} holds a {type(d).__name__}, not a JSON object of config keys")
-        config = LlamaConfig.from_hf_dict(d)
+        config = LlamaConfig.from_hf_dict(d, source=file)
         with torch.device("meta"):
             model = cls(config)
         state = read_safetensors(path)
