@@ -5,9 +5,12 @@ Cases (forward + backward each):
   attention-16docs  a pack of 16 documents of 512 tokens: attention.py (one causal SDPA call per document) against
                     one SDPA call with a block-diagonal causal mask (what packing without varlen kernels costs)
   attention-1doc    one document of 8192 tokens: the same two, to show the per-document path costs nothing extra
-  train-step        a 4-layer model (hidden 256, real 128,256 vocabulary) on 4 documents of 1024 tokens: model.py
-                    (packed, chunked loss) against Hugging Face transformers' LlamaForCausalLM with the same weights
-                    (the 4 documents as a batch, full logits)
+  loss-4k           the output layer's loss alone, 4096 tokens, hidden 256, 128,256 vocabulary: loss.py's fused
+                    chunked cross-entropy against F.cross_entropy on full logits
+  train-step        a 4-layer model (hidden 256, real 128,256 vocabulary), fp32, forward + backward + AdamW, on 4
+                    documents of 1024 tokens: model.py (packed, fused chunked loss) against Hugging Face
+                    transformers' LlamaForCausalLM (SDPA) with the same weights (the documents as a batch, full logits)
+  train-1doc-4k/8k  the same on one document of 4096 / 8192 tokens (one timed step per fresh run: a step takes s)
 
 Every measurement runs in a fresh process, so its peak memory (max RSS on CPU, max allocated on CUDA) is its own;
 ours and the reference alternate, `--reps` times each. Figures are medians, and ratios are reference / ours. This
@@ -29,7 +32,7 @@ import sys
 import time
 import weakref
 
-CASES = ("attention-16docs", "attention-1doc", "train-step")
+CASES = ("attention-16docs", "attention-1doc", "loss-4k", "train-step", "train-1doc-4k", "train-1doc-8k")
 
 
 def measure(case, impl, device, iters=3):
@@ -57,30 +60,8 @@ def measure(case, impl, device, iters=3):
                 qb, kb, vb, attn_mask=mask, enable_gqa=True).sum().backward()
         tokens = T
     else:
-        from model import Llama, LlamaConfig
-        config = LlamaConfig.tiny(hidden_size=256, num_hidden_layers=4, num_attention_heads=4,
-                                  num_key_value_heads=2, intermediate_size=688)
-        B, L = 4, 1024
-        ids = torch.randint(0, config.vocab_size, (B, L), device=dev)
-        labels = torch.cat([ids[:, 1:], torch.full((B, 1), -100, device=dev)], dim=1)
-        ours = Llama(config).to(dev)
-        if impl == "ours":
-            cu = torch.arange(0, B * L + 1, L, dtype=torch.int32, device=dev)
-            step = lambda: ours(ids.reshape(-1), cu_seqlens=cu, labels=labels.reshape(-1))[0].backward()  # noqa
-        else:
-            import transformers
-            hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(**config.to_hf_dict())).to(dev)
-            hf.load_state_dict(ours.state_dict(), strict=False)
-            del ours
-            loss_sum = lambda: torch.nn.functional.cross_entropy(  # noqa: E731
-                hf(ids, use_cache=False).logits.flatten(0, 1).float(), labels.reshape(-1), reduction="sum")
-            step = lambda: loss_sum().backward()  # noqa: E731
-        c = config
-        matmul_params = c.num_hidden_layers * (c.hidden_size * c.head_dim * (2 * c.num_attention_heads + 2 *
-                                               c.num_key_value_heads) + 3 * c.hidden_size * c.intermediate_size) \
-            + c.vocab_size * c.hidden_size
-        flops = 6 * matmul_params * B * L + 6 * c.head_dim * c.num_attention_heads * c.num_hidden_layers * B * L * L
-        tokens = B * L
+        step, flops, tokens = train_case(case, impl, dev)
+        iters = 1 if case in ("train-1doc-4k", "train-1doc-8k") else iters  # a step of several seconds
     step()  # warm-up
     times = []
     for _ in range(iters):
@@ -94,6 +75,61 @@ def measure(case, impl, device, iters=3):
     peak = torch.cuda.max_memory_allocated() if dev.type == "cuda" else \
         resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return {"seconds": statistics.median(times), "peak_bytes": peak, "flops": flops, "tokens": tokens}
+
+
+# The loss and train-step rows: hidden 256 with Llama-3's real 128,256 vocabulary, where the output layer dominates
+# as it does in small models; fp32; a train step is forward, backward and one AdamW update.
+TRAIN_SHAPES = {"train-step": (4, 1024), "train-1doc-4k": (1, 4096), "train-1doc-8k": (1, 8192)}
+
+
+def train_case(case, impl, dev):
+    """(step function, model FLOPs, tokens) of a loss or train-step row."""
+    import torch
+    import torch.nn.functional as F
+    from model import Llama, LlamaConfig, fused_cross_entropy
+    config = LlamaConfig.tiny(hidden_size=256, num_hidden_layers=4, num_attention_heads=4,
+                              num_key_value_heads=2, intermediate_size=688)
+    if case == "loss-4k":  # the output layer alone: loss.py's fused form against F.cross_entropy on full logits
+        T, d, V = 4096, config.hidden_size, config.vocab_size
+        hidden = torch.randn(T, d, device=dev, requires_grad=True)
+        weight = (0.02 * torch.randn(V, d, device=dev)).requires_grad_()
+        labels = torch.randint(0, V, (T,), device=dev)
+        if impl == "ours":
+            loss = lambda: fused_cross_entropy(hidden, weight, labels)  # noqa: E731
+        else:
+            loss = lambda: F.cross_entropy(hidden @ weight.T, labels, reduction="sum")  # noqa: E731
+
+        def step():
+            hidden.grad = weight.grad = None
+            loss().backward()
+        return step, 6 * T * d * V, T
+    B, L = TRAIN_SHAPES[case]
+    ids = torch.randint(0, config.vocab_size, (B, L), device=dev)
+    labels = torch.cat([ids[:, 1:], torch.full((B, 1), -100, device=dev)], dim=1)
+    model = Llama(config).to(dev)
+    if impl == "ours":  # packed, document-masked, fused chunked loss
+        cu = torch.arange(0, B * L + 1, L, dtype=torch.int32, device=dev)
+        loss = lambda: model(ids.reshape(-1), cu_seqlens=cu, labels=labels.reshape(-1))[0]  # noqa: E731
+    else:  # Hugging Face's LlamaForCausalLM, SDPA attention, the documents as a batch, full logits
+        import transformers
+        hf = transformers.LlamaForCausalLM._from_config(transformers.LlamaConfig(**config.to_hf_dict()),
+                                                        attn_implementation="sdpa").to(dev)
+        hf.load_state_dict(model.state_dict(), strict=False)
+        model = hf
+        loss = lambda: F.cross_entropy(  # noqa: E731
+            hf(ids, use_cache=False).logits.flatten(0, 1).float(), labels.reshape(-1), reduction="sum")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, betas=(0.9, 0.95), weight_decay=0.1)
+
+    def step():
+        loss().backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    c = config
+    matmul_params = c.num_hidden_layers * (c.hidden_size * c.head_dim * (2 * c.num_attention_heads + 2 *
+                                           c.num_key_value_heads) + 3 * c.hidden_size * c.intermediate_size) \
+        + c.vocab_size * c.hidden_size
+    flops = 6 * matmul_params * B * L + 6 * c.head_dim * c.num_attention_heads * c.num_hidden_layers * B * L * L
+    return step, flops, B * L
 
 
 def busy_cpu_seconds():
@@ -181,9 +217,11 @@ def _cuda():
 class TensorMemory:
     """Within a `with` block: the peak bytes of live tensor storages created inside it, and the largest one.
     Counts storages (a view is free), forgets each when it is really freed (a weakref on the storage, whose Python
-    object lives exactly as long as the storage), and ignores in-place results on storages made before."""
+    object lives exactly as long as the storage), and ignores results that share an input's storage (views and
+    in-place results of tensors made before, such as a weight's transpose).
+    `include_meta`: count meta tensors too (memory.py's estimates: shapes without data)."""
 
-    def __init__(self):
+    def __init__(self, include_meta=False):
         from torch.utils._python_dispatch import TorchDispatchMode
 
         tracker = self
@@ -191,21 +229,27 @@ class TensorMemory:
         class _Mode(TorchDispatchMode):
             def __torch_dispatch__(self, func, types, args=(), kwargs=None):
                 out = func(*args, **(kwargs or {}))
-                tracker._record(out)
+                tracker._record(out, (args, kwargs))
                 return out
 
         self.live = self.peak = self.largest = 0
+        self.include_meta = include_meta
         self._ids = set()
         self._mode = _Mode()
 
-    def _record(self, out):
+    def _record(self, out, inputs=()):
         import torch
         from torch.utils._pytree import tree_flatten
+        seen = None
         for t in tree_flatten(out)[0]:
-            if not isinstance(t, torch.Tensor) or t.device.type == "meta":
+            if not isinstance(t, torch.Tensor) or (t.device.type == "meta" and not self.include_meta):
                 continue
             storage = t.untyped_storage()
             if id(storage) in self._ids:
+                continue
+            if seen is None:  # the inputs' storages, once per op (a view or in-place result is not new memory)
+                seen = {id(x.untyped_storage()) for x in tree_flatten(inputs)[0] if isinstance(x, torch.Tensor)}
+            if id(storage) in seen:
                 continue
             size = storage.nbytes()
             self._ids.add(id(storage))
