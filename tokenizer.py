@@ -18,6 +18,16 @@ The Llama-3 chat format (`chat_ids`, the one place that spells it): <|begin_of_t
 it: the role, the "\\n\\n" and the content are encoded separately (so the newlines never merge with the content's
 first token), and content is used as given (not stripped). The mask that comes with the ids is 1 exactly on an
 assistant message's content and its <|eot_id|>: what the model is trained to produce (the header it is given).
+
+Qwen2.5 and Qwen3 (one tokenizer: 151,643 byte-level BPE ranks, special tokens from 151,643, no BOS): tiktoken reads
+the ranks from `qwen.tiktoken` (the dashscope==2.0.2 wheel ships it; its ranks and split pattern are those of
+Qwen's tokenizer.json, checked in tests/test_qwen_tokenizer.py) with NFC normalisation as tokenizer.json's
+normalizer does; a checkpoint's own tokenizer.json goes through the Hugging Face path. Their chat format is ChatML
+(`chat_ids`): per message <|im_start|>{role}"\n"{content}<|im_end|>"\n", tokenised as transformers tokenises the
+rendered template (the text between two special tokens is one string, so "\n" may merge with the content's first
+token); the mask is 1 on an assistant message's content (every token touching it) and its <|im_end|>. Qwen2.5's
+template starts a conversation without a system message with its default one; so does `chat_ids` when the
+checkpoint's tokenizer_config.json template says so. Qwen3's thinking blocks are left out (SFT data has none).
 """
 import hashlib, importlib.util, json, os, re, sys
 
@@ -29,6 +39,18 @@ LLAMA3_SPECIAL = ["<|begin_of_text|>", "<|end_of_text|>", "<|reserved_special_to
                   "<|end_header_id|>", "<|eom_id|>", "<|eot_id|>", "<|python_tag|>", "<|image|>"]
 LLAMA3_SPECIAL += [f"<|reserved_special_token_{i}|>" for i in range(2, 2 + 256 - len(LLAMA3_SPECIAL))]
 PIECE_CHARS, MAX_CARRY, RUN_LIMIT = 1 << 16, 1 << 22, 25_000
+# Qwen2/2.5/3: dashscope 2.0.2's qwen.tiktoken; the split regex of Qwen's tokenizer.json (single digits, unlike
+# Llama-3's \p{N}{1,3}); its added tokens from id 151,643 in order (Qwen3's list; Qwen2.5's is its first 22).
+QWEN_SHA256 = "b2b1b8dfb5cc5f024bafc373121c6aba3f66f9a5a0269e243470a1de16a33186"
+QWEN_RANKS = 151_643
+QWEN_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+                r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+QWEN_SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
+                "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>",
+                "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>", "<tool_call>", "</tool_call>",
+                "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|fim_pad|>", "<|repo_name|>",
+                "<|file_sep|>", "<tool_response>", "</tool_response>", "<think>", "</think>"]
+QWEN2_5_SYSTEM = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."  # its template's default
 
 
 # Shared with data.py and sources.py, which import them from here (data.DataError is this one class).
@@ -116,6 +138,10 @@ class Tokenizer:
         self._encode_many, self._decode, self.splits_safely = encode_many, decode, splits_safely
         self.bos_id, self.eos_id, self.eot_id = special_tokens[bos], special_tokens[eos], special_tokens[eot]
         self.add_bos = True  # whether the tokenizer's own default encoding starts with BOS (HELMET follows it)
+        # "chatml" (Qwen) or "llama3": which chat format chat_ids writes; and the system message a conversation
+        # without one gets (Qwen2.5's template has one)
+        self.chat_format = "chatml" if "<|im_start|>" in special_tokens else "llama3"
+        self.default_system = None
 
     def pieces(self, blocks):
         return text_pieces(blocks) if self.splits_safely else ["".join(blocks)]
@@ -147,6 +173,8 @@ def _tiktoken_tokenizer(path):
         ranks = load_tiktoken_bpe(path)
     except Exception as e:
         raise DataError(f"{path}: not a tiktoken BPE file (base64 token, rank per line): {e}") from None
+    if len(ranks) == QWEN_RANKS:
+        return _qwen_tiktoken(path, ranks)
     special = {tok: len(ranks) + i for i, tok in enumerate(LLAMA3_SPECIAL)}
     enc = tiktoken.Encoding(name=os.path.basename(path), pat_str=LLAMA3_PATTERN, mergeable_ranks=ranks,
                             special_tokens=special)
@@ -158,6 +186,27 @@ def _tiktoken_tokenizer(path):
         tok.name = "llama3"
     elif len(ranks) != 128_000:
         log(f"warning: {path} has {len(ranks)} BPE ranks, not Llama-3's 128,000; special ids start at {len(ranks)}")
+    return tok
+
+
+def _qwen_tiktoken(path, ranks):
+    import unicodedata
+    import tiktoken
+    special = {tok: QWEN_RANKS + i for i, tok in enumerate(QWEN_SPECIAL)}
+    enc = tiktoken.Encoding(name=os.path.basename(path), pat_str=QWEN_PATTERN, mergeable_ranks=ranks,
+                            special_tokens=special)
+
+    def encode_many(texts, threads):  # NFC per piece: the safe cut points never fall before a combining mark
+        texts = [unicodedata.normalize("NFC", t) for t in texts]
+        return enc.encode_ordinary_batch(texts, num_threads=threads) if threads > 1 else \
+            [enc.encode_ordinary(t) for t in texts]
+
+    # no BOS: bos_id is <|endoftext|> only for code that needs an id; add_bos says none is written
+    tok = Tokenizer("tiktoken:" + os.path.abspath(path), [path], special, encode_many, enc.decode, enc.n_vocab,
+                    "<|endoftext|>", "<|endoftext|>", "<|im_end|>", splits_safely=True)
+    tok.add_bos = False
+    if tok.sha256 == QWEN_SHA256:
+        tok.name = "qwen"
     return tok
 
 
@@ -179,7 +228,9 @@ def _hf_tokenizer(directory):
     def pick(key, *fallbacks):  # the config's token for `key`, else the first fallback this vocabulary has
         return next((t for t in [content(cfg.get(key)), *fallbacks] if t in special), None)
 
-    eos = pick("eos_token", "<|endoftext|>", "</s>")
+    # Qwen's Instruct configs name <|im_end|> as eos_token; a document still ends with <|endoftext|>
+    eos = "<|endoftext|>" if "<|im_start|>" in special and "<|endoftext|>" in special else \
+        pick("eos_token", "<|endoftext|>", "</s>")
     if eos is None:
         raise DataError(f"{path}: cannot tell the end-of-text token (no eos_token in tokenizer_config.json)")
     files = [path] + ([cfg_path] if os.path.exists(cfg_path) else [])
@@ -189,6 +240,8 @@ def _hf_tokenizer(directory):
                      pick("bos_token", "<|begin_of_text|>", "<s>") or eos, eos,
                      pick("eot_token", "<|eot_id|>", "<|im_end|>") or eos, splits_safely=False)
     tok.add_bos = hf.encode("a", add_special_tokens=True).ids[:1] == [tok.bos_id]  # its post-processor's choice
+    if QWEN2_5_SYSTEM in str(cfg.get("chat_template")) and tok.chat_format == "chatml":
+        tok.default_system = QWEN2_5_SYSTEM
     return tok
 
 
@@ -196,6 +249,12 @@ def load_tokenizer(spec=None):
     """None: llama-models' Llama-3 file; a tokenizer.model path; a directory (checkpoint or HF snapshot); a hub id."""
     if isinstance(spec, Tokenizer):
         return spec
+    if spec == "qwen":  # the Qwen2.5/Qwen3 BPE ranks that the dashscope wheel ships
+        found = importlib.util.find_spec("dashscope")
+        if found is None:
+            raise DataError("tokenizer 'qwen' needs the dashscope package: `pip install --no-deps dashscope==2.0.2` "
+                            "(it ships qwen.tiktoken); or pass a Qwen checkpoint directory or hub id")
+        return _tiktoken_tokenizer(os.path.join(found.submodule_search_locations[0], "resources", "qwen.tiktoken"))
     if spec is None:
         found = importlib.util.find_spec("llama_models")
         if found is None:
@@ -210,7 +269,7 @@ def load_tokenizer(spec=None):
     if os.path.isfile(spec):
         return _tiktoken_tokenizer(spec)
     if os.path.isdir(spec):
-        for rel in ("tokenizer.model", "original/tokenizer.model"):
+        for rel in ("tokenizer.model", "original/tokenizer.model", "qwen.tiktoken"):
             if os.path.isfile(os.path.join(spec, rel)):
                 return _tiktoken_tokenizer(os.path.join(spec, rel))
         if os.path.isfile(os.path.join(spec, "tokenizer.json")):
@@ -221,7 +280,13 @@ def load_tokenizer(spec=None):
         try:
             return _tiktoken_tokenizer(hf_hub_download(spec, "original/tokenizer.model"))
         except Exception as e:
-            raise DataError(f"{spec}: could not fetch original/tokenizer.model from the hub: {e}") from None
+            first = e
+        try:  # a Qwen repo (or any other) has only tokenizer.json
+            from huggingface_hub import snapshot_download
+            return _hf_tokenizer(snapshot_download(spec, allow_patterns=["tokenizer.json", "tokenizer_config.json"]))
+        except Exception:
+            raise DataError(f"{spec}: could not fetch original/tokenizer.model or tokenizer.json from the hub: "
+                            f"{first}") from None
     raise DataError(f"{spec}: no such tokenizer file, directory or hub repo id")
 
 
@@ -254,9 +319,11 @@ def check_chat(messages, need_assistant=True):
 
 def chat_ids(tokenizer, messages, add_bos=True, add_generation_prompt=False):
     """Token ids and 0/1 mask (1 = an assistant message's content and its <|eot_id|>) of a conversation in the
-    Llama-3 chat format (see the top note); with add_generation_prompt, end with an open assistant header (a prompt
-    for generation, which then needs no assistant message)."""
+    Llama-3 chat format (see the top note), or ChatML for a Qwen tokenizer; with add_generation_prompt, end with an
+    open assistant header (a prompt for generation, which then needs no assistant message)."""
     check_chat(messages, need_assistant=not add_generation_prompt)
+    if getattr(tokenizer, "chat_format", "llama3") == "chatml":
+        return _chatml_ids(tokenizer, messages, add_generation_prompt)
     special = tokenizer.special_tokens
     if "<|start_header_id|>" not in special or "<|end_header_id|>" not in special:
         raise DataError(f"tokenizer {tokenizer.name} has no Llama-3 chat tokens (<|start_header_id|>, "
@@ -274,5 +341,23 @@ def chat_ids(tokenizer, messages, add_bos=True, add_generation_prompt=False):
         mask += [0] * len(head) + [int(m["role"] == "assistant")] * len(body)
     if add_generation_prompt:
         head = header("assistant")
+        ids, mask = ids + head, mask + [0] * len(head)
+    return ids, mask
+
+
+def _chatml_ids(tokenizer, messages, add_generation_prompt):
+    """ChatML as Qwen's template renders it and transformers tokenises it (see the top note); no BOS."""
+    start, end = tokenizer.special_tokens["<|im_start|>"], tokenizer.special_tokens["<|im_end|>"]
+    if tokenizer.default_system and messages[0]["role"] != "system":
+        messages = [{"role": "system", "content": tokenizer.default_system}] + messages
+    newline, ids, mask = tokenizer.encode("\n"), [], []
+    for m in messages:
+        head, body = tokenizer.encode(m["role"] + "\n"), tokenizer.encode(m["role"] + "\n" + m["content"])
+        shared = next((i for i, (a, b) in enumerate(zip(head, body)) if a != b), min(len(head), len(body)))
+        trained = int(m["role"] == "assistant")  # from the first token that touches the content, and <|im_end|>
+        ids += [start, *body, end, *newline]
+        mask += [0] * (1 + shared) + [trained] * (len(body) - shared + 1) + [0] * len(newline)
+    if add_generation_prompt:
+        head = [start, *tokenizer.encode("assistant\n")]
         ids, mask = ids + head, mask + [0] * len(head)
     return ids, mask
