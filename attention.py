@@ -11,10 +11,11 @@ Tensors use the varlen layout of flash-attn: q is (T, H, D), k and v are (T, H_k
 
 Backends. `prepare` picks the first available one in this order, or the one `backend=` names (a one-line
 ValueError says why a named one cannot run here):
-  fa3     FlashAttention-3 through PyTorch's `varlen_attn`, after `activate_flash_attention_impl("FA3")` (Hopper,
-          compute capability 9.0 only, with flash-attention's hopper/ kernels installed: module
-          `flash_attn_interface`, pip `flash_attn_3`). The fastest kernel on H100/H200. Activation is
-          process-wide: it replaces aten's flash kernels, so SDPA's flash path runs FA3 too.
+  fa3     FlashAttention-3 through PyTorch's `varlen_attn` (Hopper, compute capability 9.0 only, with
+          flash-attention's hopper/ kernels installed: module `flash_attn_interface`, pip `flash_attn_3`). The
+          fastest kernel on H100/H200. It needs `activate(device, "fa3")` once at start-up: that routes aten's
+          flash kernels to FA3 for the whole process (SDPA's flash path runs FA3 too), so it is never done from
+          inside a forward pass; until then fa3 is not picked, and naming it is an error.
   flash   flash-attn 2's `flash_attn_varlen_func` (CUDA, optional install that needs a CUDA build).
   varlen  PyTorch's own `torch.nn.attention.varlen.varlen_attn` (CUDA, ships with torch >= 2.10: no build).
   flex    FlexAttention with a document BlockMask built from `cu_seqlens` at 128 x 128 block granularity (never a
@@ -115,24 +116,39 @@ def _fa3_missing():
     return None
 
 
-def default_backend(device):
-    """The first of fa3, flash, varlen, flex that runs on a CUDA device; sdpa elsewhere (flex has no CPU backward)."""
+def default_backend(device, fa3=None):
+    """The first of fa3, flash, varlen, flex that runs on a CUDA device; sdpa elsewhere (flex has no CPU backward).
+    fa3 counts only once `activate` has routed aten's kernels to it (fa3=True: as if it had)."""
     if torch.device(device).type != "cuda":
         return "sdpa"
-    return next(name for name in BACKENDS if unavailable(name, device) is None)
+    fa3 = _flash_impl == "FA3" if fa3 is None else fa3
+    return next(name for name in BACKENDS if (fa3 or name != "fa3") and unavailable(name, device) is None)
 
 
-def _use_torch_flash_impl(impl):
-    """Route aten's flash kernels (varlen_attn, SDPA's flash path) to "FA3" or back to the built-in FA2 (None).
-    Process-wide and not free (a dispatcher registration), so it switches only when asked for a change."""
-    from torch.nn.attention import activate_flash_attention_impl, current_flash_attention_impl, \
-        restore_flash_attention_impl
-    if current_flash_attention_impl() == impl:
-        return
-    if impl is None:
-        restore_flash_attention_impl()
-    else:
-        activate_flash_attention_impl(impl)  # imports flash_attn_interface, checks torch.ops.flash_attn_3.fwd/bwd
+_flash_impl = None  # what aten's flash kernels run: None (PyTorch's own FA2) or "FA3"; set by activate() only
+
+
+def activate(device, backend=None):
+    """Once at start-up (train.py's setup; evaluation's), before any model runs: the backend this process will use
+    on `device` (None: the fastest that runs, fa3 included), checked, with aten's flash kernels routed to match:
+    FlashAttention-3 for fa3, PyTorch's own otherwise. The routing is process-wide and costs a dispatcher
+    registration, so it changes only when asked for another. Returns the backend; a one-line ValueError says why
+    a named one cannot run."""
+    global _flash_impl
+    backend = backend or default_backend(device, fa3=True)
+    reason = unavailable(backend, device)
+    if reason is not None:
+        raise ValueError(reason if backend not in BACKENDS else
+                         f"attention backend {backend!r} cannot run on {torch.device(device)}: {reason}")
+    impl = "FA3" if backend == "fa3" else None
+    if torch.device(device).type == "cuda" and impl != _flash_impl:
+        from torch.nn.attention import activate_flash_attention_impl, restore_flash_attention_impl
+        if impl is None:
+            restore_flash_attention_impl()
+        else:
+            activate_flash_attention_impl(impl)  # imports flash_attn_interface, checks torch.ops.flash_attn_3
+        _flash_impl = impl
+    return backend
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -175,8 +191,9 @@ def prepare(cu_seqlens, num_tokens, device, cross_document=False, backend=None):
             if backend not in BACKENDS:
                 raise ValueError(reason)
             raise ValueError(f"attention backend {backend!r} cannot run on {device}: {reason}")
-    if backend in ("fa3", "varlen"):
-        _use_torch_flash_impl("FA3" if backend == "fa3" else None)
+    if backend in ("fa3", "varlen") and (backend == "fa3") != (_flash_impl == "FA3"):
+        raise ValueError(f"attention backend {backend!r} needs attention.activate(device, {backend!r}) first: aten's "
+                         f"flash kernels run {'FA3' if _flash_impl else 'FA2'} in this process")
     # built on the host, copied once; non_blocking: a pageable host-to-device copy does not wait for the GPU
     cu_host = torch.tensor([0] + [b for _, b in bounds], dtype=torch.int32)
     docs = Documents(cu_host.to(device, non_blocking=True), bounds, max(b - a for a, b in bounds), backend)
@@ -201,7 +218,7 @@ def attend(q, k, v, docs):
     gqa = q.shape[1] != k.shape[1]
     if backend == "flash":
         return docs.kernel(q, k, v, docs.cu_seqlens, docs.cu_seqlens, docs.max_seqlen, docs.max_seqlen, causal=True)
-    if backend in ("fa3", "varlen"):  # the same call: prepare routed aten's flash kernels to FA3 or FA2
+    if backend in ("fa3", "varlen"):  # the same call: activate() routed aten's flash kernels to FA3 or FA2
         return docs.kernel(q, k, v, docs.cu_seqlens, docs.cu_seqlens, docs.max_seqlen, docs.max_seqlen,
                            window_size=(-1, 0), enable_gqa=gqa)
     if backend == "flex":

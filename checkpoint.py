@@ -23,6 +23,7 @@ removes the half-written directory). A failed write (a full disk) removes the te
 import argparse
 import errno
 import json
+import logging
 import os
 import re
 import shutil
@@ -31,16 +32,18 @@ import sys
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint import FileSystemReader
 from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import (get_model_state_dict, get_optimizer_state_dict,
                                                      set_model_state_dict, set_optimizer_state_dict)
 from torch.distributed.tensor import DTensor
 
+from common import UserError, atomic_open, atomic_write
 from hf_checkpoint import save_safetensors, write_hf_config
 from model import Llama, LlamaConfig
 
 
-class CheckpointError(Exception):
+class CheckpointError(UserError):
     """A checkpoint that cannot be written or read; the message is one line and says what can be done."""
 
 
@@ -55,13 +58,26 @@ def _first_failure(e):
     return e
 
 
-def describe(e):
-    """One line for an exception from writing or reading files."""
+def describe(e, where=None):
+    """One line for an exception from writing or reading files under `where`. A full disk has three spellings:
+    OSError ENOSPC, safetensors' "No space left on device (os error 28)", and from torch.save inside DCP a short
+    write, "[enforce fail at inline_container.cc] unexpected pos N vs M", which is told apart by the free space."""
     e = _first_failure(e)
-    if isinstance(e, OSError) and e.errno == errno.ENOSPC:
-        return "no space left on device"
     text = " ".join(str(e).split()) or type(e).__name__
+    full = (isinstance(e, OSError) and e.errno == errno.ENOSPC) or "No space left on device" in text or (
+        "unexpected pos" in text and where is not None and _free_bytes(where) < 2**24)
+    if full:
+        return f"no space left on {where}" if where else "no space left on device"
     return text if len(text) < 300 else text[:297] + "..."
+
+
+def _free_bytes(path):
+    while path and not os.path.exists(path):
+        path = os.path.dirname(path)
+    try:
+        return shutil.disk_usage(path or ".").free
+    except OSError:
+        return 2**63
 
 
 def _agree(error):
@@ -97,14 +113,14 @@ def save(model, optimizer, out_dir, step, train_state, tokenizer=None, keep=2, h
             shutil.rmtree(tmp, ignore_errors=True)
             os.makedirs(tmp)
         except OSError as e:
-            error = describe(e)
+            error = describe(e, out_dir)
     error = _agree(error)
     if error is None:
         try:
             state = {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, optimizer)}
             dcp.save(state, checkpoint_id=os.path.join(tmp, "train_state"))
         except (CheckpointException, OSError, RuntimeError) as e:  # DCP raises the same failure on every rank
-            error = describe(e)
+            error = describe(e, out_dir)
         error = _agree(error)
     if error is None:
         if hf_weights:
@@ -112,8 +128,8 @@ def save(model, optimizer, out_dir, step, train_state, tokenizer=None, keep=2, h
             if rank == 0:
                 try:
                     save_safetensors(tensors, tmp, dtype=hf_dtype)
-                except OSError as e:
-                    error = describe(e)
+                except Exception as e:  # OSError, or safetensors' own error for the same full disk
+                    error = describe(e, out_dir)
             for _ in tensors:  # a rank-0 failure must not leave the other ranks waiting in a gather
                 pass
         if rank == 0 and error is None:
@@ -130,7 +146,7 @@ def save(model, optimizer, out_dir, step, train_state, tokenizer=None, keep=2, h
                             world_size=dist.get_world_size(), hf_weights=hf_weights)
                 _write_json(os.path.join(tmp, "train_state.json"), meta)
             except OSError as e:
-                error = describe(e)
+                error = describe(e, out_dir)
         error = _agree(error)
     if error is not None:
         if rank == 0:
@@ -141,7 +157,7 @@ def save(model, optimizer, out_dir, step, train_state, tokenizer=None, keep=2, h
     if rank == 0:
         shutil.rmtree(final, ignore_errors=True)  # a stale one from a run that crashed after this step
         os.replace(tmp, final)
-        _write_text(os.path.join(out_dir, "latest"), name + "\n")
+        atomic_write(os.path.join(out_dir, "latest"), name + "\n")
         kept = sorted(d for d in os.listdir(out_dir) if STEP_DIR.match(d))
         for old in kept[:-keep] if keep > 0 else []:
             shutil.rmtree(os.path.join(out_dir, old))
@@ -149,14 +165,37 @@ def save(model, optimizer, out_dir, step, train_state, tokenizer=None, keep=2, h
     return final
 
 
-def _write_text(path, text):
-    with open(path + ".tmp", "w") as f:
-        f.write(text)
-    os.replace(path + ".tmp", path)
-
-
 def _write_json(path, obj):
-    _write_text(path, json.dumps(obj, indent=1, default=str))
+    atomic_write(path, json.dumps(obj, indent=1, default=str))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# metrics.jsonl: one JSON record per logged step and per validation, beside the checkpoints
+
+
+def append_metrics(rank, out_dir, record):
+    if rank == 0:
+        with open(os.path.join(out_dir, "metrics.jsonl"), "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def trim_metrics(out_dir, step):
+    """On resume, forget what a killed run logged after its last checkpoint, so the log reads as one run; a line
+    that the kill cut short is not a record and goes too."""
+    path = os.path.join(out_dir, "metrics.jsonl")
+    if not os.path.exists(path):
+        return
+    kept = []
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if step and isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= step:
+                kept.append(line if line.endswith("\n") else line + "\n")
+    with atomic_open(path) as f:
+        f.writelines(kept)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -205,19 +244,39 @@ def _previous_hint(out_dir, name):
     return ""
 
 
+# what train.py writes into train_state.json, and what resuming reads back
+TRAIN_STATE = {"step": int, "data": dict, "rng": list, "world_size": int, "model_config": dict, "param_dtype": str}
+
+
 def read_train_state(path):
+    """train_state.json, checked to hold what resuming reads (TRAIN_STATE's keys, each of its type)."""
     file = os.path.join(path, "train_state.json")
+    out_dir, name = os.path.split(os.path.normpath(path))
     try:
         with open(file) as f:
-            return json.load(f)
+            meta = json.load(f)
     except (OSError, ValueError) as e:
-        out_dir, name = os.path.split(os.path.normpath(path))
         raise CheckpointError(f"cannot read {file} ({describe(e)})" + _previous_hint(out_dir, name)) from None
+    if not isinstance(meta, dict):
+        why = f"holds a JSON {type(meta).__name__}, not an object"
+    else:
+        wrong = [k for k, kind in TRAIN_STATE.items() if not isinstance(meta.get(k), kind) or isinstance(
+            meta.get(k), bool)]
+        why = f"{wrong[0]!r} is {'missing' if wrong[0] not in meta else repr(meta[wrong[0]])[:40]}, not " \
+              f"{TRAIN_STATE[wrong[0]].__name__}" if wrong else None
+        if why is None and not all(isinstance(b, int) and 0 <= b < 256 for b in meta["rng"]):
+            why = "'rng' is not a list of bytes (torch.get_rng_state())"
+    if why:
+        raise CheckpointError(f"{file} is damaged: {why}" + _previous_hint(out_dir, name))
+    return meta
 
 
 def check_same_model(meta, model, param_dtype, path):
     """Resuming is only exact, and only meaningful, for the model the checkpoint was trained as."""
-    saved = LlamaConfig.from_hf_dict(meta["model_config"]).to_hf_dict()
+    try:
+        saved = LlamaConfig.from_hf_dict(meta["model_config"]).to_hf_dict()
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}/train_state.json: model_config is damaged ({e})") from None
     now = model.config.to_hf_dict()
     differ = [f"{k} {saved.get(k)!r} -> {now.get(k)!r}" for k in now
               if k != "max_position_embeddings" and saved.get(k) != now.get(k)]
@@ -230,12 +289,22 @@ def check_same_model(meta, model, param_dtype, path):
 
 
 def _dcp_load(state, path):
+    """dcp.load, its failures as one line. A damaged .metadata is named as such; DCP itself would log two
+    tracebacks on the root logger (its fallback to per-rank metadata) before failing, so its warnings are off."""
+    out_dir, name = os.path.split(os.path.normpath(path))
+    where = os.path.join(path, "train_state")
     try:
-        dcp.load(state, checkpoint_id=os.path.join(path, "train_state"))
+        FileSystemReader(where).read_metadata()
+    except Exception as e:  # unpickling garbage fails in many ways: EOFError, UnpicklingError, MemoryError...
+        raise CheckpointError(f"{where}/.metadata is damaged or missing ({type(e).__name__}): this checkpoint's "
+                              f"training state cannot be read" + _previous_hint(out_dir, name)) from None
+    logging.disable(logging.WARNING)
+    try:
+        dcp.load(state, checkpoint_id=where)
     except (CheckpointException, OSError, RuntimeError, ValueError, KeyError) as e:
-        out_dir, name = os.path.split(os.path.normpath(path))
-        raise CheckpointError(f"cannot read {os.path.join(path, 'train_state')} ({describe(e)})"
-                              + _previous_hint(out_dir, name)) from None
+        raise CheckpointError(f"cannot read {where} ({describe(e)})" + _previous_hint(out_dir, name)) from None
+    finally:
+        logging.disable(logging.NOTSET)
 
 
 def load(model, optimizer, path):

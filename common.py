@@ -7,7 +7,7 @@ The contract, said once: code anywhere raises `UserError` (or a subclass: data.p
 setting, file or field. Only a command's entry point turns it into output, inside `one_line_errors`: one `error:`
 line on stderr and a non-zero exit, never a traceback. Progress goes to stderr (`log`); results go to stdout.
 """
-import contextlib, errno, gzip, hashlib, json, os, sys, zlib
+import argparse, contextlib, errno, gzip, hashlib, json, os, signal, sys, zlib
 
 
 class UserError(Exception):
@@ -107,6 +107,35 @@ def read_jsonl(path):
 
 # ------------------------------------------------------------------------------------------------ a command's edge
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose mistakes (a wrong type, a value out of range, a missing argument) end as every other error
+    does: one `error:` line naming the option, exit status 2 (argparse's own), no usage block. Its subcommands'
+    parsers are of this class too."""
+
+    def error(self, message):
+        fail(f"{self.prog}: {message} (see --help)", 2)
+
+
+def number(kind=int, low=None, high=None, above=False):
+    """An argparse `type`: a `kind` (int or float) in [low, high], or (low, high] with `above`; the one place a
+    command line states an option's range, e.g. `type=number(float, 0, 1, above=True)` for a top-p."""
+    noun = "an integer" if kind is int else "a number"
+    bounds = " and ".join(([f"{'>' if above else '>='} {low}"] if low is not None else []) +
+                          ([f"<= {high}"] if high is not None else []))
+
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {noun}{' ' + bounds if bounds else ''}, got {text!r}") \
+                from None
+        if value != value or low is not None and (value <= low if above else value < low) or \
+                high is not None and value > high:  # value != value: NaN
+            raise argparse.ArgumentTypeError(f"must be {noun} {bounds}, got {text}")
+        return value
+    return parse
+
+
 @contextlib.contextmanager
 def one_line_errors(target=None):
     """Every failure a user can cause ends here in one line and a non-zero exit: a UserError as it is, Ctrl-C (130),
@@ -141,3 +170,13 @@ def exit_process(main, *args):
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
+
+def exit_on_interrupt(message="interrupted while starting; nothing was written"):
+    """From now until SIGINT's handler is set again: Ctrl-C prints one `error:` line and exits 130 at once. For a
+    command's first seconds, while torch imports (a KeyboardInterrupt there surfaces as a traceback or an
+    ImportError); the command restores `signal.default_int_handler` once its imports are done."""
+    def leave(signum, frame):
+        os.write(2, f"error: {message}\n".encode())
+        os._exit(130)
+    signal.signal(signal.SIGINT, leave)

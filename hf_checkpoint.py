@@ -1,14 +1,19 @@
 """
-Hugging Face checkpoints on disk: where a checkpoint is (a local directory, never the network, or a hub id fetched
-with huggingface-hub), its weights as safetensors shards in HF's layout (read, and written shard by shard so that a
-caller streaming gathered tensors never holds more than one shard), and its config.json. Every file is written under
-a temporary name and renamed. model.py builds and saves models through these; checkpoint.py writes the HF half of a
-training checkpoint with them.
+Hugging Face checkpoints on disk: where a checkpoint is (a local directory, never the network, or a hub id
+fetched with huggingface-hub), its weights as safetensors shards in HF's layout, and its config.json. model.py
+builds and saves models through these; checkpoint.py writes the HF half of a training checkpoint with them.
+
+Weights are written shard by shard, so that a caller streaming gathered tensors never holds more than one shard,
+and every file under a temporary name that is renamed only when all are written; a directory that held another
+layout (a sharded export over a single file, or the reverse) keeps no stale shard or index.
 """
 import json
 import os
+import re
 
 from safetensors.torch import load_file, save_file
+
+from common import atomic_write
 
 
 def write_hf_config(config, path, dtype, max_position_embeddings=None):
@@ -17,7 +22,7 @@ def write_hf_config(config, path, dtype, max_position_embeddings=None):
     d["torch_dtype"] = str(dtype).removeprefix("torch.")
     if max_position_embeddings:
         d["max_position_embeddings"] = max(d["max_position_embeddings"], int(max_position_embeddings))
-    _write_atomically(os.path.join(path, "config.json"), lambda f: f.write(json.dumps(d, indent=2)), "w")
+    atomic_write(os.path.join(path, "config.json"), json.dumps(d, indent=2))
 
 
 def resolve_checkpoint(path_or_hub_id):
@@ -85,36 +90,52 @@ def save_safetensors(state, path, dtype=None, max_shard_bytes=5 * 2**30):
     os.makedirs(path, exist_ok=True)
     items = state.items() if isinstance(state, dict) else state
     written, weight_map, current, size, total = [], {}, {}, 0, 0
+    mode = _default_mode()
 
     def flush():
         file = os.path.join(path, f".shard-{len(written):05d}.tmp")
-        save_file(current, file, metadata={"format": "pt"})
         written.append((file, list(current)))
+        save_file(current, file, metadata={"format": "pt"})
+        os.chmod(file, mode)  # safetensors creates its files 0600; the checkpoint's other files follow the umask
 
-    for name, t in items:
-        t = (t if dtype is None else t.to(dtype)).detach().cpu().contiguous()
-        nbytes = t.numel() * t.element_size()
-        if current and size + nbytes > max_shard_bytes:
-            flush()
-            current, size = {}, 0
-        current[name], size, total = t, size + nbytes, total + nbytes
-    flush()
+    try:
+        for name, t in items:
+            t = (t if dtype is None else t.to(dtype)).detach().cpu().contiguous()
+            nbytes = t.numel() * t.element_size()
+            if current and size + nbytes > max_shard_bytes:
+                flush()
+                current, size = {}, 0
+            current[name], size, total = t, size + nbytes, total + nbytes
+        flush()
+    except BaseException:  # a full disk, Ctrl-C: no temporary shard stays behind
+        for file, _ in written:
+            if os.path.exists(file):
+                os.remove(file)
+        raise
     # names need the shard count, known only now
     if len(written) == 1:
         names = ["model.safetensors"]
     else:
         names = [f"model-{i + 1:05d}-of-{len(written):05d}.safetensors" for i in range(len(written))]
+    index_file = os.path.join(path, "model.safetensors.index.json")
+    if os.path.exists(index_file):  # a stale layout goes, its index first: it must never name a missing shard
+        os.remove(index_file)
+    for stale in os.listdir(path):
+        if stale not in names and SHARD.fullmatch(stale):
+            os.remove(os.path.join(path, stale))
     for (file, keys), name in zip(written, names):
         os.replace(file, os.path.join(path, name))
         weight_map.update({k: name for k in keys})
     if len(written) > 1:
         index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-        _write_atomically(os.path.join(path, "model.safetensors.index.json"),
-                          lambda f: f.write(json.dumps(index, indent=2)), "w")
+        atomic_write(index_file, json.dumps(index, indent=2))
 
 
-def _write_atomically(file, write, mode):
-    tmp = file + ".tmp"
-    with open(tmp, mode) as f:
-        write(f)
-    os.replace(tmp, file)
+SHARD = re.compile(r"model(-\d{5}-of-\d{5})?\.safetensors")  # the names HF gives weight files
+
+
+def _default_mode():
+    """The mode a new file gets under this process's umask (0644 under the usual 022)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask

@@ -1,38 +1,34 @@
 """
 Continued long-context training, ProLong style: `torchrun --nproc_per_node N train.py configs/NAME.py [--key=value]`
-(or `python train.py ...` for one process).
-
-Settings: DEFAULTS below, overridden by the config file (plain Python assignments), overridden by --key=value
-(Python literals). An unknown key or a value of the wrong type stops the run at once, naming the closest key.
+(or `python train.py ...` for one process). The settings are DEFAULTS below, changed by the config file and the
+command line (settings.py loads and checks them all before any work).
 
 One optimizer step consumes `tokens_per_step` tokens: sequences of `seq_len` tokens, `micro_batch_sequences` of
 them packed into each micro-batch (each keeps its own document boundaries), as many micro-batches per rank as it
 takes (gradient accumulation). The loss is exact: every rank sums per-token losses, the valid-label count of the
 whole step is all-reduced *before* the backward passes, and each micro-batch backpropagates sum / global count;
-FSDP then sums (not averages) gradients across ranks. So the gradient is the mean over all valid tokens of the step
-whatever the world size, accumulation or document lengths (tests/test_train.py checks this in float64).
+FSDP then sums (not averages) gradients across ranks. So the gradient is the mean over all valid tokens of the
+step whatever the world size, accumulation or document lengths.
 
 Parallelism: FSDP2 (`fully_shard`) on every transformer block and at the root, fp32 master weights with bf16
-compute (MixedPrecisionPolicy), activation checkpointing per block. With `sp_size > 1` ranks form a
-(data-parallel x sequence-parallel) mesh: the ranks of one SP group share a sequence, each holds a contiguous slice,
-and Ulysses all-to-alls (seqpar.py) enter through the attention call. Even one process runs under a process group
-(a world of one), so there is a single code path.
-
-Checkpoints (checkpoint.py) are Hugging Face directories (config.json, model.safetensors, tokenizer) plus the
-training state sharded with torch.distributed.checkpoint (every rank writes its own part; a run resumes on another
-world size, every tensor in its own dtype), written to a temporary name, renamed, and only then named in `latest`;
-a crash at any moment leaves the previous checkpoint as the latest. `resume=True` continues from it exactly. Stage
-hand-off (64K -> 512K): `init_from=<64K checkpoint> load_optimizer=True` takes weights and optimizer state,
-restarts the LR schedule, and applies this config's RoPE base and mixture.
+compute, activation checkpointing per block. With `sp_size > 1` ranks form a (data-parallel x sequence-parallel)
+mesh: the ranks of one SP group share a sequence, each holds a contiguous slice, and Ulysses all-to-alls
+(seqpar.py) enter through the attention call. Even one process runs under a process group (a world of one), so
+there is a single code path. Checkpoints and exact resume: checkpoint.py.
 """
-import ast
-import difflib
-import json
+import signal
+import sys
+
+import common
+
+if __name__ == "__main__":
+    common.exit_on_interrupt()  # Ctrl-C while torch imports: one line and 130, not a traceback
+
+import errno
 import math
 import os
-import resource
-import sys
 import time
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
@@ -41,10 +37,15 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
+import attention
 import checkpoint
 import data
-from hf_checkpoint import is_local_path
-from model import Llama, LlamaConfig, check_token_ids
+import settings
+import throughput
+from common import UserError
+from model import Llama, check_token_ids
+from settings import ConfigError, validate  # noqa: F401 (validate: train.validate, as the tests call it)
+from throughput import peak_flops_per_device, peak_memory_gib, step_flops  # noqa: F401 (bench.py, gpucheck.py)
 
 DEFAULTS = dict(
     out_dir="runs/default",  # checkpoints, metrics.jsonl
@@ -96,105 +97,9 @@ DEFAULTS = dict(
 )
 
 
-# names other trainers use, to point at ours
-SYNONYMS = {"learning_rate": "lr", "min_learning_rate": "min_lr", "warmup_ratio": "warmup_fraction",
-            "max_grad_norm": "grad_clip", "batch_size": "tokens_per_step", "seq_length": "seq_len",
-            "max_seq_length": "seq_len", "gradient_checkpointing": "activation_checkpointing",
-            "output_dir": "out_dir", "model_name_or_path": "init_from", "save_steps": "checkpoint_interval"}
-
-
-class ConfigError(Exception):
-    pass
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# configuration
-
-
 def load_config(argv):
-    """DEFAULTS <- config file <- --key=value, checked against DEFAULTS' keys and types."""
-    cfg, files = dict(DEFAULTS), [a for a in argv if not a.startswith("--")]
-    for path in files:
-        if not os.path.isfile(path):
-            raise ConfigError(f"config file {path} not found")
-        namespace = {}
-        try:
-            exec(compile(open(path).read(), path, "exec"), namespace)
-        except SyntaxError as e:
-            raise ConfigError(f"{path} line {e.lineno}: {e.msg} (config files are Python assignments)") from None
-        except Exception as e:  # a NameError, an import that fails...
-            line = next((f.lineno for f in reversed(__import__("traceback").extract_tb(e.__traceback__))
-                         if f.filename == path), "?")
-            raise ConfigError(f"{path} line {line}: {type(e).__name__}: {e}") from None
-        cfg.update({k: v for k, v in namespace.items() if not k.startswith("_") and not callable(v)
-                    and type(v).__name__ != "module"})
-        check_keys(cfg, f"in {path}")
-    for arg in (a for a in argv if a.startswith("--")):
-        key, eq, value = arg[2:].partition("=")
-        if not eq:
-            raise ConfigError(f"{arg}: overrides are written --key=value")
-        try:
-            value = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            pass  # a bare string
-        cfg[key] = value
-        check_keys(cfg, "on the command line")
-    return cfg
-
-
-def check_keys(cfg, where):
-    for key, value in cfg.items():
-        if key not in DEFAULTS:
-            close = [SYNONYMS[key]] if key in SYNONYMS else difflib.get_close_matches(key, DEFAULTS, n=1)
-            raise ConfigError(f"unknown setting {key!r} {where}" + (f"; did you mean {close[0]!r}?" if close else ""))
-        default = DEFAULTS[key]
-        if default is None or value is None or isinstance(value, type(default)):
-            continue
-        if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
-            cfg[key] = float(value)
-            continue
-        raise ConfigError(f"setting {key!r} {where} must be {type(default).__name__}, got {value!r}")
-
-
-def validate(cfg, world_size):
-    """Everything that can be checked before any long work: sizes, divisibility, proportions, files."""
-    if world_size % cfg["sp_size"]:
-        raise ConfigError(f"sp_size {cfg['sp_size']} does not divide the world size {world_size}")
-    if cfg["seq_len"] % cfg["sp_size"]:
-        raise ConfigError(f"seq_len {cfg['seq_len']} is not divisible by sp_size {cfg['sp_size']}")
-    dp = world_size // cfg["sp_size"]
-    per_micro_batch = cfg["seq_len"] * cfg["micro_batch_sequences"] * dp
-    if cfg["tokens_per_step"] % per_micro_batch:
-        raise ConfigError(f"tokens_per_step {cfg['tokens_per_step']} is not a multiple of seq_len x "
-                          f"micro_batch_sequences x data-parallel size = {per_micro_batch}")
-    for name in ("mixture",) + (("val_mixture",) if cfg["val_mixture"] else ()):
-        try:
-            data.check_mixture(cfg[name], cfg["seq_len"], root=cfg["data_root"], name=name)
-        except data.DataError as e:
-            raise ConfigError(str(e)) from None
-    if cfg["max_steps"] < 1:
-        raise ConfigError("max_steps must be at least 1")
-    if cfg["hf_dtype"] not in (None, "float32", "bfloat16", "float16", "float64"):
-        raise ConfigError(f"hf_dtype must be float32, bfloat16, float16 or float64, got {cfg['hf_dtype']!r}")
-    return dp, cfg["tokens_per_step"] // per_micro_batch
-
-
-def check_init_from(path):
-    """A local init_from must be a whole HF directory; a hub id ('org/name') is fetched later by rank 0."""
-    if not path:
-        return
-    if not is_local_path(path):
-        return
-    path = os.path.expanduser(path)
-    if not os.path.isdir(path):
-        raise ConfigError(f"init_from {path}: no such checkpoint directory")
-    if not os.path.exists(os.path.join(path, "config.json")):
-        raise ConfigError(f"init_from {path}: no config.json (an HF checkpoint directory holds config.json and "
-                          f"*.safetensors)")
-    if not any(f.endswith(".safetensors") for f in os.listdir(path)):
-        hint = f"; write them with: python checkpoint.py export {path} {path}" if os.path.isdir(
-            os.path.join(path, "train_state")) else ""
-        raise ConfigError(f"init_from {path}: no *.safetensors weights{hint}")
+    """DEFAULTS <- config files <- --key=value (settings.py)."""
+    return settings.load(argv, DEFAULTS)
 
 
 def labels_cross(cfg):
@@ -238,14 +143,7 @@ def build_model(cfg, mesh, device, log):
             return source.config
         config = on_rank0(load, f"init_from {cfg['init_from']}")
     else:
-        presets = {"tiny": LlamaConfig.tiny, "llama3_2_1b": LlamaConfig.llama3_2_1b,
-                   "llama3_8b": LlamaConfig.llama3_8b}
-        if cfg["model"] not in presets:
-            raise ConfigError(f"model {cfg['model']!r} is not a preset ({', '.join(presets)})")
-        try:
-            config = presets[cfg["model"]](**cfg["model_overrides"])
-        except (TypeError, ValueError) as e:  # a misspelt field, or heads that do not divide
-            raise ConfigError(f"model_overrides {cfg['model_overrides']}: {e}") from None
+        config = settings.fresh_model_config(cfg)
         if dist.get_rank() == 0:
             torch.manual_seed(cfg["seed"])
             full_state = Llama(config).to(param_dtype).state_dict()
@@ -407,253 +305,205 @@ def as_tensors(seq):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# throughput accounting
-
-
-def step_flops(config, cu_seqlens_list):
-    """Model FLOPs of forward + backward: 6 per parameter per token for the matmuls (the head included, the
-    embedding lookup not), plus causal attention, 6 x head_dim x heads x layers x L^2 per document of length L."""
-    c = config
-    per_layer = (c.hidden_size * c.head_dim * (2 * c.num_attention_heads + 2 * c.num_key_value_heads)
-                 + 3 * c.hidden_size * c.intermediate_size)
-    matmul_params = c.num_hidden_layers * per_layer + c.vocab_size * c.hidden_size
-    tokens, squares = 0, 0
-    for cu in cu_seqlens_list:
-        lengths = (cu[1:] - cu[:-1]).double()
-        tokens += int(lengths.sum())
-        squares += float((lengths ** 2).sum())
-    return 6 * matmul_params * tokens + 6 * c.head_dim * c.num_attention_heads * c.num_hidden_layers * squares
-
-
-# Dense (no sparsity) peaks per GPU in TFLOP/s, from the vendors' data sheets: (name, bf16/fp16, tf32, fp32 without
-# tensor cores). fp32 compute counts against the TF32 peak when torch.set_float32_matmul_precision allows TF32, else
-# against the plain fp32 peak. Order matters: "H100 PCIe" and "H100 NVL" must match before plain "H100" (SXM).
-GPU_PEAKS = (("H100 PCIe", 756, 378, 51), ("H100 NVL", 835, 418, 60), ("H200 NVL", 835, 418, 60),
-             ("GH200", 989, 495, 67), ("H200", 989, 495, 67), ("H100", 989, 495, 67), ("H800", 989, 495, 67),
-             ("B200", 2250, 1100, 80), ("A100", 312, 156, 19.5), ("A800", 312, 156, 19.5), ("L40S", 362, 183, 91.6),
-             ("A10", 125, 62.5, 31.2), ("RTX 4090", 165, 82.6, 82.6))
-
-
-def peak_flops_per_device(device, dtype):
-    """(peak FLOP/s, where it comes from) for MFU; (None, why) for a GPU not in the table: set peak_flops."""
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-        for key, half, tf32, fp32 in GPU_PEAKS:
-            if key in name:
-                if dtype in (torch.bfloat16, torch.float16):
-                    return half * 1e12, f"{key} dense {str(dtype).removeprefix('torch.')}"
-                if dtype == torch.float32 and torch.get_float32_matmul_precision() != "highest":
-                    return tf32 * 1e12, f"{key} dense tf32"
-                return fp32 * 1e12, f"{key} {str(dtype).removeprefix('torch.')} (no tensor cores)"
-        return None, f"unknown GPU {name!r}: set peak_flops for MFU"
-    # measured on the 2-core reference machine (DESIGN.md): fp32 ~180 GFLOP/s, bf16 ~420 GFLOP/s
-    return (420e9, "2-core CPU bf16, measured") if dtype == torch.bfloat16 else (180e9, "2-core CPU fp32, measured")
-
-
-def peak_memory_gib(device):
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**30
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
-
-
-# ----------------------------------------------------------------------------------------------------------------
 # the run
 
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    rank, world, device = init_distributed()
-    log = (lambda msg: print(msg, flush=True)) if rank == 0 else (lambda msg: None)
-    cfg = None
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # imports are done: Ctrl-C is KeyboardInterrupt again
+    if argv[:1] in (["-h"], ["--help"]):
+        print(__doc__.strip().split("\n\n")[0])
+        return
+    rank, cfg = 0, None
     try:
+        rank, world, device = init_distributed()
+        log = (lambda msg: print(msg, flush=True)) if rank == 0 else (lambda msg: None)
         cfg = load_config(argv)
         dp, accumulation = validate(cfg, world)
-        check_init_from(cfg["init_from"])
-        run(cfg, rank, world, dp, accumulation, device, log)
-    except (ConfigError, data.DataError, checkpoint.CheckpointError) as e:
+        settings.check_init_from(cfg["init_from"])
+        train(setup(cfg, rank, world, dp, accumulation, device, log))
+    except (UserError, OSError) as e:  # an OSError: a full disk while writing metrics.jsonl, say
         if rank == 0:
-            print(f"error: {e}", file=sys.stderr, flush=True)
-        dist.destroy_process_group()
+            common.log("error: " + (str(e) if isinstance(e, UserError) else checkpoint.describe(e, e.filename)
+                                    if e.errno == errno.ENOSPC else f"{e.filename or 'a file'}: {e.strerror}"))
+        if dist.is_initialized():
+            dist.destroy_process_group()
         sys.exit(2)
-    except KeyboardInterrupt:  # Ctrl-C: checkpoints are only ever renamed into place, so nothing is half-written
+    except KeyboardInterrupt:  # checkpoints are only ever renamed into place, so nothing is half-written
         if rank == 0:
             name = cfg and checkpoint.read_latest_name(cfg["out_dir"])
-            print("error: interrupted; " + (f"{os.path.join(cfg['out_dir'], name)} is the latest checkpoint: "
-                  f"continue with --resume=True" if name else "no checkpoint was written yet"), file=sys.stderr,
-                  flush=True)
+            common.log("error: interrupted; " + (f"{os.path.join(cfg['out_dir'], name)} is the latest checkpoint: "
+                       f"continue with --resume=True" if name else "no checkpoint was written yet"))
         sys.exit(130)
     dist.barrier()  # leave together: a rank tearing down gloo while another still works can abort the process
     dist.destroy_process_group()
 
 
-def exit_process(main, *args):
-    """Run `main` as a process's whole life and leave with os._exit, skipping the interpreter's teardown. Even after
-    barrier and destroy_process_group, a gloo worker thread can still be joinable when C++ static destructors run at
-    exit, and std::terminate then aborts a rank whose work is done and saved ("terminate called without an active
-    exception", SIGABRT: about 1 in 15 exits of a 4-rank run on a loaded 2-core machine, seen in CI). Output is
-    flushed first; nothing else waits for the teardown."""
-    try:
-        main(*args)
-        code = 0
-    except SystemExit as e:  # sys.exit(2) and friends keep their status; a message is printed as Python would
-        code = e.code if isinstance(e.code, int) else 0 if e.code is None else 1
-        if not isinstance(e.code, (int, type(None))):
-            print(e.code, file=sys.stderr)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+@dataclass
+class Run:
+    """What the loop works with; setup() builds it."""
+    cfg: dict
+    rank: int
+    world: int
+    dp: int
+    accumulation: int  # micro-batches per rank per step
+    device: torch.device
+    log: object
+    tokenizer: object = None
+    train_data: object = None  # data.Mixture
+    val: list = field(default_factory=list)  # this rank's held-out sequences
+    model: object = None
+    optimizer: object = None
+    split: object = None  # seqpar's cut of a batch to this rank's slice; None without sequence parallelism
+    eos_token_ids: list = None
+    step: int = 0
 
 
-def run(cfg, rank, world, dp, accumulation, device, log):
-    sp, out_dir = cfg["sp_size"], cfg["out_dir"]
+def setup(cfg, rank, world, dp, accumulation, device, log):
+    """Everything before the first step, cheapest first: the run directory, the attention kernels, the data (opened
+    and checked before the slow model build), the model and optimizer, then a resumed or handed-off state."""
+    r = Run(cfg, rank, world, dp, accumulation, device, log)
+    out_dir, sp = cfg["out_dir"], cfg["sp_size"]
     resume_from = checkpoint.latest(out_dir) if cfg["resume"] else None
     if cfg["resume"] and resume_from is None:
         log(f"resume=True: no checkpoint in {out_dir} yet, so this run starts from step 0")
     if not cfg["resume"] and os.path.exists(os.path.join(out_dir, "latest")):
         raise ConfigError(f"{out_dir} already holds a run's checkpoints: resume=True to continue it, or "
                           f"choose another out_dir")
+    try:
+        backend = attention.activate(device, cfg["attention_backend"])
+    except ValueError as e:
+        raise ConfigError(f"attention_backend: {e}") from None
     # FSDP shards over all ranks; the (dp, sp) mesh says which ranks share a sequence
     mesh = init_device_mesh(device.type, (dp, sp), mesh_dim_names=("dp", "sp"))
     fsdp_mesh = init_device_mesh(device.type, (world,), mesh_dim_names=("fsdp",))
-    dp_rank = mesh.get_local_rank("dp")
-    split = None
     tokenizer = data.load_tokenizer(cfg["tokenizer"] or (cfg["init_from"] if cfg["init_from"] and
                                                          os.path.isdir(cfg["init_from"]) else None))
-    steps_total = cfg["max_steps"]
-    sequences_per_rank = accumulation * cfg["micro_batch_sequences"]
-    # all the data, held-out included, is opened and checked before the (slow) model is built
-    train_data = data.Mixture(resolved(cfg["mixture"], cfg["data_root"]), cfg["seq_len"], seed=cfg["seed"],
-                              dp_rank=dp_rank, dp_size=dp, num_sequences=steps_total * sequences_per_rank * dp,
-                              allow_repeat=cfg["allow_repeat"], cross_document_labels=labels_cross(cfg))
-    check_tokenizer(train_data, tokenizer)
-    val = []
-    if cfg["val_mixture"]:
-        val_data = data.Mixture(resolved(cfg["val_mixture"], cfg["data_root"]), cfg["seq_len"], seed=cfg["seed"] + 1,
-                                dp_rank=dp_rank, dp_size=dp, allow_repeat=True,
-                                cross_document_labels=labels_cross(cfg))
-        check_tokenizer(val_data, tokenizer)
-        val = [as_tensors(val_data.sequence(g)) for g in range(dp_rank, cfg["val_sequences"], dp)]
-    model = build_model(cfg, fsdp_mesh, device, log)
+    r.tokenizer = tokenizer
+    open_data(r, mesh.get_local_rank("dp"))
+    model = r.model = build_model(cfg, fsdp_mesh, device, log)
+    model.attention_backend = backend
     if model.config.vocab_size < tokenizer.n_vocab:
         raise ConfigError(f"tokenizer {tokenizer.name} has {tokenizer.n_vocab} ids but the model's vocabulary is "
                           f"{model.config.vocab_size}")
     if sp > 1:
         import seqpar
-        split = seqpar.enable(model, mesh["sp"].get_group(), mesh.get_local_rank("sp"))
-    optimizer = build_optimizer(model, cfg)
-
-    step = 0
+        r.split = seqpar.enable(model, mesh["sp"].get_group(), mesh.get_local_rank("sp"))
+    r.optimizer = build_optimizer(model, cfg)
+    # a model fine-tuned on chat data ends its turns with <|eot_id|>: generation (and evaluate.py's --chat auto)
+    # must know, as Llama-3 Instruct's generation_config.json says
+    eos = model.config.eos_token_id
+    eos_token_ids = sorted({*(eos if isinstance(eos, list) else [eos])} | r.train_data.end_of_turn_ids(tokenizer))
+    r.eos_token_ids = eos_token_ids
     if rank == 0:
         os.makedirs(out_dir, exist_ok=True)
         for stale in checkpoint.remove_stale(out_dir):
             log(f"removed {stale}: a checkpoint save cut short by a crash")
     dist.barrier()
+    restore(r, resume_from)
+    if rank == 0:
+        checkpoint.trim_metrics(out_dir, r.step)
+    return r
+
+
+def open_data(r, dp_rank):
+    """This rank's training stream and held-out sequences, checked against the run's tokenizer."""
+    cfg = r.cfg
+    r.train_data = data.Mixture(resolved(cfg["mixture"], cfg["data_root"]), cfg["seq_len"], seed=cfg["seed"],
+                                dp_rank=dp_rank, dp_size=r.dp, allow_repeat=cfg["allow_repeat"],
+                                num_sequences=cfg["max_steps"] * r.accumulation * cfg["micro_batch_sequences"] * r.dp,
+                                cross_document_labels=labels_cross(cfg))
+    r.train_data.check_tokenizer(r.tokenizer)
+    if cfg["val_mixture"]:
+        val_data = data.Mixture(resolved(cfg["val_mixture"], cfg["data_root"]), cfg["seq_len"], seed=cfg["seed"] + 1,
+                                dp_rank=dp_rank, dp_size=r.dp, allow_repeat=True,
+                                cross_document_labels=labels_cross(cfg))
+        val_data.check_tokenizer(r.tokenizer)
+        r.val = [as_tensors(val_data.sequence(g)) for g in range(dp_rank, cfg["val_sequences"], r.dp)]
+
+
+def restore(r, resume_from):
+    """Continue a run exactly from its checkpoint, or (stage hand-off) take init_from's optimizer state."""
+    cfg = r.cfg
     if resume_from:
         state = checkpoint.read_train_state(resume_from)
-        checkpoint.check_same_model(state, model, cfg["param_dtype"], resume_from)
-        checkpoint.load(model, optimizer, resume_from)
-        step = state["step"]
-        train_data.load_state_dict(state["data"])
+        checkpoint.check_same_model(state, r.model, cfg["param_dtype"], resume_from)
+        checkpoint.load(r.model, r.optimizer, resume_from)
+        r.step = state["step"]
+        try:
+            r.train_data.load_state_dict(state["data"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise checkpoint.CheckpointError(f"{resume_from}/train_state.json: unusable data cursor ({e!r})") from None
         torch.set_rng_state(torch.tensor(state["rng"], dtype=torch.uint8))
-        log(f"resumed from {resume_from} at step {step} (saved by {state['world_size']} ranks, now {world})")
+        r.log(f"resumed from {resume_from} at step {r.step} (saved by {state['world_size']} ranks, now {r.world})")
     elif cfg["init_from"] and cfg["load_optimizer"]:
         if not os.path.isdir(os.path.join(cfg["init_from"], "train_state")):
             raise ConfigError(f"load_optimizer=True: {cfg['init_from']} has no train_state/ (only checkpoints "
                               f"written by train.py carry optimizer state)")
-        checkpoint.load_optimizer(model, optimizer, cfg["init_from"])  # weights came with the model
-        log(f"optimizer state from {cfg['init_from']}; learning-rate schedule restarted")
-    if rank == 0:
-        keep_metrics_until(os.path.join(out_dir, "metrics.jsonl"), step)
+        checkpoint.load_optimizer(r.model, r.optimizer, cfg["init_from"])  # weights came with the model
+        r.log(f"optimizer state from {cfg['init_from']}; learning-rate schedule restarted")
 
-    def validate_now():
-        if val:
-            loss = validation_loss(model, val, device, split)
-            log(f"step {step:>6} | validation loss {loss:.4f}")
-            write_metrics(rank, out_dir, {"step": step, "val_loss": loss})
 
-    # a model fine-tuned on chat data ends its turns with <|eot_id|>: generation (and evaluate.py's --chat auto)
-    # must know, as Llama-3 Instruct's generation_config.json says
-    eos = model.config.eos_token_id
-    eos_token_ids = sorted({*(eos if isinstance(eos, list) else [eos])} | (
-        {tokenizer.eot_id} if any(m.get("mode") == "sft" for m in cfg["mixture"]) else set()))
-
-    def save():
-        path = checkpoint.save(model, optimizer, out_dir, step, {"data": train_data.state_dict(),
-                               "rng": torch.get_rng_state().tolist(), "config": cfg}, tokenizer,
-                               keep=cfg["keep_checkpoints"], hf_weights=cfg["hf_weights"],
-                               hf_dtype=cfg["hf_dtype"] and getattr(torch, cfg["hf_dtype"]),
-                               max_position_embeddings=cfg["seq_len"], eos_token_ids=eos_token_ids)
-        log(f"checkpoint saved: {path}")
-
-    log(f"training: {steps_total} steps of {cfg['tokens_per_step']:,} tokens; {world} ranks (dp {dp} x sp {sp}), "
-        f"{accumulation} micro-batches of {cfg['micro_batch_sequences']} x {cfg['seq_len']} tokens per rank per step")
-    if step == 0:
-        validate_now()
-    if cfg["peak_flops"]:
-        peak, source = cfg["peak_flops"], "peak_flops setting"
-    else:
-        peak, source = peak_flops_per_device(device, getattr(torch, cfg["compute_dtype"]))
-    log(f"MFU against {peak / 1e12:,.3f} TFLOP/s per device ({source})" if peak else f"MFU not shown: {source}")
+def train(r):
+    """The loop: one optimizer step per iteration; logs, validation and checkpoints at their intervals."""
+    cfg, steps = r.cfg, r.cfg["max_steps"]
+    r.log(f"training: {steps} steps of {cfg['tokens_per_step']:,} tokens; {r.world} ranks (dp {r.dp} x sp "
+          f"{cfg['sp_size']}), {r.accumulation} micro-batches of {cfg['micro_batch_sequences']} x {cfg['seq_len']} "
+          f"tokens per rank per step")
+    if r.step == 0:
+        validate_now(r)
+    peak, source = throughput.mfu_peak(cfg["peak_flops"], r.device, getattr(torch, cfg["compute_dtype"]))
+    r.log(f"MFU against {peak / 1e12:,.3f} TFLOP/s per device ({source})" if peak else f"MFU not shown: {source}")
     step_times = []
-    while step < steps_total:
+    while r.step < steps:
         t0 = time.perf_counter()
-        sequences = [as_tensors(next(train_data)) for _ in range(sequences_per_rank)]
+        sequences = [as_tensors(next(r.train_data)) for _ in range(r.accumulation * cfg["micro_batch_sequences"])]
         batches = micro_batches(sequences, cfg["micro_batch_sequences"], cfg["sort_microbatches"])
-        lr = lr_at(step, cfg)
-        for group in optimizer.param_groups:
+        lr = lr_at(r.step, cfg)
+        for group in r.optimizer.param_groups:
             group["lr"] = lr
-        loss, grad_norm = train_step(model, optimizer, batches, device, cfg["grad_clip"], split)
-        # counted on the host; the all-reduce needs a device tensor (an NCCL group has no CPU backend)
-        flops = torch.tensor(step_flops(model.config, [b.cu_seqlens for b in batches]) / sp, dtype=torch.float64,
-                             device=device)
-        dist.all_reduce(flops)
-        step += 1
-        dt = time.perf_counter() - t0  # loss.item() in train_step already waited for the GPU
-        step_times.append(dt)
-        if step % cfg["log_interval"] == 0 or step == steps_total:
-            eta = sorted(step_times[-20:])[len(step_times[-20:]) // 2] * (steps_total - step)
-            mfu = flops.item() / dt / (peak * world) if peak else None
-            record = {"step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
-                      "tokens_per_s": cfg["tokens_per_step"] / dt, "mfu": mfu,
-                      "peak_mem_gib": peak_memory_gib(device), "step_s": dt}
-            log(f"step {step:>6}/{steps_total} | loss {loss:.4f} | lr {lr:.2e} | grad {grad_norm:.3f} | "
-                f"{record['tokens_per_s']:,.0f} tok/s | MFU {f'{100 * mfu:.1f}%' if mfu is not None else 'n/a'} | "
-                f"mem {record['peak_mem_gib']:.2f} GiB | ETA {format_seconds(eta)}")
-            write_metrics(rank, out_dir, record)
-        if cfg["eval_interval"] and step % cfg["eval_interval"] == 0 and step < steps_total:
-            validate_now()
-        if (cfg["checkpoint_interval"] and step % cfg["checkpoint_interval"] == 0) or step == steps_total:
-            save()
-    validate_now()
+        loss, grad_norm = train_step(r.model, r.optimizer, batches, r.device, cfg["grad_clip"], r.split)
+        flops = throughput.global_flops(r.model.config, batches, cfg["sp_size"], r.device)
+        r.step += 1
+        step_times.append(time.perf_counter() - t0)  # loss.item() in train_step already waited for the GPU
+        if r.step % cfg["log_interval"] == 0 or r.step == steps:
+            log_step(r, dict(loss=loss, lr=lr, grad_norm=grad_norm), flops, step_times, peak)
+        if cfg["eval_interval"] and r.step % cfg["eval_interval"] == 0 and r.step < steps:
+            validate_now(r)
+        if (cfg["checkpoint_interval"] and r.step % cfg["checkpoint_interval"] == 0) or r.step == steps:
+            save(r)
+    validate_now(r)
 
 
-def check_tokenizer(mixture, tokenizer):
-    for comp in mixture.comps:
-        sha = comp["domain"].meta.get("tokenizer_sha256")
-        if sha and sha != tokenizer.sha256:
-            raise ConfigError(f"{comp['domain'].path} was tokenised with {comp['domain'].meta.get('tokenizer')} "
-                              f"(sha256 {sha[:12]}...), not with the run's tokenizer {tokenizer.name}")
+def validate_now(r):
+    if r.val:
+        loss = validation_loss(r.model, r.val, r.device, r.split)
+        r.log(f"step {r.step:>6} | validation loss {loss:.4f}")
+        checkpoint.append_metrics(r.rank, r.cfg["out_dir"], {"step": r.step, "val_loss": loss})
 
 
-def keep_metrics_until(path, step):
-    """On resume, forget what a killed run logged after its last checkpoint, so the log reads as one run."""
-    if os.path.exists(path):
-        lines = [line for line in open(path) if step and line.strip() and json.loads(line)["step"] <= step]
-        with open(path + ".tmp", "w") as f:
-            f.writelines(lines)
-        os.replace(path + ".tmp", path)
+def save(r):
+    cfg = r.cfg
+    path = checkpoint.save(r.model, r.optimizer, cfg["out_dir"], r.step, {"data": r.train_data.state_dict(),
+                           "rng": torch.get_rng_state().tolist(), "config": cfg}, r.tokenizer,
+                           keep=cfg["keep_checkpoints"], hf_weights=cfg["hf_weights"],
+                           hf_dtype=cfg["hf_dtype"] and getattr(torch, cfg["hf_dtype"]),
+                           max_position_embeddings=cfg["seq_len"], eos_token_ids=r.eos_token_ids)
+    r.log(f"checkpoint saved: {path}")
 
 
-def write_metrics(rank, out_dir, record):
-    if rank == 0:
-        with open(os.path.join(out_dir, "metrics.jsonl"), "a") as f:
-            f.write(json.dumps(record) + "\n")
-
-
-def format_seconds(s):
-    s = int(s)
-    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+def log_step(r, record, flops, step_times, peak):
+    """One line to the log and one record to metrics.jsonl: loss, throughput, MFU, memory, time left."""
+    steps = r.cfg["max_steps"]
+    record = dict(step=r.step, **record, **throughput.measure(step_times, r.cfg["tokens_per_step"], flops, peak,
+                                                              r.world, r.device))
+    mfu, eta = record["mfu"], throughput.time_left(step_times, steps - r.step)
+    r.log(f"step {r.step:>6}/{steps} | loss {record['loss']:.4f} | lr {record['lr']:.2e} | grad "
+          f"{record['grad_norm']:.3f} | {record['tokens_per_s']:,.0f} tok/s | MFU "
+          f"{f'{100 * mfu:.1f}%' if mfu is not None else 'n/a'} | mem {record['peak_mem_gib']:.2f} GiB | ETA "
+          f"{throughput.format_seconds(eta)}")
+    checkpoint.append_metrics(r.rank, r.cfg["out_dir"], record)
 
 
 if __name__ == "__main__":
-    exit_process(main)
+    common.exit_process(main)

@@ -24,6 +24,7 @@ import attention
 import data
 import seqpar
 import train
+from common import exit_process
 from model import Llama
 
 torch.set_num_threads(1)
@@ -192,4 +193,4 @@ def main(mode, out_path):
 
 
 if __name__ == "__main__":
-    train.exit_process(main, sys.argv[1], sys.argv[2])  # see train.exit_process
+    exit_process(main, sys.argv[1], sys.argv[2])  # see common.exit_process

@@ -11,6 +11,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import train  # noqa: E402
+from common import exit_process  # noqa: E402
 from torch.distributed.device_mesh import init_device_mesh  # noqa: E402
 from train_worker import config  # noqa: E402  the same tiny float64 model as the pre-training check
 
@@ -32,4 +33,4 @@ def main(sequences, out):
 
 
 if __name__ == "__main__":
-    train.exit_process(main, sys.argv[1], sys.argv[2])  # see train.exit_process
+    exit_process(main, sys.argv[1], sys.argv[2])  # see common.exit_process

@@ -14,11 +14,13 @@ import torch.distributed as dist
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import data  # noqa: E402
+import settings  # noqa: E402
 import train  # noqa: E402
 from tests.test_train import DRY_RUN  # noqa: E402  (the recipe configs' scaled-down run)
 from model import Llama, LlamaConfig  # noqa: E402
 
-ABLATIONS = sorted(glob.glob(os.path.join(ROOT, "configs", "ablations", "*.py")))
+ABLATIONS = sorted(p for p in glob.glob(os.path.join(ROOT, "configs", "ablations", "*.py"))
+                   if not os.path.basename(p).startswith("_"))  # _mixture.py is a piece they include
 ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
 
 
@@ -181,22 +183,16 @@ def ablation_domains(tmp_path_factory):
     """Every directory any arm names, as copies of one small real domain (test_train.recipe_domains)."""
     from test_train import recipe_domains
     root = tmp_path_factory.mktemp("ablation_data")
-    old = os.getcwd()
-    os.chdir(ROOT)  # the arms exec their shared base by a path relative to the repository root
-    try:  # one config naming every directory of every arm (recipe_domains makes its source copy once)
-        union = {c["path"]: c for path in ABLATIONS for c in train.load_config([path])["mixture"]}
-    finally:
-        os.chdir(old)
+    # one config naming every directory of every arm (recipe_domains makes its source copy once)
+    union = {c["path"]: c for path in ABLATIONS for c in train.load_config([path])["mixture"]}
     (root / "_all.py").write_text(f"mixture = {list(union.values())!r}\n")
     recipe_domains(root, str(root / "_all.py"))
     return root
 
 
 def arm(path):
-    """(config, intended GPU count) of an arm, read from the repository root as train.py would."""
-    namespace = {}
-    exec(compile(open(path).read(), path, "exec"), namespace)
-    return train.load_config([path]), namespace["_gpus"]
+    """(config, intended GPU count) of an arm, read as train.py would."""
+    return train.load_config([path]), settings.read_file(path)["_gpus"]
 
 
 def scaled(cfg, root, out):
@@ -221,9 +217,7 @@ ARMS = {  # what each arm changes from its base (a check that the files say what
 
 
 @pytest.mark.slow
-def test_every_ablation_validates_and_runs_one_scaled_down_step(ablation_domains, tmp_path, monkeypatch,
-                                                                 world_of_one):
-    monkeypatch.chdir(ROOT)
+def test_every_ablation_validates_and_runs_one_scaled_down_step(ablation_domains, tmp_path, world_of_one):
     names = [os.path.basename(p)[:-3] for p in ABLATIONS]
     assert sorted(names) == sorted(ARMS), "a new arm needs its line in ARMS"
     for path, name in zip(ABLATIONS, names):
@@ -276,13 +270,15 @@ def test_every_ablation_validates_and_runs_one_scaled_down_step(ablation_domains
 @pytest.mark.slow
 @pytest.mark.parametrize("name,sp", [("doc_mask_off", 1), ("rope_512k_256m", 2)])
 def test_ablation_dry_run_through_train_py(ablation_domains, tmp_path, name, sp):
-    """Representative arms end to end as a user runs them (the 512K one with a real Ulysses group of 2)."""
+    """Representative arms end to end as a user runs them (the 512K one with a real Ulysses group of 2), from
+    another working directory than the repository's: the arms include their bases by paths relative to
+    themselves."""
     dry = tmp_path / "dry.py"
     dry.write_text(DRY_RUN.format(config=os.path.join(ROOT, "configs", "ablations", f"{name}.py"), scale=SCALE,
                                   fewer=FEWER, root=str(ablation_domains), out=str(tmp_path / "run"), sp=sp))
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={sp}"] \
         if sp > 1 else [sys.executable]
-    proc = subprocess.run(launcher + ["train.py", str(dry), "--allow_repeat=True"], cwd=ROOT, env=ENV,
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(launcher + [os.path.join(ROOT, "train.py"), str(dry), "--allow_repeat=True"],
+                          cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert f"(dp 1 x sp {sp})" in proc.stdout and "step      1/1" in proc.stdout

@@ -63,6 +63,7 @@ def minimum_bytes(tokens_per_rank, n_heads, n_kv_heads, head_dim, sp, bytes_per_
 # ------------------------------------------------------------------------------------------------ attention
 
 
+@pytest.mark.slow
 def test_attention_output_and_grads_equal_one_process(runs):
     results = runs("exact")["attention"]
     assert len(results) == 4 * 2 * 4 * 3  # ranks x sp sizes x head layouts x packs: every rank reported
@@ -76,6 +77,7 @@ def test_attention_output_and_grads_equal_one_process(runs):
         assert r["max_err"] <= 1e-10, r
 
 
+@pytest.mark.slow
 def test_bytes_sent_are_the_minimum_exchange(runs):
     for r in runs("exact")["attention"]:
         expected = minimum_bytes(r["tokens_per_rank"], r["heads"], r["kv_heads"], r["head_dim"], r["sp"], 8)
@@ -99,6 +101,7 @@ def test_llama3_8b_bytes_printed_next_to_repeating_kv(capsys):
 # ------------------------------------------------------------------------------------------------ full model
 
 
+@pytest.mark.slow
 def test_full_model_loss_and_gradients_equal_one_process(runs):
     results = runs("exact")["model"]
     assert [(r["dp"], r["sp"]) for r in results] == [(1, 4), (2, 2)]
@@ -111,6 +114,7 @@ def test_full_model_loss_and_gradients_equal_one_process(runs):
             assert err <= 1e-10, (r["dp"], r["sp"], name, err)
 
 
+@pytest.mark.slow
 def test_training_steps_with_sp2_equal_sp1(runs):
     one, two = runs("sp1"), runs("sp2")
     assert (one["sp"], two["sp"]) == (1, 2)

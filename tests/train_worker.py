@@ -10,6 +10,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import train  # noqa: E402
+from common import exit_process  # noqa: E402
 from torch.distributed.device_mesh import init_device_mesh  # noqa: E402
 
 VOCAB = 1000
@@ -50,4 +51,4 @@ def main(out):
 
 
 if __name__ == "__main__":
-    train.exit_process(main, sys.argv[1])  # without the interpreter teardown that can abort a gloo rank
+    exit_process(main, sys.argv[1])  # without the interpreter teardown that can abort a gloo rank

@@ -14,16 +14,14 @@
 
 # The recipe's 512K stage (RoPE base 1.28e8, 8-way sequence parallelism, 512K sequences, 8M-token steps, optimiser)
 # with base_64k.py's ShortMix in place of the recipe's; what follows is all that this base changes.
-_base64 = {}
-exec(open("configs/ablations/base_64k.py").read(), _base64)  # read for its ShortMix only; run from the repo root
-exec(open("configs/prolong_512k.py").read())
+include("../prolong_512k.py")
+include("_mixture.py")  # base_64k.py's ShortMix
 _gpus = 8
 
 out_dir = "runs/ablations/base_512k"
 init_from = "runs/ablations/base_64k/step_0001280"
 mixture = [c for c in mixture if c["mode"] == "chunk" and c["path"] != "textbooks"]  # the long data, no textbooks
-mixture += [dict(path=p, proportion=_base64["_short"] * x, length=65536, mode="pack")
-            for p, x in _base64["_shortmix"].items()]
+mixture += [dict(path=p, proportion=_short * x, length=65536, mode="pack") for p, x in _shortmix.items()]
 
 max_steps = 640  # 5B tokens
 checkpoint_interval = 160

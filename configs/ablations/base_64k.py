@@ -11,28 +11,17 @@
 #   torchrun --nproc_per_node 8 train.py configs/ablations/base_64k.py
 #   torchrun --nproc_per_node 8 sft.py configs/sft_ultrachat.py --init_from=runs/ablations/base_64k/step_0001280 \
 #       --out_dir=runs/ablations/base_64k-sft
-# Every arm runs the same way: its file name in place of base_64k (arms exec this file, so run from the repository
-# root). Data: princeton-nlp/prolong-data-64K imported per domain into data/prolong-64K (`python data.py import-mds`).
+# Every arm runs the same way, from any directory: its file name in place of base_64k. Data:
+# princeton-nlp/prolong-data-64K imported per domain into data/prolong-64K (`python data.py import-mds`).
 
 # The recipe's 64K stage (optimiser, schedule shape, precision, RoPE base 8e6, 64K sequences, data root); what
 # follows is all that the ablation base changes: the init, the data mixture and the length of the run.
-exec(open("configs/prolong_64k.py").read())
+include("../prolong_64k.py")
+include("_mixture.py")  # the ablations' long/short split and ShortMix, shared with base_512k.py
 _gpus = 8  # the GPU count this arm is checked for (tests/test_ablations.py)
 
 out_dir = "runs/ablations/base_64k"
 init_from = "meta-llama/Meta-Llama-3-8B"  # the base model, not the recipe's Instruct
-_long, _short = 0.6, 0.4  # arms that change the long share rescale these, keeping the proportions within each
-_books_repos = (0.5, 0.5)
-_shortmix = {"fineweb-edu": 0.25, "fineweb-2023-50": 0.25, "dolmawiki": 0.1, "tuluv2": 0.1, "stackexchange": 0.1,
-             "arxiv": 0.1, "openwebmath": 0.1}  # Table 5, as shares of the short data (0.10 / 0.04 of all tokens)
-
-
-def _mixture(long, short, books_repos, shortmix):
-    out = [dict(path=p, proportion=long * x, length=65536, mode="chunk")
-           for p, x in zip(("book-65536", "thestackv1_concat_by_repo-65536"), books_repos) if x]
-    return out + [dict(path=p, proportion=short * x, length=65536, mode="pack") for p, x in shortmix.items() if x]
-
-
 mixture = _mixture(_long, _short, _books_repos, _shortmix)
 
 max_steps = 1280  # 5B tokens of 4M

@@ -3,6 +3,6 @@
 # Hardware: as base_64k.py (8 GPUs with 80 GB or more, ~45 hours estimated, not measured).
 #   torchrun --nproc_per_node 8 train.py configs/ablations/long_repos.py
 
-exec(open("configs/ablations/base_64k.py").read())  # the shared base; run from the repository root
+include("base_64k.py")  # the shared base
 out_dir = "runs/ablations/long_repos"
 mixture = _mixture(_long, _short, (0.0, 1.0), _shortmix)

@@ -3,6 +3,6 @@
 # Hardware: as base_64k.py (8 GPUs with 80 GB or more, ~45 hours estimated, not measured).
 #   torchrun --nproc_per_node 8 train.py configs/ablations/ratio_long40.py
 
-exec(open("configs/ablations/base_64k.py").read())  # the shared base; run from the repository root
+include("base_64k.py")  # the shared base
 out_dir = "runs/ablations/ratio_long40"
 mixture = _mixture(0.4, 0.6, _books_repos, _shortmix)

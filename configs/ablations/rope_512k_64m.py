@@ -3,6 +3,6 @@
 #   torchrun --nnodes 8 --nproc_per_node 8 --rdzv_backend c10d --rdzv_endpoint HOST:29500 train.py \
 #       configs/ablations/rope_512k_64m.py
 
-exec(open("configs/ablations/base_512k.py").read())  # the shared 512K base; run from the repository root
+include("base_512k.py")  # the shared 512K base
 out_dir = "runs/ablations/rope_512k_64m"
 rope_theta = 6.4e7

@@ -2,6 +2,6 @@
 # Hardware: as base_64k.py (8 GPUs with 80 GB or more, ~45 hours estimated, not measured).
 #   torchrun --nproc_per_node 8 train.py configs/ablations/rope_64k_4m.py
 
-exec(open("configs/ablations/base_64k.py").read())  # the shared base; run from the repository root
+include("base_64k.py")  # the shared base
 out_dir = "runs/ablations/rope_64k_4m"
 rope_theta = 4e6
