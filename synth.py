@@ -51,11 +51,10 @@ import re
 import signal
 import time
 
-from data import DataError, fail, load_tokenizer, log, open_domain
-from tokenizer import chat_ids
+from common import ArgumentParser, fail, log, number, one_line_errors
+from tokenfiles import DataError, open_domain
+from tokenizer import chat_ids, load_tokenizer
 
-KINDS = ("qa", "rag", "summary")
-SHARES = {"qa": 0.4, "rag": 0.3, "summary": 0.3}
 KIND_CYCLE = ("qa", "rag", "summary", "qa", "rag", "summary", "qa", "rag", "summary", "qa")  # 4 / 3 / 3 per 10
 
 # Not the paper's exact wording (not found offline): written from the paper's description of its synthetic data.
@@ -318,12 +317,16 @@ def run(out, synth, n, stop_after=None, shard=(0, 1)):
     log(f"synth: {out}: {len(done)} records already there, {len(todo)} to generate"
         + (f" ({len(extra)} with ids outside --n {n} / --shard are kept)" if extra else ""))
     t0, written = time.time(), 0
-    with open(out, "ab") as f:
+    with open(out, "ab", buffering=0) as f:  # unbuffered: nothing of a record waits in memory to be written later
         for rec in synth.records(todo):
-            i = rec["id"]
-            f.write((json.dumps(rec, ensure_ascii=False) + "\n").encode("utf-8"))
-            f.flush()
-            os.fsync(f.fileno())
+            i, end, line = rec["id"], f.tell(), memoryview((json.dumps(rec, ensure_ascii=False) + "\n").encode())
+            try:
+                while line:
+                    line = line[f.write(line):]
+                os.fsync(f.fileno())
+            except BaseException:  # a full disk, Ctrl-C: the file keeps every whole record and no part of this one
+                os.ftruncate(f.fileno(), end)
+                raise
             written += 1
             dt = time.time() - t0
             eta = dt / written * (len(todo) - written)
@@ -335,35 +338,42 @@ def run(out, synth, n, stop_after=None, shard=(0, 1)):
 
 
 def main(argv):
-    ap = argparse.ArgumentParser(prog="sft.py synth", description="synthetic long-instruction SFT data (QA, RAG, "
-                                 "recursive summaries, 40/30/30) in UltraChat jsonl format")
+    ap = ArgumentParser(prog="sft.py synth", description="synthetic long-instruction SFT data (QA, RAG, "
+                        "recursive summaries, 40/30/30) in UltraChat jsonl format")
     ap.add_argument("out", help="output .jsonl (appended to; existing ids are skipped)")
     ap.add_argument("--ckpt", required=True, help="HF-format checkpoint directory or hub id (model + tokenizer)")
     ap.add_argument("--domain", required=True, help="token domain of long documents (data.py tokenize / demo)")
     ap.add_argument("--tokenizer", default=None, help="default: the checkpoint's tokenizer")
-    ap.add_argument("--n", type=int, default=1000, help="records to have in OUT in all (ids 0..N-1)")
-    ap.add_argument("--chunk-tokens", type=int, default=4096)
-    ap.add_argument("--context-tokens", type=int, default=64000, help="longest document text in one record")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--max-new-tokens", type=int, default=512)
-    ap.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
-    ap.add_argument("--top-p", type=float, default=1.0)
-    ap.add_argument("--retries", type=int, default=3, help="QA prompts tried before a reply is kept unparsed")
-    ap.add_argument("--batch-size", type=int, default=8, help="prompts generated together (one forward per new "
-                    "token for all of them); the records do not depend on it")
+    ap.add_argument("--n", type=number(int, 0), default=1000, help="records to have in OUT in all (ids 0..N-1)")
+    ap.add_argument("--chunk-tokens", type=number(int, 1), default=4096)
+    ap.add_argument("--context-tokens", type=number(int, 1), default=64000,
+                    help="longest document text in one record")
+    ap.add_argument("--seed", type=number(int, 0), default=0)
+    ap.add_argument("--max-new-tokens", type=number(int, 1), default=512)
+    ap.add_argument("--temperature", type=number(float, 0), default=0.0, help="0: greedy")
+    ap.add_argument("--top-p", type=number(float, 0, 1, above=True), default=1.0)
+    ap.add_argument("--retries", type=number(int, 1), default=3,
+                    help="QA prompts tried before a reply is kept unparsed")
+    ap.add_argument("--batch-size", type=number(int, 1), default=8, help="prompts generated together (one forward "
+                    "per new token for all of them); the records do not depend on it")
     ap.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     ap.add_argument("--shard", default="0/1", help="K/M: only ids i with i %% M == K (one process per GPU, each "
                     "with its own OUT; concatenate the files afterwards)")
     ap.add_argument("--stop-after", type=int, default=None, help=argparse.SUPPRESS)  # tests: SIGKILL after K
     args = ap.parse_args(argv)
-    if args.n < 0:
-        ap.error("--n must be >= 0")
     try:
         shard = tuple(int(x) for x in args.shard.split("/"))
         assert len(shard) == 2 and 0 <= shard[0] < shard[1]
     except (ValueError, AssertionError):
         ap.error(f"--shard {args.shard}: expected K/M with 0 <= K < M, e.g. 0/8")
-    try:
+    if args.context_tokens < args.chunk_tokens:
+        ap.error(f"--context-tokens {args.context_tokens} must be at least --chunk-tokens {args.chunk_tokens}")
+    with one_line_errors(args.out):
+        check_output(args.out)
+        if os.path.exists(args.ckpt) and not os.path.isdir(args.ckpt) or not os.path.exists(args.ckpt) and \
+                not HUB_ID.fullmatch(args.ckpt):
+            raise DataError(f"--ckpt {args.ckpt}: no such checkpoint directory (nor a hub id such as "
+                            f"princeton-nlp/Llama-3-8B-ProLong-512k-Instruct)")
         import torch
         from model import Llama
         device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -374,9 +384,22 @@ def main(argv):
         synth = Synth(model, tok, domain, args.chunk_tokens, args.context_tokens, args.max_new_tokens,
                       args.temperature, args.top_p, args.seed, args.retries, batch_size=args.batch_size)
         t0 = time.time()
-        written = run(args.out, synth, args.n, args.stop_after, shard)
-    except (DataError, ValueError) as e:
-        fail(e)
-    except KeyboardInterrupt:
-        fail(f"interrupted; {args.out} holds every finished record (run again to continue)", 130)
+        try:
+            written = run(args.out, synth, args.n, args.stop_after, shard)
+        except KeyboardInterrupt:
+            fail(f"interrupted; {args.out} holds every finished record (run again to continue)", 130)
     print(f"synth: {args.out}: wrote {written} records in {time.time() - t0:.1f}s; {args.n} ids in all", flush=True)
+
+
+HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
+
+
+def check_output(out):
+    """OUT must be a file this run can append to: refused now, before a model is loaded, if it cannot be."""
+    if os.path.isdir(out):
+        raise DataError(f"{out}: is a directory; name the output .jsonl file (e.g. {os.path.join(out, 'synth.jsonl')})")
+    parent = os.path.dirname(os.path.abspath(out))
+    if not os.path.isdir(parent):
+        raise DataError(f"{out}: directory {parent} does not exist")
+    if not os.access(out if os.path.exists(out) else parent, os.W_OK):
+        raise DataError(f"{out}: not writable")

@@ -3,7 +3,7 @@
 `load_tokenizer` gives one `Tokenizer` interface over the Llama-3 tiktoken file (llama-models' tokenizer.model, a
 checkpoint's copy, or a hub repo's original/tokenizer.model) and over a Hugging Face tokenizer.json. `encode` never
 turns text into special ids: a user who types "<|eot_id|>" gets the ids of that text, so special tokens enter a
-sequence only where code puts them (data.py's BOS/EOS around documents, `chat_ids` below).
+sequence only where code puts them (sources.tokenize's BOS/EOS around documents, `chat_ids` below).
 
 Tokenising very long text: tiktoken's BPE is quadratic on huge pre-tokenizer pieces and runs out of memory on huge
 inputs, so text is cut into pieces of about 64K characters, only at points where Llama-3's split regex always
@@ -29,7 +29,10 @@ token); the mask is 1 on an assistant message's content (every token touching it
 template starts a conversation without a system message with its default one; so does `chat_ids` when the
 checkpoint's tokenizer_config.json template says so. Qwen3's thinking blocks are left out (SFT data has none).
 """
-import hashlib, importlib.util, json, os, re, sys
+import importlib.util, json, os, re
+
+from common import atomic_write, log, sha256_file
+from tokenfiles import DataError
 
 LLAMA3_SHA256 = "82e9d31979e92ab929cd544440f129d9ecd797b69e327f80f17e1c50d5551b55"
 LLAMA3_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
@@ -51,39 +54,6 @@ QWEN_SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_sta
                 "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|fim_pad|>", "<|repo_name|>",
                 "<|file_sep|>", "<tool_response>", "</tool_response>", "<think>", "</think>"]
 QWEN2_5_SYSTEM = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."  # its template's default
-
-
-# Shared with data.py and sources.py, which import them from here (data.DataError is this one class).
-
-class DataError(Exception):
-    """A problem the user can fix (bad input, missing file, impossible mixture); the CLI prints it without a trace."""
-
-
-def log(msg):
-    print(msg, file=sys.stderr, flush=True)
-
-
-def sha256_file(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def atomic_write(path, data):
-    """Write bytes (or text) to path via a temporary name, so a crash never leaves a half file under the real name."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
-        os.replace(tmp, path)
-    except BaseException:  # a full disk or Ctrl-C: leave no temporary behind either
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 
 _SAFE = re.compile(r"[\r\n](?=\S)|\S(?=[ \t])|[A-Za-z0-9](?=[\r\n])")  # a cut after the consumed character
 _LONG_RUN = re.compile(r"(?<!\S)\S{%d}|(?<!\s)\s{%d}" % (RUN_LIMIT + 1, RUN_LIMIT + 1))  # anchored: linear time
@@ -293,6 +263,9 @@ def load_tokenizer(spec=None):
 # --------------------------------------------------------------------------------------------------- chat format
 
 CHAT_ROLES = ("system", "user", "assistant")
+# JSON's "\ud800" escape without its pair gives a str that no UTF-8 encodes: tiktoken would write U+FFFD instead,
+# so data.py tokenize and the chat format refuse such text rather than train on a replacement character.
+LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def check_chat(messages, need_assistant=True):
@@ -313,6 +286,9 @@ def check_chat(messages, need_assistant=True):
             raise DataError(f"message {i} ({role}): content must be a string, got {type(content).__name__}")
         if not content.strip():
             raise DataError(f"message {i} ({role}): empty content")
+        if LONE_SURROGATE.search(content):
+            raise DataError(f"message {i} ({role}): invalid Unicode (an unpaired surrogate escape such as \\ud800) "
+                            f"in the content")
     if need_assistant and not any(m["role"] == "assistant" for m in messages):
         raise DataError("no assistant message: nothing to train on")
 

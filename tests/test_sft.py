@@ -72,6 +72,7 @@ def prepare_cli(*args, env=None):
 # sft.py prepare
 
 
+@pytest.mark.slow  # a command line in a subprocess
 def test_prepare_writes_chat_format_documents_and_masks(tmp_path, tok):
     """Each valid conversation becomes one document equal to chat_ids (ids and mask); each malformed kind is
     reported once as FILE:LINE and skipped; the summary counts them."""
@@ -89,6 +90,7 @@ def test_prepare_writes_chat_format_documents_and_masks(tmp_path, tok):
     assert meta["tokenizer_sha256"] == tok.sha256 and meta["has_mask"] and meta["documents"] == 4
 
 
+@pytest.mark.slow  # a command line in a subprocess
 def test_strict_stops_at_the_first_malformed_conversation_and_writes_nothing(tmp_path):
     for i, (bad, word) in enumerate(BAD):
         src = write_jsonl(tmp_path / f"chat{i}.jsonl", GOOD[:2] + [bad] + GOOD[2:])
@@ -113,6 +115,7 @@ def test_gzip_input_and_system_message(tmp_path, tok):
         "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nYou are helpful.<|eot_id|>")
 
 
+@pytest.mark.slow  # a command line in a subprocess
 def test_holdout_splits_the_conversations(tmp_path, tok):
     convs = [chat("user", f"Question {i}?", "assistant", f"Answer {i}.") for i in range(20)]
     src = write_jsonl(tmp_path / "chat.jsonl", convs)
@@ -124,9 +127,10 @@ def test_holdout_splits_the_conversations(tmp_path, tok):
     again = sft.prepare(str(tmp_path / "again"), [src], holdout=5, holdout_dir=str(tmp_path / "again-heldout"))
     assert documents(tmp_path / "again-heldout") == held and again["heldout"]["conversations"] == 5  # seeded
     proc = prepare_cli(tmp_path / "x", src, "--holdout", 20)
-    assert proc.returncode != 0 and proc.stderr.count("\n") == 1 and "only 20 conversations" in proc.stderr
+    assert proc.returncode != 0 and proc.stderr.count("\n") == 1 and "only 20 usable conversations" in proc.stderr
 
 
+@pytest.mark.slow  # a command line in a subprocess
 def test_parquet_reads_or_says_what_to_install(tmp_path, tok):
     try:
         import pyarrow as pa
@@ -145,6 +149,7 @@ def test_parquet_reads_or_says_what_to_install(tmp_path, tok):
     assert documents(tmp_path / "out") == [tuple(chat_ids(tok, c["messages"])) for c in GOOD] and skipped == 1
 
 
+@pytest.mark.slow  # a command line in a subprocess
 def test_hub_dataset_offline_is_one_line(tmp_path):
     env = dict(ENV, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"))
     proc = prepare_cli(tmp_path / "out", "HuggingFaceH4/ultrachat_200k", env=env)
@@ -178,6 +183,7 @@ def test_hub_dataset_fetches_the_splits_parquet_files(tmp_path, monkeypatch):
     assert not any(matches(f"data/{s}-00000-of-00001-0a1b.parquet") for s in ("test_sft", "train_gen", "test_gen"))
 
 
+@pytest.mark.slow  # a command line in a subprocess
 def test_ctrl_c_leaves_nothing_and_exits_130(tmp_path):
     src = write_jsonl(tmp_path / "chat.jsonl", GOOD * 200)
     script = (f"import sys; sys.path.insert(0, {ROOT!r}); import sft\n"
@@ -361,6 +367,7 @@ def test_sft_configs_dry_run(tmp_path, chat_domain, name, steps):
     assert len(val) == 2 and all(math.isfinite(v) for v in val)
 
 
+@pytest.mark.slow  # a command line in a subprocess
 def test_sft_without_arguments_prints_usage():
     proc = subprocess.run([sys.executable, "sft.py"], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "sft.py prepare OUT INPUT" in proc.stdout

@@ -10,7 +10,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-import data  # noqa: E402
+import common  # noqa: E402
 import tokenizer  # noqa: E402
 
 llama_tokenizer = pytest.importorskip("llama_models.llama3.tokenizer", reason="pip install --no-deps llama-models")
@@ -24,7 +24,7 @@ def ref():
 
 @pytest.fixture(scope="module")
 def tok():
-    return data.load_tokenizer()
+    return tokenizer.load_tokenizer()
 
 
 def stdlib_texts(n=40, seed=0):
@@ -37,7 +37,7 @@ def test_special_tokens_and_ids_match_llama_models(tok, ref):
     assert (tok.bos_id, tok.eos_id, tok.eot_id, tok.n_vocab) == (128000, 128001, 128009, ref.n_words) == \
         (ref.bos_id, ref.eos_id, ref.eot_id, 128256)
     assert tok.special_tokens["<|start_header_id|>"] == 128006 and tok.special_tokens["<|end_header_id|>"] == 128007
-    assert tok.name == "llama3" and tok.sha256 == data.LLAMA3_SHA256
+    assert tok.name == "llama3" and tok.sha256 == tokenizer.LLAMA3_SHA256
     texts = stdlib_texts() + ["Héllo wörld — 中文 текст 🙂", "<|begin_of_text|>user text <|eot_id|> stays text",
                               "", " ", "\r\n\r\n  x", "don't I'LL 12345678 ..."]
     for t in texts:
@@ -54,7 +54,7 @@ def test_safe_split_points_never_change_ids(tok, ref):
                 "\u2028", "  ", "\n\n", " x", "\r\n", "_", "-\n"]
     for _ in range(2000):
         s = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 50)))
-        pieces = list(data.text_pieces([s], target=1))
+        pieces = list(tokenizer.text_pieces([s], target=1))
         assert "".join(pieces) == s
         assert [t for p in pieces for t in tok._encode_many([p], 1)[0]] == ref.encode(s, bos=False, eos=False), s
 
@@ -66,7 +66,7 @@ def test_long_runs_follow_llama_models_rule(tok, ref):
                  for _ in range(rng.randint(1, 6))]
         s = "".join(parts)[:390_000]  # under llama_models' 400,000-character window
         assert tok.encode(s) == ref.encode(s, bos=False, eos=False)
-        assert [t for p in data.text_pieces([s], target=7) for t in tok._encode_many([p], 1)[0]] == \
+        assert [t for p in tokenizer.text_pieces([s], target=7) for t in tok._encode_many([p], 1)[0]] == \
             ref.encode(s, bos=False, eos=False)
 
 
@@ -79,7 +79,7 @@ def test_streaming_blocks_equal_whole_text_encoding(tok):
         n = rng.choice([1, 7, 1000, 70_000, 300_000])
         blocks.append(text[i:i + n])
         i += n
-    pieces = list(data.text_pieces(iter(blocks)))
+    pieces = list(tokenizer.text_pieces(iter(blocks)))
     assert "".join(pieces) == text and max(map(len, pieces)) < 200_000
     assert [t for ids in tok._encode_many(pieces, 2) for t in ids] == whole
 
@@ -88,28 +88,28 @@ def test_text_without_any_safe_point_is_still_cut_in_bounded_pieces(monkeypatch,
     # ".\n ." has no point where Llama-3's regex must start a new piece; the carry must not grow without end.
     monkeypatch.setattr(tokenizer, "MAX_CARRY", 5000)  # read by tokenizer._split
     text = ".\n ." * 20_000
-    pieces = list(data.text_pieces(iter(text[i:i + 1000] for i in range(0, len(text), 1000)), target=100))
+    pieces = list(tokenizer.text_pieces(iter(text[i:i + 1000] for i in range(0, len(text), 1000)), target=100))
     assert "".join(pieces) == text and max(map(len, pieces)) <= 5000 + 2 * 100 + 1000
 
 
 def test_load_tokenizer_from_path_dir_checkpoint_and_errors(tmp_path, tok):
     path = tok.files[0]
-    assert data.load_tokenizer(path).sha256 == tok.sha256
+    assert tokenizer.load_tokenizer(path).sha256 == tok.sha256
     snapshot = tmp_path / "snapshot" / "original"
     snapshot.mkdir(parents=True)
     (snapshot / "tokenizer.model").write_bytes(open(path, "rb").read())
-    assert data.load_tokenizer(tmp_path / "snapshot").name == "llama3"
+    assert tokenizer.load_tokenizer(tmp_path / "snapshot").name == "llama3"
     tok.save(tmp_path / "ckpt")
-    again = data.load_tokenizer(tmp_path / "ckpt")
+    again = tokenizer.load_tokenizer(tmp_path / "ckpt")
     assert again.name == "llama3" and again.encode("hello there") == tok.encode("hello there")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(data.DataError, match="no tokenizer.model"):
-        data.load_tokenizer(tmp_path / "empty")
-    with pytest.raises(data.DataError, match="no such tokenizer"):
-        data.load_tokenizer(str(tmp_path / "missing.model"))
+    with pytest.raises(tokenizer.DataError, match="no tokenizer.model"):
+        tokenizer.load_tokenizer(tmp_path / "empty")
+    with pytest.raises(tokenizer.DataError, match="no such tokenizer"):
+        tokenizer.load_tokenizer(str(tmp_path / "missing.model"))
     (tmp_path / "bad.model").write_text("not base64 !!\n")
-    with pytest.raises(data.DataError, match="bad.model"):
-        data.load_tokenizer(tmp_path / "bad.model")
+    with pytest.raises(tokenizer.DataError, match="bad.model"):
+        tokenizer.load_tokenizer(tmp_path / "bad.model")
 
 
 def test_hf_tokenizer_json_directory(tmp_path):
@@ -121,7 +121,7 @@ def test_hf_tokenizer_json_directory(tmp_path):
                                              initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet())
     hf.train_from_iterator(stdlib_texts(5), trainer)
     hf.save(str(tmp_path / "tokenizer.json"))
-    t = data.load_tokenizer(tmp_path)
+    t = tokenizer.load_tokenizer(tmp_path)
     text = "def f(x):\n    return x <|endoftext|> done"
     assert hf.encode(text).ids != t.encode(text)  # by default HF turns the special-token text into its id
     hf.encode_special_tokens = True
@@ -131,8 +131,8 @@ def test_hf_tokenizer_json_directory(tmp_path):
     assert t.decode(t.encode(text)) == text
     for name in ("tokenizer_config.json", "tokenizer.json"):  # a cut-off download of either file: one clear line
         (tmp_path / name).write_text('{"eos_token": ')
-        with pytest.raises(data.DataError, match=f"^{tmp_path}: unreadable tokenizer.json or tokenizer_config.json"):
-            data.load_tokenizer(tmp_path)
+        with pytest.raises(tokenizer.DataError, match=f"^{tmp_path}: unreadable tokenizer.json or tokenizer_config.json"):
+            tokenizer.load_tokenizer(tmp_path)
 
 
 def test_atomic_write_failing_midway_keeps_the_old_file_and_no_temporary(tmp_path):
@@ -142,5 +142,5 @@ def test_atomic_write_failing_midway_keeps_the_old_file_and_no_temporary(tmp_pat
     target = tmp_path / "chat.jsonl"
     target.write_text("old content\n")
     with pytest.raises(KeyboardInterrupt):
-        data.atomic_write(str(target), Interrupted("new content"))
+        common.atomic_write(str(target), Interrupted("new content"))
     assert os.listdir(tmp_path) == ["chat.jsonl"] and target.read_text() == "old content\n"
