@@ -374,8 +374,9 @@ def block_mask_bytes(block_mask):
 # generation with a KV cache
 
 
-def attend_cached(q, k, v):
+def attend_cached(q, k, v, cu=None):
     """Generation with a KV cache, one sequence: the c queries are the last c of the L cached positions.
+    `cu`: the varlen kernel's (cu_q, cu_k) = ([0, c], [0, L]) int32 on q's device, when the caller has them.
 
     Causality is aligned bottom-right (query i sees keys up to L - c + i), which SDPA's `is_causal` is not when
     c < L. No c x L mask is built: at 512K with 4096-token prefill chunks that would be 2 GiB per layer, and a
@@ -389,8 +390,9 @@ def attend_cached(q, k, v):
             # varlen_attn passes window_size=(-1, 0) to aten's vendored flash-attn 2.5.7
             # (torch.nn.attention._get_flash_version), whose causal mask is bottom-right aligned like
             # flash-attn >= 2.1: query i sees keys j <= i + L - c. FA3, when activated, aligns the same way.
-            cu_q = torch.tensor([0, c], dtype=torch.int32).to(q.device, non_blocking=True)
-            cu_k = torch.tensor([0, L], dtype=torch.int32).to(q.device, non_blocking=True)
+            # `cu`: generation's cache builds these once per forward pass, not two host-to-device copies per layer
+            cu_q, cu_k = cu if cu is not None else (
+                torch.tensor([0, n], dtype=torch.int32).to(q.device, non_blocking=True) for n in (c, L))
             return _varlen_attn()(q, k, v, cu_q, cu_k, c, L, window_size=(-1, 0), enable_gqa=gqa)
     qb, kb, vb = (x.transpose(0, 1).unsqueeze(0) for x in (q, k, v))  # (1, heads, length, dim)
     if c == 1:  # a single new token sees the whole cache

@@ -95,6 +95,7 @@ class KVCache:
         self.k = torch.empty(shape, dtype=dtype, device=device)
         self.v = torch.empty(shape, dtype=dtype, device=device)
         self.length = 0  # positions filled in every layer
+        self._cu = None  # set by `positions`, once per forward pass
 
     def append(self, layer, k, v):
         end = self.length + k.shape[0]
@@ -105,13 +106,19 @@ class KVCache:
         return self.k[layer, :end], self.v[layer, :end]
 
     def positions(self, num_tokens, device):
-        return torch.arange(self.length, self.length + num_tokens, device=device)
+        # Once per forward pass, what every layer's attention shares: the varlen kernel's boundaries of c new queries
+        # over L keys, copied to the device here rather than twice per layer (a host-to-device copy each)
+        end = self.length + num_tokens
+        self._cu = tuple(torch.tensor([0, n], dtype=torch.int32).to(device, non_blocking=True)
+                         for n in (num_tokens, end))
+        return torch.arange(self.length, end, device=device)
 
     def attend(self, layer, q, k, v):
-        return attention.attend_cached(q, *self.append(layer, k, v))
+        return attention.attend_cached(q, *self.append(layer, k, v), cu=self._cu)
 
     def advance(self, num_tokens):
         self.length += num_tokens
+        self._cu = None  # a forward that passes its own position_ids (no `positions` call) gets them built afresh
 
 
 class BatchKVCache:
@@ -129,7 +136,7 @@ class BatchKVCache:
     def row(self, b):
         """A KVCache over row b's storage, to prefill that row alone."""
         row = KVCache.__new__(KVCache)
-        row.k, row.v, row.length = self.k[:, b], self.v[:, b], 0
+        row.k, row.v, row.length, row._cu = self.k[:, b], self.v[:, b], 0, None
         return row
 
     def keep(self, rows):
@@ -142,16 +149,18 @@ class BatchKVCache:
         self.k, self.v = self.k[:, :len(rows)], self.v[:, :len(rows)]
         self.lengths = [self.lengths[r] for r in rows]
 
-    def positions(self, num_tokens, device):  # one new token per row; `attend` reuses them
+    def positions(self, num_tokens, device):
+        # one new token per row; built once per forward pass (one host-to-device copy), every layer reuses them
         self._positions = torch.tensor(self.lengths, device=device)
+        self._rows = torch.arange(len(self.lengths), device=device)
+        self._filled = self._positions + 1  # keys each row attends to, its new one included
         return self._positions
 
     def attend(self, layer, q, k, v):
-        rows = torch.arange(len(self.lengths), device=q.device)
-        self.k[layer, rows, self._positions] = k
-        self.v[layer, rows, self._positions] = v
+        self.k[layer, self._rows, self._positions] = k
+        self.v[layer, self._rows, self._positions] = v
         end = max(self.lengths) + 1
-        return attention.attend_cached_rows(q, self.k[layer, :, :end], self.v[layer, :, :end], self._positions + 1)
+        return attention.attend_cached_rows(q, self.k[layer, :, :end], self.v[layer, :, :end], self._filled)
 
     def advance(self, num_tokens):
         self.lengths = [n + 1 for n in self.lengths]
