@@ -293,6 +293,29 @@ class Mixture:
             cu.append(self.seq_len)
         return Sequence(np.concatenate(ids), np.concatenate(labels), np.array(cu, np.int32))
 
+    def sequence_lengths(self, g):
+        """The segment lengths of global sequence g (np.diff of its cu_seqlens), from the document pieces alone:
+        no token is read, so every rank can afford those of a whole step."""
+        seen, ci = self._seen(g)
+        c = self.comps[ci]
+        first = seen[ci] * c.per_seq
+        lengths = [end - start for k in range(first, first + c.per_seq) for _, start, end in self._unit(ci, k)]
+        if sum(lengths) < self.seq_len:
+            lengths.append(self.seq_len - sum(lengths))  # the padding segment
+        return np.array(lengths, np.int64)
+
+    def balanced_step(self, per_rank, per_micro_batch, cost):
+        """This rank's `per_rank` sequences of the next optimizer step, micro-step by micro-step (see
+        balance_step), chosen from all dp_size x per_rank sequences of the step by `cost(segment lengths)`. The
+        step covers the same global sequences as per_rank next() calls on every rank, and the cursor moves the
+        same: only who computes which sequence, and when, changes."""
+        first, n = self.consumed, per_rank * self.dp_size
+        slots = balance_step([cost(self.sequence_lengths(first + i)) for i in range(n)], self.dp_size,
+                             per_micro_batch)[self.dp_rank]
+        sequences = [self.sequence(first + i) for micro in slots for i in micro]
+        self.consumed += n
+        return sequences
+
     def __iter__(self):
         return self
 
@@ -329,6 +352,48 @@ def order_microbatches(sequences):
     """Order one optimizer step's micro-batches on one device by the sum of squared document lengths, descending
     (ProLong B.3: attention cost grows with it, so devices reach their heavy micro-batches together)."""
     return sorted(sequences, key=lambda s: -int((np.diff(np.asarray(s[2], np.int64)) ** 2).sum()))
+
+
+def balance_step(costs, dp_size, per_micro_batch):
+    """Assign one step's sequences (costs[i]: sequence i's cost) to slots[dp_rank][micro_step], lists of
+    per_micro_batch indices, so that at every micro-step the ranks' costs are as equal as possible: with FSDP each
+    micro-step runs at its slowest rank's pace. Sequences sorted by cost, heaviest first, fill the micro-steps in
+    turn (the dp_size x per_micro_batch heaviest are micro-step 0), and within a micro-step each goes to the rank
+    with the least cost so far that still has room (greedy longest-processing-time first); with several sequences
+    per micro-batch that greedy can lose to the paper's ordering, which is then kept. Pure and deterministic (ties
+    by index), so every rank computes the same assignment without communicating."""
+    per_step = dp_size * per_micro_batch
+    if len(costs) % per_step:
+        raise ValueError(f"{len(costs)} sequences do not fill micro-steps of {dp_size} x {per_micro_batch}")
+    order = sorted(range(len(costs)), key=lambda i: (-costs[i], i))
+    slots = [[] for _ in range(dp_size)]
+    for j in range(0, len(order), per_step):
+        load, micro = [0.0] * dp_size, [[] for _ in range(dp_size)]
+        for i in order[j:j + per_step]:
+            r = min((r for r in range(dp_size) if len(micro[r]) < per_micro_batch), key=lambda r: (load[r], r))
+            micro[r].append(i)
+            load[r] += costs[i]
+        for r in range(dp_size):
+            slots[r].append(micro[r])
+    paper = paper_step(costs, dp_size, per_micro_batch)
+    return paper if step_time(costs, paper) < step_time(costs, slots) else slots
+
+
+def paper_step(costs, dp_size, per_micro_batch):
+    """The same slots as the paper fills them (the comparison for balance_step): rank r takes sequences r,
+    r + dp_size, ... in consecutive groups of per_micro_batch, each rank ordering its own micro-batches by cost,
+    descending (order_microbatches)."""
+    slots = []
+    for r in range(dp_size):
+        mine = list(range(r, len(costs), dp_size))
+        micro = [mine[k:k + per_micro_batch] for k in range(0, len(mine), per_micro_batch)]
+        slots.append(sorted(micro, key=lambda m: -sum(costs[i] for i in m)))
+    return slots
+
+
+def step_time(costs, slots):
+    """Time of a step whose micro-steps each take as long as their slowest rank."""
+    return sum(max(sum(costs[i] for i in slots[r][j]) for r in range(len(slots))) for j in range(len(slots[0])))
 
 
 # ------------------------------------------------------------------------------------------------------- CLI
