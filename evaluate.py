@@ -185,8 +185,14 @@ def read_documents(path, tok, max_docs, length):
         return [domain.tokens(i) for i in range(min(len(domain), max_docs))]
     with open(path, encoding="utf-8") as f:
         ids = tok.encode(f.read())
-    return [np.array([tok.bos_id] + ids[i:i + length - 1], dtype=np.int64)
-            for i in range(0, len(ids), length - 1)][:max_docs]
+    bos = bos_ids(tok)
+    return [np.array(bos + ids[i:i + length - len(bos)], dtype=np.int64)
+            for i in range(0, len(ids), length - len(bos))][:max_docs]
+
+
+def bos_ids(tok):
+    """[BOS] if the tokenizer starts a text with one (Llama-3), else nothing (Qwen)."""
+    return [tok.bos_id] if getattr(tok, "add_bos", True) else []
 
 
 @torch.no_grad()
@@ -245,8 +251,9 @@ def lm_eval_adapter(model, tok, LM):
                 ctx, cont = r.args
                 spaces = len(ctx) - len(ctx.rstrip())  # lm-eval's convention: context whitespace goes with the
                 ctx, cont = ctx[:len(ctx) - spaces], ctx[len(ctx) - spaces:] + cont  # continuation
-                ctx_ids = [tok.bos_id] + tok.encode(ctx)
-                whole = [tok.bos_id] + tok.encode(ctx + cont)
+                bos = bos_ids(tok) or ([] if ctx else [tok.bos_id])  # no BOS: lm-eval's prefix for no context
+                ctx_ids = bos + tok.encode(ctx)
+                whole = bos + tok.encode(ctx + cont)
                 out.append(logprobs(ctx_ids, whole[len(ctx_ids):]))
             return out
 
@@ -264,7 +271,7 @@ def lm_eval_adapter(model, tok, LM):
             out = []
             for r in requests:
                 ctx, kwargs = r.args
-                ids = ([tok.bos_id] + tok.encode(ctx))[-window:]
+                ids = (bos_ids(tok) + tok.encode(ctx))[-window:]
                 new = model.generate(ids, max_new_tokens=kwargs.get("max_gen_toks", 256),
                                      stop_tokens=stop_tokens(tok, model, False))
                 text = tok.decode(new)
