@@ -1,14 +1,15 @@
 """
-Long-context evaluation of a checkpoint: HELMET-format recall tasks, HELMET data files, perplexity by position.
+Long-context evaluation of a checkpoint: HELMET's tasks (generated offline, or read from HELMET's data folder), and
+perplexity by position.
 
     python evaluate.py --ckpt DIR_OR_HUB_ID [--tasks json_kv,ruler_niah_mv,...] [--lengths 8192,16384]
                        [--samples 100] [--helmet-data HELMET/data] [--ppl DOMAIN_DIR_OR_TEXT] [--out results.json]
 
-This file is the runner: it loads a checkpoint, generates for each task's records, scores them, measures perplexity
-by position, and prints and writes the results. The tasks themselves (how HELMET evaluates, its templates, synthetic
-data, published files and metrics) are defined in helmet.py.
-- Perplexity by position: per-token losses of each document's first `length` tokens, summed per position bucket
-  and over the second half of each document (the ProLong paper's "last 32K of 64K" measure).
+This file is the runner: it loads a checkpoint, and for every task of the one registry (tasks/__init__.py) and
+every length it asks the task for its records, generates, asks the task to score each output, and prints and
+writes the results; it knows nothing else about a task. Perplexity by position: per-token losses of each
+document's first `length` tokens, summed per position bucket and over the second half of each document (the
+ProLong paper's "last 32K of 64K" measure).
 """
 
 import argparse
@@ -16,71 +17,42 @@ import json
 import math
 import os
 import re
-import sys
 import time
 
 import numpy as np
 import torch
 
-import helmet_long
-import judge as judge_mod
-import ruler
-from helmet import (PAPER_CATEGORIES, SYNTHETIC, TASKS, category_averages, check_helmet_data, fit_context,
-                    helmet_files, helmet_records, prompt_fields, score)
-from ruler import check_length, synthetic_records
-
-ALL_TASKS = {**TASKS, **helmet_long.TASKS}  # Recall, RAG, Re-rank (helmet.py); ICL, LongQA, Summ (helmet_long.py)
-
-
-def log(*args):
-    print(*args, file=sys.stderr, flush=True)  # progress goes to stderr; the table goes to stdout
-
-
-def fail(message):
-    """The exit for an error the user can fix: one line on stderr, `error: ...`, exit status 1, no traceback."""
-    return SystemExit("error: " + " ".join(str(message).split()))
+from common import UserError, atomic_open, log, one_line_errors, read_json
+from tokenizer import DataError, load_tokenizer
+from tasks import PAPER_CATEGORIES, SYNTHETIC, TASKS, Run, category_averages, check_helmet_data
+from tasks.common import fit_context
+from tasks.judge import Judge, judged_mean
 
 # ----------------------------------------------------------------------------------------------------------------
 # the checkpoint
 
 
-def read_json(path):
-    with open(path, encoding="utf-8") as f:
-        try:
-            return json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path} is not valid JSON ({e})") from None
-
-
-def read_json_object(path):
-    """A JSON file that must hold an object (config.json, generation_config.json): anything else is a clear error."""
-    value = read_json(path)
-    if not isinstance(value, dict):
-        raise ValueError(f"{path}: expected a JSON object ({{\"name\": value, ...}}), found {json.dumps(value)[:60]}")
-    return value
-
-
 def load_checkpoint(ckpt, tokenizer=None, device="cpu", dtype=torch.float32):
     # imported here so that this file's functions can be used without the model and data code
-    from data import DataError, load_tokenizer
     from model import Llama, resolve_checkpoint
     path = resolve_checkpoint(ckpt)  # a missing local path fails here at once; a hub id is downloaded (once)
     try:  # "llama3" names the Llama-3 tokenizer that the llama-models package ships
         tok = load_tokenizer(path if tokenizer is None else None if tokenizer == "llama3" else tokenizer)
     except DataError as e:
-        raise fail(f"no tokenizer for {ckpt}: {e}; pass --tokenizer SPEC: a tokenizer.model file, a directory "
-                   f"holding one, a hub id, or 'llama3' for the Llama-3 tokenizer of the llama-models package")
-    read_json_object(os.path.join(path, "config.json"))  # a JSONDecodeError from model.py would not name the file
+        raise UserError(f"no tokenizer for {ckpt}: {e}; pass --tokenizer SPEC: a tokenizer.model file, a "
+                        f"directory holding one, a hub id, or 'llama3' for the Llama-3 tokenizer of the llama-models "
+                        f"package")
+    read_json(os.path.join(path, "config.json"), dict)  # a JSONDecodeError from model.py would not name the file
     model = Llama.from_pretrained(path, dtype=dtype, device=device).eval()  # after the tokenizer: fail fast
     gen_config = os.path.join(path, "generation_config.json")
     if os.path.exists(gen_config):  # HELMET stops at the generation config's eos ids (e.g. Instruct's eot, eom)
-        extra = read_json_object(gen_config).get("eos_token_id") or []
+        extra = read_json(gen_config, dict).get("eos_token_id") or []
         ours = model.config.eos_token_id
         model.config.eos_token_id = sorted({*(ours if isinstance(ours, list) else [ours]),
                                             *(extra if isinstance(extra, list) else [extra])} - {None})
     if tok.n_vocab > model.config.vocab_size:
-        raise fail(f"tokenizer has {tok.n_vocab} tokens but the model's vocabulary is {model.config.vocab_size}: "
-                   f"pass the checkpoint's own tokenizer with --tokenizer")
+        raise UserError(f"tokenizer has {tok.n_vocab} tokens but the model's vocabulary is "
+                        f"{model.config.vocab_size}: pass the checkpoint's own tokenizer with --tokenizer")
     return model, tok
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -102,43 +74,26 @@ def is_instruct(model, tok):
     return tok.eot_id in (eos if isinstance(eos, (list, tuple)) else [eos]) and tok.eot_id != tok.eos_id
 
 
-def score_sample(task, output, rec):
-    """{metric: value in [0, 1]} for one output: helmet.py's tasks have one metric, helmet_long.py's several."""
-    if task in helmet_long.TASKS:
-        return helmet_long.score(task, output, rec)
-    return {ALL_TASKS[task].metric: score(task, output, rec)}
-
-
-def judge_sample(task, output, rec, judge):
-    """HELMET's GPT-4o judge on one output (NarrativeQA: 0-3 fluency x correctness; Summ: fluency x key-point F1;
-    the precision reference is Multi-LexSum's long summary, InfBench's answer)."""
-    if task == "narrativeqa":
-        return judge_mod.judge_longqa(judge, rec["question"], rec["answer"], output)
-    return judge_mod.judge_summ(judge, output, rec["keypoints"], rec["summary/long"] if task == "multi_lexsum"
-                                else rec["answer"], book=task == "infbench_sum_eng")
-
-
 def run_task(model, tok, task, records, length, opts, write_sample=None):
     """Generate for each record and score it; each per-sample result goes to `write_sample` as it is made."""
-    spec = ALL_TASKS[task]
+    spec = TASKS[task]
     chat = spec.chat and opts.get("chat", False)
     stops = stop_tokens(tok, model, spec.stop_newline and opts.get("stop_newline", False))
     special = set(tok.special_tokens.values())
     results, start = [], time.time()
     for i, rec in enumerate(records):
-        fields = prompt_fields(task, rec) if task in TASKS else rec
-        ids, fields = fit_context(spec, fields, tok, length - spec.gen_len, chat)
+        ids, fields = fit_context(spec, spec.prompt(rec), tok, length - spec.gen_len, chat)
         new = model.generate(ids, max_new_tokens=spec.gen_len, temperature=0.0, stop_tokens=stops,
                              prefill_chunk=opts.get("prefill_chunk", 4096))
         text = tok.decode([t for t in new if t not in special])
         # completion mode: HELMET scores the output with the system template it completed put back in front
         output = text if chat else spec.templates[1].format(**fields) + text
-        metrics = score_sample(task, output, rec)
+        metrics = spec.score(output, rec)
         result = {"task": task, "length": length, "index": i, "id": rec.get("id", rec.get("qid")),
                   "depth": rec.get("depth"), "input_len": len(ids), "output_len": len(new), "output": text,
                   "answer": rec.get("answer", rec.get("outputs", rec.get("answers"))), **metrics}
-        if spec.metric.startswith("gpt-4") and opts.get("judge") is not None:
-            result.update(judge_sample(task, output, rec, opts["judge"]))  # HELMET judges the stored output
+        if spec.judge is not None and opts.get("judge") is not None:
+            result.update(spec.judge(opts["judge"], output, rec))  # HELMET judges the stored output
         results.append(result)
         if write_sample:
             write_sample(result)
@@ -155,7 +110,7 @@ def summarize(results, metric):
     if results and metric not in results[0]:
         return {**summarize(results, "rougeL_f1"), "missing": metric}
     if metric.startswith("gpt-4"):
-        score = judge_mod.judged_mean([r[metric] for r in results], metric)
+        score = judged_mean([r[metric] for r in results], metric)
         judged = sum(r[metric] is not None for r in results)
         return {"metric": metric, "score": float("nan") if score is None else score, "n": len(results),
                 "judged": judged, "rougeL_f1": 100 * float(np.mean([r["rougeL_f1"] for r in results])),
@@ -223,7 +178,7 @@ def perplexity_by_position(model, docs, length, buckets=8):
         if n:
             rows.append({"positions": [int(lo), int(hi)], "tokens": int(n), "loss": float(loss_sum[lo:hi].sum() / n)})
     if not n_docs:
-        raise ValueError("no document with at least 2 tokens to measure perplexity on")
+        raise UserError("no document with at least 2 tokens to measure perplexity on")
     total = float(loss_sum.sum() / count.sum())
     return {"length": length, "documents": n_docs, "tokens": int(count.sum()), "loss": total,
             "second_half_loss": float(half_sum / half_n), "second_half_ppl": math.exp(half_sum / half_n),
@@ -347,11 +302,11 @@ def heatmap(results, path):
 # the command line
 
 
-def main(argv=None):
+def parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--ckpt", required=True, help="checkpoint directory or hub id (HF-format Llama)")
     p.add_argument("--tokenizer", default=None, help="tokenizer spec when the checkpoint has none (data.py)")
-    p.add_argument("--tasks", default=None, help=f"comma list from {', '.join(ALL_TASKS)}, or none; default: the "
+    p.add_argument("--tasks", default=None, help=f"comma list from {', '.join(TASKS)}, or none; default: the "
                    "synthetic recall tasks, plus every task whose files --helmet-data holds")
     p.add_argument("--lengths", default=None, help="comma list of token lengths, 8k = 8192 (default: HELMET's "
                    "8k-128k, then powers of two, up to the checkpoint's max_position_embeddings, else that)")
@@ -381,20 +336,25 @@ def main(argv=None):
                    help="default: bfloat16 on GPU, float32 on CPU")
     p.add_argument("--out", default=None, help="results JSON (default: CKPT/eval_results.json for a local "
                    "checkpoint, else runs/eval/NAME.json); per-sample records go to OUT_samples.jsonl")
-    args = p.parse_args(argv)
-    from data import DataError
-    try:
-        return run(args)
-    except (ValueError, OSError, DataError, judge_mod.JudgeError) as e:  # the one-line errors of every module
-        raise fail(e) from None
+    return p
+
+
+def main(argv=None):
+    """The command's one exception boundary: every error a user can cause ends in one `error:` line."""
+    args = parser().parse_args(argv)
+    with one_line_errors():
+        try:
+            return run(args)
+        except (ValueError, DataError) as e:  # model.py's refusal of a config value, a damaged token file
+            raise UserError(e) from None
 
 
 def parse_lengths(text):
     """'8192,16k' -> [8192, 16384] (k = 1024 tokens)."""
     bad = [x for x in text.split(",") if not re.fullmatch(r"0*[1-9][0-9]*[kK]?", x.strip())]
     if bad:
-        raise ValueError(f"--lengths {text}: {bad[0]!r} is not a length; give positive token counts as 8192 or 8k "
-                         f"(= 8192), comma-separated, e.g. 8k,16k,32768")
+        raise UserError(f"--lengths {text}: {bad[0]!r} is not a length; give positive token counts as 8192 or 8k "
+                        f"(= 8192), comma-separated, e.g. 8k,16k,32768")
     return [int(x.strip().rstrip("kK")) * (1024 if x.strip()[-1] in "kK" else 1) for x in text.split(",")]
 
 
@@ -407,48 +367,28 @@ def choose_tasks(args):
     """The tasks to run: --tasks, else the synthetic ones plus every task whose files --helmet-data holds."""
     if args.tasks:
         tasks = [] if args.tasks == "none" else args.tasks.split(",")
-        unknown = [t for t in tasks if t not in ALL_TASKS]
+        unknown = [t for t in tasks if t not in TASKS]
         if unknown:
-            raise fail(f"unknown task(s) {unknown}; choose from {list(ALL_TASKS)}")
+            raise UserError(f"unknown task(s) {unknown}; choose from {list(TASKS)}")
         need_files = [t for t in tasks if t not in SYNTHETIC]
         if need_files and not args.helmet_data:
-            raise fail(f"{','.join(need_files)}: these tasks read HELMET's data files: pass --helmet-data DIR")
+            raise UserError(f"{','.join(need_files)}: these tasks read HELMET's data files: pass --helmet-data DIR")
         return tasks
     if not args.helmet_data:
         return list(SYNTHETIC)
     check_helmet_data(args.helmet_data, list(TASKS), None)
-    return list(TASKS) + [t for t in helmet_long.TASKS if helmet_long.available(t, args.helmet_data)]
-
-
-def task_records(args, task, length, tok, length_tok, samples):
-    """(records, where they came from) for a task at a length, or (None, why not) when there is no data for it."""
-    if task in helmet_long.TASKS:
-        if not helmet_long.available(task, args.helmet_data):
-            expected = helmet_long.files(task, args.helmet_data)[0]
-            return None, f"{task} @ {length}: no data under {args.helmet_data} ({expected})"
-        records = helmet_long.records(task, length, args.helmet_data, samples, args.seed, tok, length_tok)
-        if args.judge_url and ALL_TASKS[task].category == "Summ" and any(not r.get("keypoints") for r in records):
-            raise ValueError(f"{task}: --judge-url needs HELMET's key points, and {args.helmet_data} has none for "
-                             f"some samples (expected {helmet_long.KEYPOINTS[task][0]}, field "
-                             f"{helmet_long.KEYPOINTS[task][1]!r})")
-        return records, f"HELMET's {task} from {args.helmet_data}"
-    if args.helmet_data:
-        files = helmet_files(task, length, args.helmet_data)
-        if files is None or not os.path.exists(files[0]):
-            return None, f"{task} @ {length}: no HELMET file" + (f" {files[0]}" if files else " for this length")
-        return helmet_records(task, *files, samples, args.seed), os.path.relpath(files[0], args.helmet_data)
-    return synthetic_records(task, length, samples, tok, args.seed), \
-        f"synthetic (ruler.py; keys: {ruler.WORD_SOURCE}; sized in this tokenizer's tokens)"
+    return [t for t in TASKS if TASKS[t].available(args.helmet_data)]
 
 
 def run(args):
     if args.ppl_docs < 1:
-        raise fail(f"--ppl-docs {args.ppl_docs}: give a positive number of documents")
+        raise UserError(f"--ppl-docs {args.ppl_docs}: give a positive number of documents")
     if args.samples is not None and args.samples < 1:
-        raise fail(f"--samples {args.samples}: give a positive number of samples per task and length (HELMET: 100)")
+        raise UserError(f"--samples {args.samples}: give a positive number of samples per task and length "
+                        f"(HELMET: 100)")
     tasks = choose_tasks(args)
     lengths = parse_lengths(args.lengths) if args.lengths else None
-    check_helmet_data(args.helmet_data, [t for t in tasks if t in TASKS], lengths)  # before loading the model
+    check_helmet_data(args.helmet_data, tasks, lengths)  # before loading the model
     dtype = getattr(torch, args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32"))
     model, tok = load_checkpoint(args.ckpt, args.tokenizer, args.device, dtype)
     length_tok = load_length_tokenizer(args.length_tokenizer, tok)
@@ -459,15 +399,15 @@ def run(args):
             f"HELMET's (8192 to 131072, then powers of two) up to the checkpoint's max_position_embeddings {window}"
             if window >= 8192 else "the checkpoint's max_position_embeddings, under HELMET's main 8192")
             + "; choose others with --lengths")
-        check_helmet_data(args.helmet_data, [t for t in tasks if t in TASKS], lengths)
-    for task in [] if args.helmet_data else tasks:  # synthetic tasks: a length too short fails before anything runs
-        check_length(task, min(lengths), tok)
+        check_helmet_data(args.helmet_data, tasks, lengths)
+    for task in [] if args.helmet_data else tasks:  # generated tasks: a length too short fails before anything runs
+        TASKS[task].check_length(min(lengths), tok)
     if max(lengths) > window and tasks:
         log(f"note: lengths above the model's max_position_embeddings ({window}) test extrapolation")
     chat = args.chat == "on" or (args.chat == "auto" and is_instruct(model, tok))
     judge = None
     if args.judge_url:
-        judge = judge_mod.Judge(args.judge_url, args.judge_model, cache_path=None)
+        judge = Judge(args.judge_url, args.judge_model, cache_path=None)
     out = args.out or (os.path.join(args.ckpt, "eval_results.json") if os.path.isdir(args.ckpt)
                        else os.path.join("runs", "eval", args.ckpt.replace("/", "__") + ".json"))
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
@@ -481,9 +421,8 @@ def run(args):
         samples_file.flush()
 
     def save():  # after every task and length, so a long run that dies keeps what it measured
-        with open(out + ".tmp", "w") as f:
+        with atomic_open(out) as f:  # never a half-written results file
             json.dump(report, f, indent=1)
-        os.replace(out + ".tmp", out)  # never a half-written results file
 
     protocol = {"helmet": "princeton-nlp/HELMET at 4526dfb (the code behind the published HELMET and ProLong "
                           "numbers)",
@@ -496,10 +435,11 @@ def run(args):
               "protocol": protocol, "samples_file": samples_path, "tasks": {}, "skipped": []}
     scores = {}
     for task in tasks:
-        spec = ALL_TASKS[task]
-        n = args.samples or (helmet_long.ICL_SAMPLES if spec.category == "ICL" else 100)  # HELMET's defaults
+        spec = TASKS[task]
+        setup = Run(args.helmet_data, args.samples or spec.samples, args.seed, tok, length_tok,  # HELMET's samples
+                    judged=judge is not None)
         for length in lengths:
-            records, source = task_records(args, task, length, tok, length_tok, n)
+            records, source = spec.records(length, setup)
             if records is None:
                 log(f"skip {source}")
                 report["skipped"].append(source)
@@ -556,7 +496,6 @@ def load_length_tokenizer(spec, tok):
     """The tokenizer that sizes LongQA/Summ documents (HELMET: Llama-2's); None: the checkpoint's own."""
     if spec is None:
         return None
-    from data import load_tokenizer
     return load_tokenizer(spec)
 
 

@@ -1,5 +1,5 @@
 """evaluate.py: oracle / empty models through the runner, perplexity, lm-eval, and the CLI (the tasks' own
-prompts, metrics and data: test_helmet.py)."""
+prompts, metrics and data: tests/test_tasks_*.py)."""
 import json
 import re
 import os
@@ -15,9 +15,17 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import evaluate as ev  # noqa: E402
-import helmet as hm  # noqa: E402
-import ruler  # noqa: E402
-from tests.test_helmet import FIXTURES, tok  # noqa: E402,F401  (HELMET's fixture files; the Llama-3 tokenizer)
+from common import UserError  # noqa: E402
+from tasks import CATEGORIES, SYNTHETIC, TASKS, category_averages  # noqa: E402
+from tests.test_tasks_common import FIXTURES, tok  # noqa: E402,F401  (HELMET's fixture files; the Llama-3 tokenizer)
+from tests.test_tasks_rag import helmet_records  # noqa: E402
+from tests.test_tasks_recall import synthetic_records  # noqa: E402
+
+FILE_TASKS = [t for t in TASKS if TASKS[t].files is not None]  # the tasks of HELMET's data/ folder
+
+
+def files(task):
+    return TASKS[task].files(8192, FIXTURES)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -80,20 +88,20 @@ def last_question(prompt):
 
 
 def records_for(task, tok, length):
-    if task in hm.SYNTHETIC:
-        return ruler.synthetic_records(task, length, 6, tok, seed=1)
-    return hm.helmet_records(task, *hm.helmet_files(task, 8192, FIXTURES), samples=10, seed=1)
+    if task in SYNTHETIC:
+        return synthetic_records(task, length, 6, tok, seed=1)
+    return helmet_records(task, *files(task), samples=10, seed=1)
 
 
-@pytest.mark.parametrize("task,length", [(t, L) for t in hm.SYNTHETIC for L in (1024, 4096)] + [
+@pytest.mark.parametrize("task,length", [(t, L) for t in SYNTHETIC for L in (1024, 4096)] + [
     ("ruler_niah_mv@helmet", 8192), ("json_kv@helmet", 8192), ("kilt_nq", 8192), ("msmarco_rerank_psg", 8192)])
 def test_oracle_scores_100_and_silence_scores_0(tok, task, length):
     task, _, helmet = task.partition("@")
-    records = hm.helmet_records(task, *hm.helmet_files(task, 8192, FIXTURES), 10, 1) if helmet \
+    records = helmet_records(task, *files(task), 10, 1) if helmet \
         else records_for(task, tok, length)
     ask = read_answer if task == "json_kv" or task.startswith("ruler_") else table_answer(records, task)
     oracle, silent = StubModel(tok, ask, length), StubModel(length=length)
-    spec = hm.TASKS[task]
+    spec = TASKS[task]
     for stop_newline in (False, True):
         opts = {"stop_newline": stop_newline}
         assert ev.summarize(ev.run_task(oracle, tok, task, records, length, opts), spec.metric)["score"] == 100.0
@@ -104,14 +112,14 @@ def test_oracle_scores_100_and_silence_scores_0(tok, task, length):
             # HELMET 4526dfb never stops at a newline; --stop-newline does where HELMET's configs ask
             assert newline <= set(stops) if stop_newline and spec.stop_newline else not newline & set(stops)
         oracle.calls.clear()
-    if not helmet and task in hm.SYNTHETIC:  # they fill the length (measured by the model stub, not the code)
+    if not helmet and task in SYNTHETIC:  # they fill the length (measured by the model stub, not the code)
         assert all(0.9 * length <= n + spec.gen_len for n, _, _ in silent.calls)
 
 
 def helmet_file_oracle():
-    """Answers helmet.py's tasks on the fixture files: from the prompt's text where the answer is there (JSON KV,
+    """Answers the tasks of HELMET's data/ folder on the fixture files: from the prompt's text where the answer is there (JSON KV,
     RULER), else from the gold answers of the question asked (RAG, re-rank); None for any other prompt."""
-    tables = {t: table_answer(hm.helmet_records(t, *hm.helmet_files(t, 8192, FIXTURES), 100, 42), t)
+    tables = {t: table_answer(helmet_records(t, *files(t), 100, 42), t)
               for t in ("kilt_nq", "msmarco_rerank_psg")}
 
     def ask(prompt):
@@ -126,11 +134,11 @@ def test_main_on_helmet_data_with_an_oracle(monkeypatch, tok, tmp_path, capsys):
     present = ["json_kv", "ruler_niah_mk_2", "ruler_niah_mv", "kilt_nq", "msmarco_rerank_psg"]
     ask = helmet_file_oracle()
     monkeypatch.setattr(ev, "load_checkpoint", lambda *a, **k: (StubModel(tok, ask, 8192 + 2), tok))
-    report = ev.main(["--ckpt", "hub/id", "--helmet-data", FIXTURES, "--lengths", "8k", "--tasks", ",".join(hm.TASKS),
+    report = ev.main(["--ckpt", "hub/id", "--helmet-data", FIXTURES, "--lengths", "8k", "--tasks", ",".join(FILE_TASKS),
                       "--out", str(tmp_path / "r.json")])
     assert sorted(report["tasks"]) == sorted(present)
     assert all(report["tasks"][t][8192]["score"] == 100.0 for t in present)
-    assert {s.split(" @")[0] for s in report["skipped"]} == set(hm.TASKS) - set(present)
+    assert {s.split(" @")[0] for s in report["skipped"]} == set(FILE_TASKS) - set(present)
     assert report["averages"]["Re-rank"][8192] == {"score": 100.0, "tasks": ["msmarco_rerank_psg"], "complete": True}
     assert report["averages"]["RAG"][8192]["complete"] is False
     assert report["paper_averages"]["Recall"][8192] == {"score": 100.0, "tasks": ["json_kv"], "complete": True}
@@ -151,10 +159,10 @@ def test_summary_by_depth_and_category_averages():
     assert s["score"] == 75.0 and s["by_depth"] == {"0.0": 50.0, "1.0": 100.0}
     scores = {"json_kv": {1024: 10.0}, "ruler_niah_mk_2": {1024: 20.0}, "ruler_niah_mk_3": {1024: 30.0},
               "ruler_niah_mv": {1024: 40.0, 2048: 50.0}, "ruler_vt": {1024: 99.0}, "kilt_nq": {1024: 60.0}}
-    avg = hm.category_averages(scores)
-    assert avg["Recall"][1024] == {"score": 25.0, "tasks": hm.CATEGORIES["Recall"], "complete": True}
+    avg = category_averages(scores)
+    assert avg["Recall"][1024] == {"score": 25.0, "tasks": CATEGORIES["Recall"], "complete": True}
     assert avg["Recall"][2048]["complete"] is False and avg["RAG"][1024]["score"] == 60.0
-    assert hm.CATEGORIES["Recall"] == ["json_kv", "ruler_niah_mk_2", "ruler_niah_mk_3", "ruler_niah_mv"]
+    assert CATEGORIES["Recall"] == ["json_kv", "ruler_niah_mk_2", "ruler_niah_mk_3", "ruler_niah_mv"]
 
 def test_heatmap_png(tmp_path):
     pytest.importorskip("matplotlib")
@@ -317,7 +325,7 @@ def test_cli_end_to_end(tiny_ckpt, tmp_path, tok):
             r = report["tasks"][task][L]
             assert r["n"] == 1 and 0 <= r["score"] <= 100 and r["source"].startswith("synthetic")
             mine = [s for s in samples if s["task"] == task and s["length"] == int(L)]
-            assert len(mine) == 1 and mine[0]["input_len"] + hm.TASKS[task].gen_len <= int(L)
+            assert len(mine) == 1 and mine[0]["input_len"] + TASKS[task].gen_len <= int(L)
     assert report["perplexity"]["length"] == 1024 and report["perplexity"]["tokens"] > 500
     assert os.path.exists(report["heatmap"])  # matplotlib is a test dependency: the heatmap is drawn, not skipped
 
@@ -337,13 +345,23 @@ def test_cli_end_to_end(tiny_ckpt, tmp_path, tok):
     assert report["lm_eval"]["tiny_local"]["acc,none"] == pytest.approx(correct / len(docs))
 
 
-def test_cli_missing_tokenizer_vocab_mismatch_and_unknown_task(tiny_ckpt, tmp_path, tok):
+def main_error(capsys, argv):
+    """The one `error:` line that ev.main prints before it exits with status 1 (in-process: faster than the CLI)."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        ev.main([str(a) for a in argv])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 1 and lines[-1].startswith("error: ") and sum(x.startswith("error") for x in lines) == 1
+    return lines[-1]
+
+
+def test_cli_missing_tokenizer_vocab_mismatch_and_unknown_task(tiny_ckpt, tmp_path, tok, capsys):
     from model import Llama, LlamaConfig
     bare = tmp_path / "bare"
     shutil.copytree(tiny_ckpt, bare)
     os.remove(bare / "tokenizer.model")
-    with pytest.raises(SystemExit, match="(?s)no tokenizer for .*bare: .*pass --tokenizer SPEC"):  # a message,
-        ev.main(["--ckpt", str(bare), "--lengths", "512", "--samples", "1", "--tasks", "json_kv"])  # no traceback
+    assert re.search("no tokenizer for .*bare: .*pass --tokenizer SPEC",  # a message, no traceback
+                     main_error(capsys, ["--ckpt", bare, "--lengths", "512", "--samples", "1", "--tasks", "json_kv"]))
     (bare / "generation_config.json").write_text('{"eos_token_id": [128001, 128008, 128009]}')
     model, tok2 = ev.load_checkpoint(str(bare), tokenizer="llama3")  # the package's Llama-3 tokenizer instead
     assert tok2.encode("hello world") == tok.encode("hello world")
@@ -351,10 +369,10 @@ def test_cli_missing_tokenizer_vocab_mismatch_and_unknown_task(tiny_ckpt, tmp_pa
     small = tmp_path / "small"
     Llama(LlamaConfig.tiny(vocab_size=1000)).save_pretrained(str(small))
     tok.save(str(small))
-    with pytest.raises(SystemExit, match="tokenizer has 128256 tokens but the model's vocabulary is 1000"):
+    with pytest.raises(UserError, match="tokenizer has 128256 tokens but the model's vocabulary is 1000"):
         ev.load_checkpoint(str(small))
-    with pytest.raises(SystemExit, match="unknown task"):
-        ev.main(["--ckpt", str(tiny_ckpt), "--tasks", "json_kv,nope", "--lengths", "512"])
+    assert "unknown task(s) ['nope']" in main_error(capsys, ["--ckpt", tiny_ckpt, "--tasks", "json_kv,nope",
+                                                             "--lengths", "512"])
 
 # ------------------------------------------------------------------------------------------------------------
 # 7. the command line's errors and defaults: one line `error: ...` on stderr, exit status 1, never a traceback
@@ -401,7 +419,8 @@ def test_cli_bad_lengths(tiny_ckpt, tmp_path, lengths, fragments):
 def test_parse_and_default_lengths():
     assert ev.parse_lengths("8192, 16k,32K") == [8192, 16384, 32768]
     for text, item in [("8k,1.5k", "1.5k"), ("8k,,16k", ""), ("0", "0"), ("-8k", "-8k"), ("8 k", "8 k")]:
-        with pytest.raises(ValueError, match=f"--lengths {text}: '{item}' is not a length; give positive token counts"):
+        with pytest.raises(UserError, match=f"--lengths {text}: '{item}' is not a length; give positive token "
+                                            f"counts"):
             ev.parse_lengths(text)
     k = 1024
     assert ev.default_lengths(524288) == [8 * k, 16 * k, 32 * k, 64 * k, 128 * k, 256 * k, 512 * k]  # ProLong 512K
@@ -410,6 +429,7 @@ def test_parse_and_default_lengths():
     assert ev.default_lengths(8192) == [8192] and ev.default_lengths(4096) == [4096]
 
 
+@pytest.mark.slow
 def test_cli_default_lengths_stop_at_max_position_embeddings(tiny_ckpt, tmp_path, tok):
     """A checkpoint trained at 4K is evaluated at 4K without --lengths, on the default (synthetic) tasks, and both
     category tables print."""
@@ -422,10 +442,10 @@ def test_cli_default_lengths_stop_at_max_position_embeddings(tiny_ckpt, tmp_path
     assert "Recall = mean of json_kv, ruler_niah_mk_2, ruler_niah_mk_3, ruler_niah_mv" in out[0]
     assert out[1].startswith("the ProLong paper's categories") and "Recall = mean of json_kv" in out[1]
     report = json.loads((tmp_path / "r.json").read_text())
-    assert report["lengths"] == [4096] and sorted(report["tasks"]) == sorted(hm.SYNTHETIC)
+    assert report["lengths"] == [4096] and sorted(report["tasks"]) == sorted(SYNTHETIC)
     samples = [json.loads(x) for x in open(tmp_path / "r_samples.jsonl")]
     for s in samples:  # filled up to the trained length, not beyond
-        assert 0.9 * 4096 <= s["input_len"] + hm.TASKS[s["task"]].gen_len <= 4096
+        assert 0.9 * 4096 <= s["input_len"] + TASKS[s["task"]].gen_len <= 4096
 
 
 def test_resolve_checkpoint_local_paths_never_reach_the_hub(tmp_path, monkeypatch):
@@ -475,17 +495,17 @@ def test_cli_missing_local_checkpoint_and_unreachable_hub_id(tiny_ckpt, tmp_path
                  "no local directory someorg/somemodel, and as a hub checkpoint it is not in the local hub cache")
 
 
-def test_cli_helmet_data_empty_or_misspelt(tiny_ckpt, tmp_path):
+def test_cli_helmet_data_empty_or_misspelt(tiny_ckpt, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert_error(run_cli("--ckpt", tiny_ckpt, "--helmet-data", tmp_path / "empty", "--lengths", "8k"),
                  f"--helmet-data {tmp_path / 'empty'} has none of json_kv/, ruler/, kilt/, msmarco/")
     assert_error(run_cli("--ckpt", tiny_ckpt, "--helmet-data", tmp_path / "dat"),
                  f"--helmet-data {tmp_path / 'dat'}: no such directory; expected HELMET's data/ folder")
     # the right folder, but no file for these tasks and lengths (the fixtures hold 8K files only); in-process: faster
-    with pytest.raises(SystemExit, match="has no file for kilt_nq at lengths 16384; expected kilt/nq-dev-multikilt"):
-        ev.main(["--ckpt", str(tiny_ckpt), "--helmet-data", FIXTURES, "--tasks", "kilt_nq", "--lengths", "16k"])
-    with pytest.raises(SystemExit, match=r"at lengths 2048 \(HELMET's files are for 4096 to 131072 tokens\)"):
-        ev.main(["--ckpt", str(tiny_ckpt), "--helmet-data", FIXTURES, "--tasks", "kilt_nq"])  # the default length
+    assert "has no file for kilt_nq at lengths 16384; expected kilt/nq-dev-multikilt" in main_error(
+        capsys, ["--ckpt", tiny_ckpt, "--helmet-data", FIXTURES, "--tasks", "kilt_nq", "--lengths", "16k"])
+    assert "at lengths 2048 (HELMET's files are for 4096 to 131072 tokens)" in main_error(
+        capsys, ["--ckpt", tiny_ckpt, "--helmet-data", FIXTURES, "--tasks", "kilt_nq"])  # the default length
 
 
 @pytest.mark.parametrize("case, fragments", [
@@ -514,12 +534,12 @@ def test_cli_bad_checkpoint(tiny_ckpt, tmp_path, case, fragments):
     assert_error(run_cli("--ckpt", ckpt, "--tasks", "json_kv", "--lengths", "512", "--samples", "1"), *fragments)
 
 
-def test_cli_samples_must_be_positive(tiny_ckpt, tmp_path):
+def test_cli_samples_must_be_positive(tiny_ckpt, tmp_path, capsys):
     for n in (0, -1):  # no NaN scores: an error before anything loads
         assert_error(run_cli("--ckpt", tiny_ckpt, "--tasks", "json_kv", "--lengths", "512", "--samples", n,
                              "--out", tmp_path / "r.json"), f"--samples {n}: give a positive number of samples")
-    with pytest.raises(SystemExit, match="--ppl-docs 0: give a positive number of documents"):
-        ev.main(["--ckpt", str(tiny_ckpt), "--tasks", "none", "--ppl", "x.txt", "--ppl-docs", "0"])
+    assert "--ppl-docs 0: give a positive number of documents" in main_error(
+        capsys, ["--ckpt", tiny_ckpt, "--tasks", "none", "--ppl", "x.txt", "--ppl-docs", "0"])
     assert not (tmp_path / "r.json").exists()
 
 
@@ -549,23 +569,25 @@ def perfect_judge(body):
         answer = {"fluency": 1, "correctness": 3}
     else:
         answer = {"fluency": 1}
-    from tests.test_judge import completion
+    from tests.test_tasks_judge import completion
     return 200, completion("Reasoning step by step... " + json.dumps(answer))
 
 
 def test_every_category_from_helmet_data_with_an_oracle_and_a_judge(monkeypatch, tok, tmp_path, capsys):
-    import helmet_long as hl
-    from tests.test_judge import Server
-    monkeypatch.setattr(hl, "MIN_TOKENS", {"narrativeqa": 301, "infbench": 300, "multi_lexsum": 300})  # small docs
+    from tasks import local
+    from tests.test_tasks_judge import Server
+    from tests.test_tasks_local import HELMET_LONG, SMALL, records
+    for k, v in SMALL.items():  # small documents
+        monkeypatch.setitem(local.MIN_TOKENS, k, v)
     for var in ("NO_PROXY", "no_proxy"):
         monkeypatch.setenv(var, "127.0.0.1,localhost")
     server = Server(perfect_judge)
     gold = {}  # what each prompt asks, found in its text: (context start, question) -> the gold answer
-    for task in hl.TASKS:
-        for r in hl.records(task, 8192, FIXTURES, 3, 42, tok):
+    for task in HELMET_LONG:
+        icl = TASKS[task].category == "ICL"
+        for r in records(task, 8192, FIXTURES, 3, 42, tok):
             answer = r["answer"] if isinstance(r["answer"], str) else r["answer"][0]
-            gold[(r["context"][:1000] if task not in hl.ICL_DATA else "", r["question"])] = \
-                " " + answer if task in hl.ICL_DATA else answer
+            gold[(r["context"][:1000] if not icl else "", r["question"])] = " " + answer if icl else answer
     helmet_ask = helmet_file_oracle()
 
     def ask(prompt):
@@ -585,7 +607,7 @@ def test_every_category_from_helmet_data_with_an_oracle_and_a_judge(monkeypatch,
             str(tmp_path / "r.json"), "--judge-url", server.url, "--judge-model", "judge-x"]
     report = ev.main(args)
     assert set(report["tasks"]) == {"json_kv", "ruler_niah_mk_2", "ruler_niah_mv", "kilt_nq", "msmarco_rerank_psg",
-                                    *hl.TASKS}
+                                    *HELMET_LONG}
     scores = {t: r[8192]["score"] for t, r in report["tasks"].items()}
     assert scores == {t: 100.0 for t in scores}, scores
     assert report["tasks"]["narrativeqa"][8192]["metric"] == "gpt-4-score"
@@ -625,7 +647,7 @@ def lengthen(path, field, times):
 def test_cli_runs_every_category_on_a_copy_of_helmets_data_layout(tiny_ckpt, tmp_path):
     """python evaluate.py --ckpt CKPT --helmet-data DIR on a fixture copy of HELMET's layout: every category runs on
     the real model and command line, judged through a local OpenAI-compatible endpoint."""
-    from tests.test_judge import Server
+    from tests.test_tasks_judge import Server
     data = tmp_path / "data"
     shutil.copytree(FIXTURES, data)
     lengthen(data / "narrativeqa" / "test.jsonl", "document.text", 1200)

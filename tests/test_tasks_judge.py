@@ -1,4 +1,4 @@
-"""judge.py: HELMET's judge prompts, parsing and arithmetic
+"""tasks/judge.py: HELMET's judge prompts, parsing and arithmetic
 against HELMET's own code (recorded in tests/fixtures/judge), and the HTTP protocol against a local server. Offline."""
 import hashlib
 import http.server
@@ -15,7 +15,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-import judge as jm  # noqa: E402
+from tasks import judge as jm  # noqa: E402
 
 FIXTURES = os.path.join(ROOT, "tests", "fixtures", "judge")
 
@@ -34,7 +34,7 @@ sha = lambda s: hashlib.sha256(s.encode()).hexdigest()  # noqa: E731
 
 def test_prompt_templates_are_helmets_character_for_character():
     for name, digest in EXPECTED["templates"].items():
-        assert sha(getattr(jm, name)) == digest, name
+        assert sha(jm.prompt_text(name)) == digest, name
 
 
 class Scripted:
@@ -101,7 +101,7 @@ def test_where_helmet_crashes_the_sample_is_unscored():
 
 
 def test_summ_without_keypoints_is_an_error():
-    with pytest.raises(ValueError, match="key points"):
+    with pytest.raises(jm.UserError, match="key points"):
         jm.judge_summ(Scripted([]), "Summary: text.", [], "reference")
 
 

@@ -1,27 +1,14 @@
-"""
-Synthetic long-context tasks, made offline: lost-in-the-middle's JSON KV and RULER's needles (niah_mk_2, niah_mk_3,
-niah_mv) and variable tracking, in the record layout of HELMET's published files, sized to a length in the
-checkpoint's own tokens. helmet.py defines how they are prompted and scored; evaluate.py runs them.
+"""HELMET's Recall tasks: lost-in-the-middle's JSON KV and RULER's needles (niah_mk_2, niah_mk_3, niah_mv) and
+variable tracking, read from HELMET's files or, without them, generated offline in the layout of those files and
+sized to a length in the checkpoint's own tokens.
 
-How each generator follows RULER (NVIDIA/RULER as of October 2024, when HELMET made its files: scripts/data/
-synthetic/niah.py, variable_tracking.py, constants.py; RULER's 2025 code builds the vt example differently):
-- Word keys (niah_mk_2, niah_mv) are RULER's list: every "adjective-noun" pair of the wonderwords package's word
-  lists, sorted and deduplicated (6,171,620 pairs with wonderwords 3.0.1), drawn uniformly. wonderwords is optional:
-  without it the keys come from a small embedded list (about 15K pairs, so long haystacks reuse the gold key's
-  words); `WORD_SOURCE` says which, and the first word key drawn without wonderwords warns once on stderr.
-- niah_mk_2 / _3: the gold needle goes at a uniform random index among the distractor needles, never after the
-  last; the record's `depth` is where it landed (index / number of distractors, so 0.0 to just under 1.0).
-- niah_mv: 4 values for one word key, at 4 of RULER's 40 depths of an "essay" haystack; RULER's Paul Graham essays
-  are not available offline, so the essay is this Python's standard-library docstrings (the text, and so scores,
-  can shift slightly between Python versions). `depth` is None, as for vt.
-- vt: one chain of 4 hops, 5-letter names, in noise lines, after one solved example that RULER builds with its own
-  noise to about 500 tokens, from RULER's template with the whitespace collapsed, the last word before the answer
-  dropped and RULER's answer prefix ("assgined", "they are: " then a space before the names). All the records of a
-  seed share one example, as all the samples of a RULER file do.
-- Uuids are str(uuid.uuid4()) drawn from a seeded RNG. JSON KV follows lost-in-the-middle; `KV_DEPTHS` are its gold
-  key positions (0.0 = first pair, 1.0 = last pair), cycled over the records.
-- Lengths count BOS + prompt + generation: the number of JSON pairs / haystack lines / words is searched so that the
-  prompt fits and fills at least ~90% of the length.
+The one idea: a generator follows RULER's code of October 2024 (when HELMET made its files), word for word where
+it decides what the model sees: RULER's adjective-noun keys (wonderwords' lists, read on first use; a small
+embedded list without it), the gold needle among the distractors, the vt one-shot example with RULER's typo.
+niah_mv's essay haystack is this Python's standard-library docstrings (RULER's Paul Graham essays are not
+available offline). A generated task searches its size (pairs, needles, noise lines) so that BOS + prompt +
+generation fit the length and fill at least ~90% of it. Provenance, line by line, is beside each function and in
+tests/test_tasks_recall.py.
 """
 
 import ast
@@ -32,24 +19,83 @@ import os
 import random
 import re
 import string
-import sys
 import sysconfig
 import uuid
 
 import numpy as np
 
-from helmet import TASKS, encode_prompt, prompt_fields
+from common import UserError, log
+from tasks.common import encode_prompt, file_task, ruler_recall, shuffle_order, sub_em
+
+# ----------------------------------------------------------------------------------------------------------------
+# templates (HELMET's data.py), files and scores
+
+RULER_NIAH = ("A special magic {type_needle_v} is hidden within the following text. Make sure to memorize it. I will "
+              "quiz you about the {type_needle_v} afterwards.\n{context}\nWhat is the special magic {type_needle_v} "
+              "for {query} mentioned in the provided text?",
+              "The special magic {type_needle_v} for {query} mentioned in the provided text is")
+RULER_MV = ("Some special magic {type_needle_v} are hidden within the following text. Make sure to memorize it. I "
+            "will quiz you about the {type_needle_v} afterwards.\n{context}\nWhat are all the special magic "
+            "{type_needle_v} for {query} mentioned in the provided text?",
+            "The special magic {type_needle_v} for {query} mentioned in the provided text are")
+RULER_VT = ("{example}Memorize and track the chain(s) of variable assignment hidden in the following text.\n\n"
+            "{context}\nQuestion: Find all variables that are assigned the value {query} in the text above.",
+            "Answer: According to the chain(s) of variable assignment in the text above, {num_v} variables are "
+            "assigned the value {query}, they are:")
+JSON_KV = ("{context}\n\nExtract the value corresponding to the specified key in the JSON object below.\n\n{demos}"
+           "Key: {question}", "Corresponding value:")
+
+# HELMET's file for each input length (configs/*_short.yaml and *.yaml), by number of pairs
+KV_FILES = {4096: 50, 8192: 105, 16384: 220, 32768: 440, 65536: 900, 131072: 1800}
+
+
+def kv_files(length, data_dir):
+    if length in KV_FILES:
+        return os.path.join(data_dir, "json_kv", f"test_k{KV_FILES[length]}_dep6.jsonl"), None
+    return None
+
+
+def ruler_files(folder):
+    return lambda length, data_dir: (os.path.join(data_dir, "ruler", folder, f"validation_{length}.jsonl"), None)
+
+
+def kv_fields(rec):
+    demos = "\n\n".join(f"Key: {k}\nCorresponding value: {v}" for k, v in rec["demos"][:2])
+    return {"context": rec["context"], "question": rec["question"], "demos": demos + "\n\n" if demos else ""}
+
+
+def ruler_fields(rec):
+    example = rec.get("example") or ""
+    return {"context": rec["context"], "query": rec.get("query", rec.get("question", "")),
+            "example": example + "\n\n" if example else "", **{k: rec[k] for k in ("type_needle_v", "num_v")
+                                                                if k in rec}}
+
+
+def kv_score(output, rec):
+    return {"substring_exact_match": sub_em(output, rec["answer"], prefix="corresponding value:")}
+
+
+def ruler_score(output, rec):
+    return {"ruler_recall": ruler_recall(output, rec["answer"] if "answer" in rec else rec["outputs"])}
+
+
+def shuffled(data, demos, samples, seed, shots):
+    """HELMET's JSON KV and RULER files: data.shuffle(seed).select(range(samples))."""
+    return [dict(data[i]) for i in shuffle_order(len(data), seed)[:samples]]
+
+# ----------------------------------------------------------------------------------------------------------------
+# the offline generators (RULER's scripts/data/synthetic/niah.py, variable_tracking.py, constants.py)
 
 NEEDLE = "One of the special magic {type_needle_v} for {key} is: {value}."
 NOISE = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
 KV_DEPTHS = [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]  # json_kv ("dep6"): six positions of the gold key, first to last pair
 RULER_DEPTHS = [int(x) for x in np.round(np.linspace(0, 100, num=40, endpoint=True))]
 # RULER's vt template and answer prefix (synthetic/constants.py), typo included: the one-shot example is built from
-# these; the record's own question uses HELMET's template (helmet.RULER_VT, which spells "assigned").
-RULER_VT = ("Memorize and track the chain(s) of variable assignment hidden in the following text.\n\n{context}\n"
-            "Question: Find all variables that are assigned the value {query} in the text above.",
-            " Answer: According to the chain(s) of variable assignment in the text above, {num_v} variables are "
-            "assgined the value {query}, they are: ")
+# these; the record's own question uses HELMET's template (RULER_VT above, which spells "assigned").
+RULER_VT_EXAMPLE = ("Memorize and track the chain(s) of variable assignment hidden in the following text.\n\n"
+                    "{context}\nQuestion: Find all variables that are assigned the value {query} in the text above.",
+                    " Answer: According to the chain(s) of variable assignment in the text above, {num_v} variables "
+                    "are assgined the value {query}, they are: ")
 ADJECTIVES = ("able acid angry brave bright broad calm cheap clean clever cold cool curly damp dark dear deep dry "
               "eager early easy empty fair fancy fast fierce flat fresh gentle giant glad gold grand great green "
               "happy hard heavy high hollow huge humble icy jolly keen kind large late lazy light little lively "
@@ -114,8 +160,19 @@ def load_words():
     return pairs, f"wonderwords {importlib.metadata.version('wonderwords')} ({len(pairs)} pairs)"
 
 
-WORDS, WORD_SOURCE = load_words()
+_WORDS = None  # (pairs, where they came from), read on first use: --help and the other tasks never pay for it
 _warned = False
+
+
+def words():
+    global _WORDS
+    if _WORDS is None:
+        _WORDS = load_words()
+    return _WORDS
+
+
+def word_source():
+    return words()[1]
 
 
 def _random(rng, kind):
@@ -124,10 +181,11 @@ def _random(rng, kind):
     if kind == "numbers":
         return str(rng.randint(10**6, 10**7 - 1))
     if kind == "words":
-        if not WORD_SOURCE.startswith("wonderwords") and not _warned:
+        pairs, source = words()
+        if not source.startswith("wonderwords") and not _warned:
             _warned = True
-            print(f"ruler.py: RULER word keys come from an {WORD_SOURCE}", file=sys.stderr)
-        return rng.choice(WORDS)
+            log(f"tasks/recall.py: RULER word keys come from an {source}")
+        return rng.choice(pairs)
     return str(uuid.UUID(int=rng.getrandbits(128), version=4))  # uuids, as str(uuid.uuid4()) but seeded
 
 
@@ -146,13 +204,14 @@ def make_json_kv(n, seed, depth):
             "answer": pairs[gold][1], "depth": depth, "num_kvs": n}
 
 
-def make_niah_mk(task, n, seed, depth=None):
-    """RULER niah_multikey_2 (word keys, 7-digit values) / _3 (uuids): one gold needle among n distractor needles.
+def make_niah_mk(keys, n, seed, depth=None):
+    """RULER niah_multikey_2 (keys "words": word keys, 7-digit values) / _3 ("uuids": uuid keys and values): one
+    gold needle among n distractor needles.
     `depth` is not an input: RULER draws the gold index itself (niah.py, type_haystack 'needle':
     `sentences.insert(index, needle)` for `index in random.sample(range(num_haystack), 1)`), so the needle can be
     first but never after the last distractor. The record's depth is that index / n, rounded to 0.01."""
     rng = random.Random(seed)
-    kind_k, kind_v = ("words", "numbers") if task == "ruler_niah_mk_2" else ("uuids", "uuids")
+    kind_k, kind_v = (keys, "numbers" if keys == "words" else "uuids")
     key, value = _random(rng, kind_k), _random(rng, kind_v)
     haystack = []
     while len(haystack) < n:
@@ -234,7 +293,7 @@ def vt_example(tok, seed, max_len=500, gen_len=30):
     noise grown by 5 lines while `tokens(input + f' {names}') + 30` stays within 500, then one example drawn that
     fits; RULER appends " " + the names (and "\\n\\n", which HELMET's loader adds back after `example`)."""
     rng = random.Random(seed)
-    template = " ".join(RULER_VT[0].split()[:-1]) + RULER_VT[1]
+    template = " ".join(RULER_VT_EXAMPLE[0].split()[:-1]) + RULER_VT_EXAMPLE[1]
 
     def draw(n):
         context, value, names = _vt_context(rng, n, 4, 3)
@@ -261,49 +320,38 @@ def make_vt(n, seed, depth=None, example=""):
     return {"context": context, "query": value, "num_v": 5, "outputs": names, "depth": depth, "example": example}
 
 
-MAKERS = {"json_kv": make_json_kv, "ruler_niah_mk_2": lambda n, s, d: make_niah_mk("ruler_niah_mk_2", n, s, d),
-          "ruler_niah_mk_3": lambda n, s, d: make_niah_mk("ruler_niah_mk_3", n, s, d),
-          "ruler_niah_mv": make_niah_mv, "ruler_vt": make_vt}  # make(n, seed, depth); vt without its example
 
-
-def _maker(task, tok, seed):
-    """make(n, record seed, depth) for a run: vt's records share one example per seed (RULER seeds its example
-    first, with the file's seed, so it is the same in every file of a seed, whatever the length)."""
-    if task not in MAKERS:
-        raise ValueError(f"unknown synthetic task {task!r}: expected one of {', '.join(MAKERS)}")
-    if task == "ruler_vt":
-        example = vt_example(tok, f"{seed}-ruler_vt-example")
-        return lambda n, s, d: make_vt(n, s, d, example)
-    return MAKERS[task]
+def vt_maker(tok, seed):
+    """vt's records share one example per seed (RULER seeds its example first, with the file's seed, so it is the
+    same in every file of a seed, whatever the length)."""
+    example = vt_example(tok, f"{seed}-ruler_vt-example")
+    return lambda n, s, d: make_vt(n, s, d, example)
 
 
 def prompt_length(task, rec, tok):
     """Tokens of the prompt as the model will get it (BOS where the tokenizer adds one)."""
-    return len(encode_prompt(task, prompt_fields(task, rec), tok))
+    return len(encode_prompt(task, task.prompt(rec), tok))
 
 
-def check_length(task, length, tok, seed=0, make=None):
+def check_length(task, make, length, tok, seed=0):
     """A length must hold the task's smallest prompt (one pair, needle or noise line) plus its generation budget."""
-    make = make or _maker(task, tok, seed)
-    gen = TASKS[task].gen_len
-    need = prompt_length(task, make(1, f"{seed}-{task}-min", KV_DEPTHS[0]), tok) + gen
+    need = prompt_length(task, make(1, f"{seed}-{task.name}-min", KV_DEPTHS[0]), tok) + task.gen_len
     if length < need:
-        raise ValueError(f"length {length} is too short for {task}: it needs at least {need} tokens, its smallest "
-                         f"prompt ({need - gen} tokens) plus the {gen} tokens it generates")
+        raise UserError(f"length {length} is too short for {task.name}: it needs at least {need} tokens, its "
+                        f"smallest prompt ({need - task.gen_len} tokens) plus the {task.gen_len} tokens it generates")
 
 
-def synthetic_records(task, length, samples, tok, seed):
+def synthetic_records(task, make, length, samples, tok, seed):
     """`samples` records whose prompts, with BOS and the task's generation budget, fit `length` tokens."""
-    make = _maker(task, tok, seed)
-    check_length(task, length, tok, seed, make)
-    budget = length - TASKS[task].gen_len
-    depths = KV_DEPTHS if task == "json_kv" else [None]  # RULER's tasks place their needles themselves
+    check_length(task, make, length, tok, seed)
+    budget = length - task.gen_len
+    depths = KV_DEPTHS if task.name == "json_kv" else [None]  # RULER's tasks place their needles themselves
 
     def fits(n, s, d):
         return prompt_length(task, make(n, s, d), tok) <= budget
 
     # Calibrate the size (pairs / lines / words) once on a probe: exponential then binary search.
-    probe = f"{seed}-{task}-{length}-probe"
+    probe = f"{seed}-{task.name}-{length}-probe"
     lo, hi = 1, 2
     while fits(hi, probe, depths[0]) and hi < 64 * length:
         lo, hi = hi, hi * 2
@@ -312,8 +360,35 @@ def synthetic_records(task, length, samples, tok, seed):
         lo, hi = (mid, hi) if fits(mid, probe, depths[0]) else (lo, mid)
     records = []
     for i in range(samples):
-        s, d, n = f"{seed}-{task}-{length}-{i}", depths[i % len(depths)], lo
+        s, d, n = f"{seed}-{task.name}-{length}-{i}", depths[i % len(depths)], lo
         while n > 1 and not fits(n, s, d):  # random strings tokenise to slightly different lengths
             n -= max(1, n // 200)
         records.append(make(n, s, d))
     return records
+
+# ----------------------------------------------------------------------------------------------------------------
+# the tasks
+
+
+def recall_task(name, category, templates, gen_len, metric, files, prompt, score, maker):
+    """A task read from HELMET's file, or generated by `maker(tok, seed)` -> make(n, record seed, depth)."""
+    def offline(length, run):
+        records = synthetic_records(task, maker(run.tok, run.seed), length, run.samples, run.tok, run.seed)
+        return records, f"synthetic (tasks/recall.py; keys: {word_source()}; sized in this tokenizer's tokens)"
+
+    task = file_task(name, shuffled, offline, category=category, templates=templates, gen_len=gen_len,
+                     stop_newline=False, metric=metric, files=files, prompt=prompt, score=score,
+                     check_length=lambda length, tok: check_length(task, maker(tok, 0), length, tok))
+    return task
+
+
+json_kv = recall_task("json_kv", "Recall", JSON_KV, 100, "substring_exact_match", kv_files, kv_fields, kv_score,
+                      lambda tok, seed: make_json_kv)
+niah_mk_2 = recall_task("ruler_niah_mk_2", "Recall", RULER_NIAH, 50, "ruler_recall", ruler_files("niah_multikey_2"),
+                        ruler_fields, ruler_score, lambda tok, seed: lambda n, s, d: make_niah_mk("words", n, s, d))
+niah_mk_3 = recall_task("ruler_niah_mk_3", "Recall", RULER_NIAH, 100, "ruler_recall", ruler_files("niah_multikey_3"),
+                        ruler_fields, ruler_score, lambda tok, seed: lambda n, s, d: make_niah_mk("uuids", n, s, d))
+niah_mv = recall_task("ruler_niah_mv", "Recall", RULER_MV, 50, "ruler_recall", ruler_files("niah_multivalue"),
+                      ruler_fields, ruler_score, lambda tok, seed: make_niah_mv)
+vt = recall_task("ruler_vt", "RULER", RULER_VT, 50, "ruler_recall", ruler_files("vt"), ruler_fields, ruler_score,
+                 vt_maker)

@@ -1,5 +1,5 @@
-"""rouge.py: ROUGE-L / ROUGE-Lsum against rouge_score 0.1.2 itself, and the Porter stemmer against NLTK's (the test-only
-references; rouge.py depends on neither)."""
+"""tasks/rouge.py: ROUGE-L / ROUGE-Lsum against rouge_score 0.1.2 itself, and the Porter stemmer against NLTK's
+(the test-only references; tasks/rouge.py depends on neither)."""
 import importlib
 import inspect
 import os
@@ -12,7 +12,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-import rouge as rm  # noqa: E402
+from tasks import rouge as rm  # noqa: E402
 
 
 

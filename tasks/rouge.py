@@ -3,7 +3,7 @@ ROUGE-L and ROUGE-Lsum exactly as `rouge_score` 0.1.2 computes them with use_ste
 utils.calculate_metrics scores LongQA and Summ outputs (`RougeScorer(['rougeL', 'rougeLsum'], use_stemmer=True)`),
 with no dependency beyond the standard library: rouge_score's tokenizer (lower-case, every run of characters outside
 [a-z0-9] is a space, tokens longer than 3 characters stemmed) and NLTK's Porter stemmer in its default
-NLTK_EXTENSIONS mode (which is what rouge_score instantiates), re-implemented here. tests/test_judge.py checks
+NLTK_EXTENSIONS mode (which is what rouge_score instantiates), re-implemented here. tests/test_tasks_rouge.py checks
 equality with both packages.
 
     rouge(prediction, answers) -> {"rougeL_f1", "rougeL_recall", "rougeLsum_f1", "rougeLsum_recall"}  (max over answers)
