@@ -9,7 +9,9 @@
 #
 # Sequence parallelism: Ulysses gives each rank num_attention_heads / sp_size heads, and Qwen2.5-7B's 28 heads
 # (4 KV heads) split over 4 (or 28), not 8: sp_size 4, so each GPU holds 128K tokens of a sequence, twice the
-# recipe's 64K (activation memory per GPU about doubles; not measured: check with `python bench.py memory`).
+# recipe's 64K. memory.py's estimate from a meta-device step (`python bench.py memory`, init_from a directory with
+# Qwen2.5-7B's config.json): 70.0 GiB peak per GPU on 64 GPUs, 82.4 GiB on 8 (more than an 80 GB GPU holds: 16 or
+# more of them, or 141 GB H200s), plus the CUDA context and NCCL.
 #   torchrun --nnodes 8 --nproc_per_node 8 --rdzv_backend c10d --rdzv_endpoint HOST:29500 train.py \
 #       configs/qwen2_5_7b_512k.py
 

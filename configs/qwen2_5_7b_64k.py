@@ -9,7 +9,8 @@
 # 4.1e6, about twice; the same factor here gives 4e6.
 #
 # Hardware and time: as configs/prolong_64k.py (7.6B parameters against 8.0B: 28 layers of hidden 3584 against
-# 32 of 4096, a 152K vocabulary against 128K); not measured.
+# 32 of 4096, a 152K vocabulary against 128K). Memory per GPU on 8 GPUs, memory.py's estimate from a meta-device
+# step (`python bench.py memory`, init_from a directory with Qwen2.5-7B's config.json): 50.5 GiB peak.
 #   python data.py tokenize data/qwen2.5-64K/NAME ... --tokenizer Qwen/Qwen2.5-7B-Instruct   # per domain
 #   torchrun --nproc_per_node 8 train.py configs/qwen2_5_7b_64k.py
 # The paper's released data (princeton-nlp/prolong-data-64K) holds Llama-3 token ids: the domains must be

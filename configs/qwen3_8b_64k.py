@@ -8,7 +8,8 @@
 # 8e6 for Llama-3 was about twice its NTK value (4.1e6), so 4e6 here.
 #
 # Hardware and time: as configs/prolong_64k.py (8.2B parameters, 36 layers of hidden 4096, 32 heads and 8 KV heads
-# of head_dim 128, q/k norms); not measured.
+# of head_dim 128, q/k norms). Memory per GPU on 8 GPUs, memory.py's estimate from a meta-device step (`python
+# bench.py memory`, init_from a directory with Qwen3-8B's config.json): 55.2 GiB peak.
 #   python data.py tokenize data/qwen3-64K/NAME ... --tokenizer Qwen/Qwen3-8B   # per domain
 #   torchrun --nproc_per_node 8 train.py configs/qwen3_8b_64k.py
 # The released prolong-data-64K holds Llama-3 token ids: tokenise the domains' text again with Qwen's tokenizer.
