@@ -59,17 +59,21 @@ class LlamaConfig:
     initializer_range: float = 0.02
     bos_token_id: int = 128000
     eos_token_id: object = 128001  # an id or a list of ids, as in HF configs
-    model_type: str = "llama"  # "llama", "qwen2" or "qwen3": the family, and what to_hf_dict writes
-    attention_bias: bool = False  # bias on q_proj, k_proj, v_proj (not o_proj): Qwen2 and Qwen2.5
-    qk_norm: bool = False  # RMSNorm over head_dim on q and k, before RoPE: Qwen3
+    # the family ("llama", "qwen2" or "qwen3"; what to_hf_dict writes) and the switches it implies (None: as it says)
+    model_type: str = "llama"
+    attention_bias: bool = None  # bias on q_proj, k_proj, v_proj (not o_proj): Qwen2 and Qwen2.5
+    qk_norm: bool = None  # RMSNorm over head_dim on q and k, before RoPE: Qwen3
 
     def __post_init__(self):
         if self.model_type not in _FAMILIES:
-            raise ValueError(f"model_type {self.model_type!r} is not implemented (only {', '.join(_FAMILIES)})")
-        if (self.attention_bias, self.qk_norm) != _FAMILIES[self.model_type]:
-            raise ValueError(f"model_type {self.model_type!r} means attention_bias={_FAMILIES[self.model_type][0]} "
-                             f"and qk_norm={_FAMILIES[self.model_type][1]}; got {self.attention_bias} and "
-                             f"{self.qk_norm} (set model_type to the family you mean: {_family_names()})")
+            raise ValueError(f"model_type {self.model_type!r} is not implemented (only {_FAMILY_NAMES})")
+        implied = _FAMILIES[self.model_type]
+        self.attention_bias, self.qk_norm = (i if g is None else g for g, i in
+                                             zip((self.attention_bias, self.qk_norm), implied))
+        if (self.attention_bias, self.qk_norm) != implied:
+            raise ValueError(f"model_type {self.model_type!r} means attention_bias={implied[0]} and qk_norm="
+                             f"{implied[1]}; got {self.attention_bias} and {self.qk_norm} (set model_type to the "
+                             f"family you mean: {_FAMILY_NAMES})")
         if self.head_dim is None:
             self.head_dim = self.hidden_size // self.num_attention_heads
         if self.num_attention_heads % self.num_key_value_heads:
@@ -94,7 +98,7 @@ class LlamaConfig:
 
     @classmethod
     def tiny(cls, **overrides):
-        """`tiny(**qwen_family("qwen3"))` gives a tiny Qwen3 (and "qwen2" a tiny Qwen2)."""
+        """`tiny(model_type="qwen3")` is a tiny Qwen3, "qwen2" a tiny Qwen2."""
         return cls(**{**dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                              intermediate_size=176), **overrides})
 
@@ -112,7 +116,7 @@ class LlamaConfig:
         family = d.pop("model_type", "llama")
         if family not in _FAMILIES:
             raise ValueError(f"{source} has model_type={family!r}, which is not implemented here "
-                             f"(only {_family_names()})")
+                             f"(only {_FAMILY_NAMES})")
         if family != "llama":
             _check_no_sliding_window(d, family, source)
         if family == "qwen2":
@@ -151,9 +155,7 @@ class LlamaConfig:
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise ValueError(f"unknown config key {key!r}={value!r}{hint}: not implemented here, and it may change "
                              f"the model; if it is metadata, add it to model._HF_METADATA")
-        bias, qk_norm = _FAMILIES[family]
-        return cls(**{k: v for k, v in d.items() if k in ours}, model_type=family, attention_bias=bias,
-                   qk_norm=qk_norm)
+        return cls(**{k: v for k, v in d.items() if k in ours}, model_type=family)
 
     def to_hf_dict(self):
         # The older spelling (rope_theta + rope_scaling) loads in every transformers version, 4.x and 5.x.
@@ -170,20 +172,11 @@ class LlamaConfig:
         return d
 
 
-def qwen_family(model_type):
-    """The LlamaConfig fields of a family: `LlamaConfig.tiny(**qwen_family("qwen2"))`."""
-    bias, qk_norm = _FAMILIES[model_type]
-    return dict(model_type=model_type, attention_bias=bias, qk_norm=qk_norm)
-
-
 # The families this module implements, with (attention_bias, qk_norm) each implies, and the class HF loads.
 _FAMILIES = {"llama": (False, False), "qwen2": (True, False), "qwen3": (False, True)}
 _ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}
 _DERIVED = {"attention_bias", "qk_norm"}  # fields that model_type implies
-
-
-def _family_names():
-    return "llama, qwen2 (Qwen2 and Qwen2.5: q/k/v bias), qwen3 (q/k norm)"
+_FAMILY_NAMES = "llama, qwen2 (Qwen2 and Qwen2.5: q/k/v bias), qwen3 (q/k norm)"
 
 
 # What transformers assumes for a key that config.json leaves out: LlamaConfig's (Llama-2-7B's values), and

@@ -9,7 +9,7 @@ import torch
 transformers = pytest.importorskip("transformers")
 from transformers import AutoConfig, AutoModelForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM  # noqa: E402
 
-from model import Llama, LlamaConfig, qwen_family  # noqa: E402
+from model import Llama, LlamaConfig  # noqa: E402
 
 VOCAB = 512
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "qwen_configs")
@@ -26,7 +26,7 @@ CONFIGS = {  # name: (family, LlamaConfig.tiny overrides)
 def tiny(name):
     family, overrides = CONFIGS[name]
     return LlamaConfig.tiny(vocab_size=VOCAB, bos_token_id=1, eos_token_id=2, initializer_range=0.2,
-                            **qwen_family(family), **overrides)
+                            model_type=family, **overrides)
 
 
 def random_model(name):
@@ -242,8 +242,10 @@ def test_dual_chunk_attention_settings_are_ignored_as_transformers_does():
 
 
 def test_families_and_switches_must_agree():
+    assert (LlamaConfig.tiny(model_type="qwen2").attention_bias, LlamaConfig.tiny(model_type="qwen3").qk_norm) == \
+        (True, True)
     with pytest.raises(ValueError, match="model_type 'qwen2' means attention_bias=True"):
-        LlamaConfig.tiny(model_type="qwen2")
+        LlamaConfig.tiny(model_type="qwen2", attention_bias=False)
     with pytest.raises(ValueError, match="model_type 'llama' means attention_bias=False and qk_norm=False"):
         LlamaConfig.tiny(qk_norm=True)
     with pytest.raises(ValueError, match="model_type 'gemma' is not implemented"):

@@ -21,7 +21,7 @@ from model import Llama, LlamaConfig  # noqa: E402
 
 STDLIB = sysconfig.get_paths()["stdlib"]
 ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
-QWEN3_TINY = {"model_type": "qwen3", "qk_norm": True, "num_hidden_layers": 1, "num_attention_heads": 4,
+QWEN3_TINY = {"model_type": "qwen3", "num_hidden_layers": 1, "num_attention_heads": 4,
               "num_key_value_heads": 2, "head_dim": 32, "vocab_size": 151936, "rope_theta": 1e6}
 
 
