@@ -131,3 +131,19 @@ def test_qwen_recipe_configs(name):
     seqpar.check_heads(model, sp)  # the heads split over the SP group
     for gpus in (8, 64):  # whole micro-batches of one sequence on every data-parallel rank
         assert tokens % (seq_len * (gpus // sp)) == 0
+
+
+def test_evaluate_on_qwen_starts_without_bos_and_stops_at_its_end_tokens(tmp_path):
+    import evaluate
+    from types import SimpleNamespace
+    from tokenizer import load_tokenizer
+    tok = load_tokenizer("qwen")
+    instruct = SimpleNamespace(config=SimpleNamespace(eos_token_id=[151_645, 151_643]))  # Qwen2.5-Instruct's
+    base = SimpleNamespace(config=SimpleNamespace(eos_token_id=151_643))  # Qwen2.5-7B's generation_config
+    assert {151_643, 151_645} <= set(evaluate.stop_tokens(tok, instruct, False))
+    assert evaluate.is_instruct(instruct, tok) and not evaluate.is_instruct(base, tok)
+    text = tmp_path / "doc.txt"
+    text.write_text("Call me Ishmael. Some years ago, never mind how long precisely, I went to sea. " * 20)
+    docs = evaluate.read_documents(str(text), tok, 3, 64)
+    assert evaluate.bos_ids(tok) == [] and [len(d) for d in docs] == [64, 64, 64]
+    assert docs[0].tolist() == tok.encode(text.read_text())[:64]  # the text itself, no BOS first
