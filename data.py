@@ -1,9 +1,10 @@
-"""Training sequences from token files: mixtures of domains, the three ways of cutting a domain into units, the
-resumable sampler, and the `data.py` command line (tokenize, import-mds, demo, info).
+"""Training sequences from token files: mixtures of domains, the three ways of cutting a domain into units,
+the resumable sampler, and the `data.py` command line (tokenize, import-mds, demo, info).
 
 Where the rest lives: the token-file format (NAME.bin/.idx/.json, the optional NAME.mask of conversations, a
-*domain* = a directory of them) is tokenfiles.py; text to ids, tokenizer.py; documents from files, the paper's MDS
-data and the demo corpus, sources.py. Sequences are numpy arrays (torch.from_numpy is free): no torch here.
+*domain* = a directory of them) is tokenfiles.py; text to ids, tokenizer.py; documents from files, the paper's
+MDS data and the demo corpus, sources.py. Sequences are numpy arrays (torch.from_numpy is free): no torch
+here.
 
 A *mixture* is a list of components {"path", "proportion" (share of real tokens), "length", "mode"}; each cuts its
 domain into *units* of at most `length` tokens, and `Component` is the one place that says how:
@@ -16,13 +17,14 @@ domain into *units* of at most `length` tokens, and `Component` is the one place
 An epoch's units are fixed by its order; a new epoch (allow_repeat) reshuffles.
 
 The one idea: global sequence g is a pure function of (mixture, seed, g). One sequence of `seq_len` tokens is
-seq_len // length units of one component, then padding (EOS in its own segment, never trained on) up to seq_len.
-Which component fills g is fixed by the seed alone (blocks of sequences with exact per-block counts, shuffled), so
-proportions hold within a block, data-parallel rank r of n takes global sequences r, r + n, ... without reading any
-other, and resuming needs one number: how many global sequences were consumed. Each sequence comes with cu_seqlens
-(int32, 0 ... seq_len, one segment per document piece) and labels: labels[i] = input_ids[i+1] inside a segment, else
--100, so no label crosses a document boundary; a domain's mask sets -100 where the predicted token's mask is 0 (a
-conversation's first token is never a target). A domain listed at two lengths is split so no document serves both.
+seq_len // length units of one component, then padding (EOS in its own segment, never trained on) up to
+seq_len. Which component fills g is fixed by the seed alone (blocks of sequences with exact per-block counts,
+shuffled), so proportions hold within a block, data-parallel rank r of n takes global sequences r, r + n, ...
+without reading any other, and resuming needs one number: how many global sequences were consumed. Each
+sequence comes with cu_seqlens (int32, 0 ... seq_len, one segment per document piece) and labels: labels[i] =
+input_ids[i+1] inside a segment, else -100, so no label crosses a document boundary; a domain's mask sets -100
+where the predicted token's mask is 0 (a conversation's first token is never a target). A domain listed at two
+lengths is split so no document serves both.
 """
 import difflib, hashlib, json, os
 from dataclasses import dataclass, field
@@ -49,8 +51,9 @@ MIXTURE_KEYS = ("path", "proportion", "length", "mode", "name")  # name is optio
 
 
 def check_mixture(mixture, seq_len, root=".", name="mixture"):
-    """Check a mixture (see the top note) before anything is built: raises DataError, one line naming the entry.
-    Paths are relative to `root`; train.py calls this with its data_root, Mixture with paths already resolved."""
+    """Check a mixture (see the top note) before anything is built: raises DataError, one line naming the
+    entry. Paths are relative to `root`; train.py calls this with its data_root, Mixture with paths already
+    resolved."""
     if not isinstance(mixture, (list, tuple)) or not mixture:
         raise DataError(f"{name} must be a non-empty list of {{path, proportion, length, mode}} dicts, got "
                         f"{mixture!r:.100}")
@@ -89,9 +92,9 @@ def check_mixture(mixture, seq_len, root=".", name="mixture"):
 
 @dataclass(eq=False)
 class Component:
-    """One mixture entry: `domain` cut into units of `length` tokens as `mode` says (the top note). Only this class
-    knows what the modes mean, as functions of an epoch's order; the Mixture decides which component fills which
-    sequence and keeps the state (the epoch being read)."""
+    """One mixture entry: `domain` cut into units of `length` tokens as `mode` says (the top note). Only
+    this class knows what the modes mean, as functions of an epoch's order; the Mixture decides which
+    component fills which sequence and keeps the state (the epoch being read)."""
     name: str
     domain: Domain
     length: int
@@ -107,7 +110,8 @@ class Component:
     epoch_units: list = field(default_factory=list)  # mode "sft": units of each epoch counted so far
 
     def usable(self, lengths):
-        """How many tokens of documents of these lengths its units would use (what a shared domain is split by)."""
+        """How many tokens of documents of these lengths its units would use (what a shared domain is split
+        by)."""
         return {"chunk": lengths // self.length * self.length, "pack": lengths,
                 "sft": np.minimum(lengths, self.length)}[self.mode]
 
@@ -135,9 +139,10 @@ class Component:
                             f"in {self.domain.path} (longest document: {lengths.max(initial=0)} tokens)")
 
     def epoch(self, e):
-        """Epoch e's order, (order, bounds): chunk, a permutation of the units (no bounds); pack, of the documents,
-        with the stream's cumulative lengths; sft, of the conversations, with where each unit starts (unit j holds
-        order[bounds[j]:bounds[j + 1]], as many whole ones as fit: greedy, one searchsorted per unit)."""
+        """Epoch e's order, (order, bounds): chunk, a permutation of the units (no bounds); pack, of the
+        documents, with the stream's cumulative lengths; sft, of the conversations, with where each unit
+        starts (unit j holds order[bounds[j]:bounds[j + 1]], as many whole ones as fit: greedy, one
+        searchsorted per unit)."""
         rng = np.random.default_rng([*self.key, e])
         if self.mode == "chunk":
             return rng.permutation(self.units), None
@@ -184,11 +189,12 @@ class Component:
 
 class Mixture:
     """This data-parallel rank's training sequences from a mixture (see the top note). Ranks of one
-    sequence-parallel group pass the same dp_rank and so get the same sequences. `num_sequences` (global, all
-    ranks) lets a too-small domain fail here rather than mid-run; allow_repeat=True reuses data in a fresh order.
-    cross_document_labels=True (the paper's code with document masks off) also trains the prediction across each
-    boundary between real pieces of a sequence: a piece's last token predicts the next piece's first token (unless
-    a mask says that token is not trained on, as for a conversation's first token); padding is never predicted."""
+    sequence-parallel group pass the same dp_rank and so get the same sequences. `num_sequences` (global,
+    all ranks) lets a too-small domain fail here rather than mid-run; allow_repeat=True reuses data in a
+    fresh order. cross_document_labels=True (the paper's code with document masks off) also trains the
+    prediction across each boundary between real pieces of a sequence: a piece's last token predicts the
+    next piece's first token (unless a mask says that token is not trained on, as for a conversation's
+    first token); padding is never predicted."""
 
     def __init__(self, mixture, seq_len, seed=0, dp_rank=0, dp_size=1, num_sequences=None, allow_repeat=False,
                  cross_document_labels=False):
@@ -224,8 +230,9 @@ class Mixture:
                     log(f"data: {c.name} will be repeated {need / c.units:.2f} times (allow_repeat)")
 
     def _split_shared_domains(self):
-        """A domain listed at several lengths is split: each document goes to one component only, greedily to the
-        one furthest below its share (by usable tokens), so no document is seen twice within an epoch."""
+        """A domain listed at several lengths is split: each document goes to one component only, greedily
+        to the one furthest below its share (by usable tokens), so no document is seen twice within an
+        epoch."""
         groups = {}
         for c in self.comps:
             groups.setdefault(id(c.domain), []).append(c)
@@ -248,7 +255,8 @@ class Mixture:
         return counts
 
     def _seen(self, g):
-        """How many of the first g global sequences each component fills, and (for g) the component of sequence g."""
+        """How many of the first g global sequences each component fills, and (for g) the component of
+        sequence g."""
         b, j = divmod(g, self.block)
         if b not in self._blocks:
             comps = np.repeat(np.arange(len(self.comps)),
@@ -294,8 +302,8 @@ class Mixture:
         return Sequence(np.concatenate(ids), np.concatenate(labels), np.array(cu, np.int32))
 
     def sequence_lengths(self, g):
-        """The segment lengths of global sequence g (np.diff of its cu_seqlens), from the document pieces alone:
-        no token is read, so every rank can afford those of a whole step."""
+        """The segment lengths of global sequence g (np.diff of its cu_seqlens), from the document pieces
+        alone: no token is read, so every rank can afford those of a whole step."""
         seen, ci = self._seen(g)
         c = self.comps[ci]
         first = seen[ci] * c.per_seq
@@ -306,9 +314,9 @@ class Mixture:
 
     def balanced_step(self, per_rank, per_micro_batch, cost):
         """This rank's `per_rank` sequences of the next optimizer step, micro-step by micro-step (see
-        balance_step), chosen from all dp_size x per_rank sequences of the step by `cost(segment lengths)`. The
-        step covers the same global sequences as per_rank next() calls on every rank, and the cursor moves the
-        same: only who computes which sequence, and when, changes."""
+        balance_step), chosen from all dp_size x per_rank sequences of the step by `cost(segment lengths)`.
+        The step covers the same global sequences as per_rank next() calls on every rank, and the cursor
+        moves the same: only who computes which sequence, and when, changes."""
         first, n = self.consumed, per_rank * self.dp_size
         slots = balance_step([cost(self.sequence_lengths(first + i)) for i in range(n)], self.dp_size,
                              per_micro_batch)[self.dp_rank]
@@ -334,7 +342,8 @@ class Mixture:
         self.consumed = int(state["consumed"])
 
     def check_tokenizer(self, tokenizer):
-        """Refuse a run's tokenizer other than the one a domain was tokenised with (as its NAME.json records)."""
+        """Refuse a run's tokenizer other than the one a domain was tokenised with (as its NAME.json
+        records)."""
         for c in self.comps:
             sha = c.domain.meta.get("tokenizer_sha256")
             if sha and sha != tokenizer.sha256:
@@ -349,19 +358,21 @@ class Mixture:
 
 
 def order_microbatches(sequences):
-    """Order one optimizer step's micro-batches on one device by the sum of squared document lengths, descending
-    (ProLong B.3: attention cost grows with it, so devices reach their heavy micro-batches together)."""
+    """Order one optimizer step's micro-batches on one device by the sum of squared document lengths,
+    descending (ProLong B.3: attention cost grows with it, so devices reach their heavy micro-batches
+    together)."""
     return sorted(sequences, key=lambda s: -int((np.diff(np.asarray(s[2], np.int64)) ** 2).sum()))
 
 
 def balance_step(costs, dp_size, per_micro_batch):
     """Assign one step's sequences (costs[i]: sequence i's cost) to slots[dp_rank][micro_step], lists of
-    per_micro_batch indices, so that at every micro-step the ranks' costs are as equal as possible: with FSDP each
-    micro-step runs at its slowest rank's pace. Sequences sorted by cost, heaviest first, fill the micro-steps in
-    turn (the dp_size x per_micro_batch heaviest are micro-step 0), and within a micro-step each goes to the rank
-    with the least cost so far that still has room (greedy longest-processing-time first); with several sequences
-    per micro-batch that greedy can lose to the paper's ordering, which is then kept. Pure and deterministic (ties
-    by index), so every rank computes the same assignment without communicating."""
+    per_micro_batch indices, so that at every micro-step the ranks' costs are as equal as possible: with
+    FSDP each micro-step runs at its slowest rank's pace. Sequences sorted by cost, heaviest first, fill
+    the micro-steps in turn (the dp_size x per_micro_batch heaviest are micro-step 0), and within a
+    micro-step each goes to the rank with the least cost so far that still has room (greedy
+    longest-processing-time first); with several sequences per micro-batch that greedy can lose to the
+    paper's ordering, which is then kept. Pure and deterministic (ties by index), so every rank computes
+    the same assignment without communicating."""
     per_step = dp_size * per_micro_batch
     if len(costs) % per_step:
         raise ValueError(f"{len(costs)} sequences do not fill micro-steps of {dp_size} x {per_micro_batch}")
@@ -381,8 +392,8 @@ def balance_step(costs, dp_size, per_micro_batch):
 
 def paper_step(costs, dp_size, per_micro_batch):
     """The same slots as the paper fills them (the comparison for balance_step): rank r takes sequences r,
-    r + dp_size, ... in consecutive groups of per_micro_batch, each rank ordering its own micro-batches by cost,
-    descending (order_microbatches)."""
+    r + dp_size, ... in consecutive groups of per_micro_batch, each rank ordering its own micro-batches by
+    cost, descending (order_microbatches)."""
     slots = []
     for r in range(dp_size):
         mine = list(range(r, len(costs), dp_size))
@@ -398,7 +409,7 @@ def step_time(costs, slots):
 
 # ------------------------------------------------------------------------------------------------------- CLI
 
-def main(argv=None):
+def parser():
     ap = ArgumentParser(prog="data.py", description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("tokenize", help="tokenise jsonl / text files / code repositories into a domain directory")
@@ -426,6 +437,11 @@ def main(argv=None):
     for p in (t, d):
         p.add_argument("--threads", type=number(int, 1), default=None)
         p.add_argument("--seed", type=number(int, 0), default=0)
+    return ap
+
+
+def main(argv=None):
+    ap = parser()
     args = ap.parse_args(argv)
     if args.cmd == "tokenize" and not args.inputs and not args.repos:
         ap.error("tokenize: give input files or --repos DIR")

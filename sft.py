@@ -6,16 +6,18 @@ long-instruction data (`synth`, in synth.py), and training, which is train.py's 
     torchrun --nproc_per_node 8 sft.py configs/sft_ultrachat.py [--key=value ...]   (or python sft.py CONFIG)
 
 The one idea: the loss is on assistant tokens only, and nothing but the data says so. `prepare` writes every
-UltraChat-format conversation ({"messages": [{"role", "content"}, ...]}) as one document of Llama-3 chat-format ids
-(tokenizer.chat_ids, the one function that spells the format) with a NAME.mask that is 1 on assistant content and
-its <|eot_id|>; an SFT config points train.py's mixture at such domains with mode "sft" (data.py), and train.py's
-loss, the exact mean over the valid labels of a step across ranks, is then the mean over assistant tokens.
+UltraChat-format conversation ({"messages": [{"role", "content"}, ...]}) as one document of Llama-3
+chat-format ids (tokenizer.chat_ids, the one function that spells the format) with a NAME.mask that is 1 on
+assistant content and its <|eot_id|>; an SFT config points train.py's mixture at such domains with mode "sft"
+(data.py), and train.py's loss, the exact mean over the valid labels of a step across ranks, is then the mean
+over assistant tokens.
 
 Inputs are .jsonl / .jsonl.gz files (one conversation per line), .parquet files (a `messages` column; needs
 pyarrow) or a hub dataset id such as HuggingFaceH4/ultrachat_200k (its `--split`'s parquet files). A malformed
-conversation is reported as FILE:LINE and skipped, or stops everything with --strict. `--holdout N` sends a seeded
-random N of the usable conversations to a second domain (default OUT-heldout) for held-out assistant-token loss.
-Both domains are written through tokenfiles.ShardWriter, so an error, a crash or Ctrl-C leaves nothing half-written.
+conversation is reported as FILE:LINE and skipped, or stops everything with --strict. `--holdout N` sends a
+seeded random N of the usable conversations to a second domain (default OUT-heldout) for held-out
+assistant-token loss. Both domains are written through tokenfiles.ShardWriter, so an error, a crash or Ctrl-C
+leaves nothing half-written.
 """
 import os
 import random
@@ -39,10 +41,12 @@ HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
 BATCH = 256  # conversations tokenised together (on a thread pool) between writes
 
 
-# ------------------------------------------------------------------------------------------------ reading inputs
+# ------------------------------------------------------------------------------------------------ reading
+# inputs
 
 def jsonl_conversations(path):
-    """(where, messages) per non-blank line of a .jsonl(.gz) file; (where, Malformed(why)) for an unusable line."""
+    """(where, messages) per non-blank line of a .jsonl(.gz) file; (where, Malformed(why)) for an unusable
+    line."""
     for where, obj in read_jsonl(path):
         yield where, obj if isinstance(obj, Malformed) else _messages(obj)
 
@@ -76,7 +80,8 @@ def _messages(obj):
 
 
 def hub_files(repo_id, split):
-    """The parquet files of one split of a hub dataset (HuggingFaceH4/ultrachat_200k: data/train_sft-*.parquet)."""
+    """The parquet files of one split of a hub dataset (HuggingFaceH4/ultrachat_200k:
+    data/train_sft-*.parquet)."""
     try:
         from huggingface_hub import snapshot_download
         root = snapshot_download(repo_id, repo_type="dataset",
@@ -125,7 +130,8 @@ def with_system(messages, system):
 
 
 def check_outputs(out, holdout_dir, files):
-    """Refuse two outputs in one directory, and an output that is one of the inputs, before anything is read."""
+    """Refuse two outputs in one directory, and an output that is one of the inputs, before anything is
+    read."""
     where = {os.path.realpath(out): out}
     if holdout_dir is not None:
         if os.path.realpath(holdout_dir) in where:
@@ -213,10 +219,10 @@ def prepare(out, inputs, tokenizer=None, strict=False, system=None, holdout=0, h
                 seconds=time.time() - t0, holdout_dir=holdout_dir)
 
 
-# ------------------------------------------------------------------------------------------------ command line
+# ------------------------------------------------------------------------------------------------ command
+# line
 
-def prepare_main(argv):
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # imports are done: Ctrl-C cleans up from here
+def prepare_parser():
     ap = ArgumentParser(prog="sft.py prepare", description="UltraChat-format conversations to a masked token "
                         "domain (Llama-3 chat format, mask = assistant content + <|eot_id|>)")
     ap.add_argument("out", help="domain directory to write (must not hold part-*.json shards yet)")
@@ -231,7 +237,12 @@ def prepare_main(argv):
     ap.add_argument("--tokenizer", default=None, help="tokenizer.model path, directory or hub id (default: "
                                                       "llama-models' Llama-3 file)")
     ap.add_argument("--threads", type=number(int, 1), default=None)
-    args = ap.parse_args(argv)
+    return ap
+
+
+def prepare_main(argv):
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # imports are done: Ctrl-C cleans up from here
+    args = prepare_parser().parse_args(argv)
     with one_line_errors(args.out):
         r = prepare(args.out, args.inputs, args.tokenizer, args.strict, args.system, args.holdout, args.holdout_dir,
                     args.seed, args.split, args.threads)

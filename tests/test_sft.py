@@ -6,8 +6,10 @@ import json
 import math
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -21,6 +23,7 @@ import sft  # noqa: E402
 import train  # noqa: E402
 from model import Llama, LlamaConfig  # noqa: E402
 from tokenizer import chat_ids  # noqa: E402
+from tests.test_data import error_line, fuzz_numbers, tree  # noqa: E402
 
 pytest.importorskip("llama_models", reason="pip install --no-deps llama-models (the Llama-3 tokenizer file)")
 ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
@@ -198,6 +201,74 @@ def test_ctrl_c_leaves_nothing_and_exits_130(tmp_path):
                           timeout=120)
     assert proc.returncode == 130 and proc.stderr.count("\n") == 1 and "interrupted" in proc.stderr, proc.stderr
     assert not os.path.exists(tmp_path / "out")
+
+
+def test_holdout_is_exact_with_malformed_lines_or_says_why_not(tmp_path, tok):
+    """Malformed lines are skipped before the held-out ones are drawn: --holdout 5 holds out exactly 5 (before,
+    a malformed line drawn for the held-out set silently made it smaller)."""
+    convs = [chat("user", f"Question {i}?", "assistant", f"Answer {i}.") for i in range(12)]
+    src = write_jsonl(tmp_path / "chat.jsonl", [x for i, c in enumerate(convs) for x in (c, BAD[i % len(BAD)][0])])
+    for seed in range(4):
+        out = tmp_path / f"out{seed}"
+        r = sft.prepare(str(out), [src], holdout=5, seed=seed)
+        assert r["heldout"]["conversations"] == 5 and r["train"]["conversations"] == 7 and r["skipped"] == 12
+        assert sorted(documents(out) + documents(f"{out}-heldout")) == sorted(
+            tuple(chat_ids(tok, c["messages"])) for c in convs)
+    with pytest.raises(data.DataError, match="--holdout 12: the input has only 12 usable conversations"):
+        sft.prepare(str(tmp_path / "x"), [src], holdout=12)
+    assert not os.path.exists(tmp_path / "x") and not os.path.exists(tmp_path / "x-heldout")
+
+
+def test_a_lone_surrogate_is_refused_as_tokenize_refuses_it(tmp_path, tok):
+    """JSON's "\\ud800" without its pair: tokenize refuses such a document; prepare now refuses such a
+    conversation the same way instead of training on U+FFFD."""
+    lone = '{"messages": [{"role": "user", "content": "a lone \\ud800 here"}, {"role": "assistant", "content": "ok"}]}'
+    src = write_jsonl(tmp_path / "chat.jsonl", GOOD[:1] + [lone])
+    r = sft.prepare(str(tmp_path / "out"), [src])
+    assert r["skipped"] == 1 and documents(tmp_path / "out") == [tuple(chat_ids(tok, GOOD[0]["messages"]))]
+    with pytest.raises(data.DataError, match=r":2: message 0 \(user\): invalid Unicode .*--strict"):
+        sft.prepare(str(tmp_path / "strict"), [src], strict=True)
+
+
+@pytest.mark.slow  # command lines in subprocesses
+def test_outputs_that_collide_are_refused_and_nothing_written_changes(tmp_path):
+    """--holdout-dir OUT (two writers on one directory: before, exit 0 with a domain whose .bin/.idx/.json
+    disagreed), an output that is one of the inputs, and a held-out directory that already holds a domain."""
+    src = write_jsonl(tmp_path / "chat.jsonl", [chat("user", f"Q{i}?", "assistant", f"A{i}.") for i in range(20)])
+    sft.prepare(str(tmp_path / "old"), [src])
+    cases = [(["out", src, "--holdout", "10", "--holdout-dir", "out"], "--holdout-dir out is the output out itself"),
+             (["out", src, "--holdout", "10", "--holdout-dir", "./out/"], "--holdout-dir ./out/ is the output out"),
+             ([src, src], f"{src}: is also an input"),
+             (["out", src, "--holdout", "3", "--holdout-dir", "old"], "old already has part-*.json shards")]
+    for args, message in cases:
+        before = tree(tmp_path)
+        proc = subprocess.run([sys.executable, os.path.join(ROOT, "sft.py"), "prepare", *args], cwd=tmp_path,
+                              env=ENV, capture_output=True, text=True, timeout=300)
+        line = error_line(proc)
+        assert message in line, (args, line)
+        assert tree(tmp_path) == before, args
+
+
+@pytest.mark.slow  # command lines in subprocesses, interrupted
+@pytest.mark.parametrize("delay", [0.2, 0.5, 1.0, 2.0])
+def test_ctrl_c_in_the_first_seconds_is_one_line_and_130(tmp_path, delay):
+    """While Python and the modules import, and then while prepare runs: one line, exit 130, nothing written."""
+    src = write_jsonl(tmp_path / "chat.jsonl", GOOD * 3000)
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "sft.py"), "prepare", str(tmp_path / "out"), src],
+                            env=ENV, stderr=subprocess.PIPE, text=True)
+    time.sleep(delay)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    line = error_line(subprocess.CompletedProcess(proc.args, proc.returncode, "", err), code=130)
+    assert "interrupted" in line and not os.path.exists(tmp_path / "out"), err
+
+
+def test_every_numeric_option_of_prepare_refuses_0_minus_1_and_a_word(tmp_path, capsys):
+    base = {(): [str(tmp_path / "out"), str(tmp_path / "missing.jsonl")]}
+    valid = {((), "--holdout"): {"0"}, ((), "--seed"): {"0"}}
+    cases, options = fuzz_numbers(sft.prepare_main, sft.prepare_parser(), base, valid, capsys)
+    assert {o for _, o in options} == {"--holdout", "--seed", "--threads"} and cases == 9
+    assert not os.listdir(tmp_path)
 
 
 # ---------------------------------------------------------------------------------------------------------------
