@@ -1,47 +1,30 @@
-"""Synthetic long-instruction SFT data (ProLong paper, section 5): `python sft.py synth OUT.jsonl --ckpt CKPT
---domain DIR [--n N] [--chunk-tokens 4096] [--context-tokens 64000] [--seed 0] [--max-new-tokens M]
-[--temperature T] [--top-p P] [--batch-size B] [--shard K/M]`.
+"""Synthetic long-instruction SFT data (ProLong paper, section 5 and appendix B.5), `python sft.py synth OUT.jsonl
+--ckpt CKPT --domain DIR [--n N] [--chunk-tokens 4096] [--context-tokens 64000] [--seed 0] [--batch-size B] ...`:
+records in UltraChat jsonl for `sft.py prepare`, made by any checkpoint model.py loads from the long documents of a
+token domain (books, as the paper does). Three kinds, 40/30/30 as the paper mixes them:
+  qa      the model is shown a random chunk (--chunk-tokens) and asked for a question and its answer (QA_PROMPT); the
+          record's user turn is up to --context-tokens of that document (a window holding the chunk) with the
+          question and one of QUESTION_PROMPTS, laid out by one of QA_TEMPLATES; the assistant turn is the answer.
+  rag     a question-answer pair made the same way, asked over random chunks of the domain shown as retrieved
+          passages "Document [k](Title: ...)", the gold chunk among them at a random position.
+  summary a document's chunks are summarised, then groups of consecutive summaries, until one summary is left; the
+          record is the whole text and a request -> that summary.
 
-Three kinds of records, from the long documents of a token domain (data.py's format, e.g. books or code repos) and
-any checkpoint model.py loads (generation through `Llama.generate_batch`, greedy unless --temperature, stopped at
-<|eot_id|> or <|end_of_text|>, prompts in the Llama-3 chat format via `tokenizer.chat_ids(...,
-add_generation_prompt=True)`):
-  qa   (40%): the model is shown a random chunk of --chunk-tokens tokens of a long document and asked for one question
-              and its answer (QA_PROMPT); the record's user turn holds up to --context-tokens of that document (a
-              window that contains the chunk) followed by the question, the assistant turn is the answer.
-  rag  (30%): a question-answer pair made the same way, then the user turn lists random chunks of the domain as
-              retrieved passages, "Document [k](Title: ...)", one of them the chunk the question came from (at a
-              random position), then the question; the assistant turn is the answer.
-  summary (30%): a document (its first --context-tokens tokens) is cut into chunks; each chunk is summarised by the
-              model, then groups of consecutive summaries that fit in one chunk are summarised again, until one
-              summary is left; the record is "whole text + request" -> that summary.
-The kind of record i is fixed by i alone (KIND_CYCLE: qa, rag, summary, qa, rag, summary, qa, rag, summary, qa), so
-every 10 consecutive records are exactly 4 qa / 3 rag / 3 summary, and all randomness of record i comes from
-Random(f"{seed}:{i}"): a record does not depend on which records were generated before it, so a resumed run writes
-exactly what an uninterrupted run would have written.
+Which text is the paper's: QA_PROMPT is Table 16 of the paper, word for word as
+../shared/paper/SYNTHETIC_PROMPTS.md reads it (its reply format "Reasoning: / Question: / Answer:"; the
+reasoning is parsed off, kept in the record but never trained on), and QUESTION_PROMPTS are Table 17's five
+question prompts, one sampled per record, as the paper samples them. Ours, because the paper prints none:
+QA_TEMPLATES (it says it samples "one template" too, without showing them; the third is Table 23's layout),
+the RAG and summary prompts and records.
 
-Batching: up to --batch-size prompts are generated together (`Llama.generate_batch`: one forward per new token for
-all of them), the waiting prompts of several records at once: each record is built by a Python generator (`steps`)
-that yields the prompts it needs next (one QA prompt; all chunk summaries of a document; all merges of one level)
-and is sent their replies, and a new record is started whenever fewer than --batch-size prompts are waiting. Call k
-of record i samples from its own torch.Generator, seeded by (seed, i, k) only, so the batch a prompt lands in does
-not change what it draws: the records are those of --batch-size 1 (tests: float64, greedy and sampled; in bf16 the
-batched forward rounds differently, which can break a near-tie either way).
-
-Output: one JSON object per line, UltraChat format ({"messages": [{"role", "content"}, ...]}, what `sft.py prepare`
-reads; it ignores the other keys) plus "id" (the record index i), "kind", "seed", "parsed" (false when the model's
-reply to QA_PROMPT never had the "Question: ... Answer: ..." shape within --retries tries: the raw reply is used as
-question and answer; filter such records out before training, e.g. `jq -c 'select(.parsed)'`) and "source" (document
-indices). Records are appended in order of id, each with flush + fsync (a record finished before a lower id is held
-until that one is written). On start the file is read back: ids already present are skipped, and a last line cut short
-by a kill (text after the last newline) is removed and generated again, so a kill at any moment never duplicates or
-loses a record (it loses the work on records not yet written, at most a few batches). Progress and ETA go to stderr.
-To use several GPUs run one process per GPU with --shard K/M (ids with i % M == K), each writing its own file, and
-concatenate the files.
-
-The prompt texts below are NOT the paper's exact wording (Tables 16 and 24 of Gao et al. 2024 were not found
-offline); they follow its description (QA pair from a random chunk, RAG with "Document [i](Title: ...)" passages,
-recursive summaries). Replace the *_PROMPT / *_RECORD strings to use the paper's exact templates.
+The one idea: record i is a pure function of (seed, i). Its kind is KIND_CYCLE[i % 10] (any 10 consecutive
+records are 4 qa / 3 rag / 3 summary), all its choices come from Random(f"{seed}:{i}"), and its k-th model
+call samples from a torch.Generator seeded by (seed, i, k). So a resumed run writes exactly what an
+uninterrupted one would, and --batch-size (prompts of several records generated together by
+`Llama.generate_batch`) changes how prompts are grouped, never the records. Each record is a Python generator
+(`steps`) that yields the prompts it needs next and is sent their replies; records are appended in id order,
+each line written whole and fsynced, and on start the file is read back: ids already there are skipped, a last
+line cut short by a kill is dropped and made again.
 """
 import argparse
 import json
@@ -57,12 +40,40 @@ from tokenizer import chat_ids, load_tokenizer
 
 KIND_CYCLE = ("qa", "rag", "summary", "qa", "rag", "summary", "qa", "rag", "summary", "qa")  # 4 / 3 / 3 per 10
 
-# Not the paper's exact wording (not found offline): written from the paper's description of its synthetic data.
-QA_PROMPT = ("Below is a chunk of a long document. Write one question about this chunk that can be answered from "
-             "it, and the answer to the question. Reply in exactly this format:\n"
-             "Question: <the question>\nAnswer: <the answer>\n\n"
-             "Chunk:\n{chunk}")
-QA_RECORD = "{document}\n\nAnswer the question based on the document above.\n\nQuestion: {question}"
+# The paper's Table 16, the prompt for generating synthetic QA data (books), sent to Llama-3-8B-Instruct.
+QA_PROMPT = """Given the following snippet of a book, ask a relevant question and provide the answer. The question \
+and the answer should follow the following rules:
+(1) The question should be specific enough that it can only be answered with the snippet. The question should also \
+be interesting and intellectual enough that a curious reader of the book would ask about it.
+(2) The question and the answer should be comprehensible given just the whole book without highlighting the \
+snippet. With that being said, the question should NOT refer to the snippet directly (e.g., do NOT say things like \
+"Question: given the conversation in the snippet, what ..."). The answer also should not mention "the snippet" \
+explicitly (assuming that the snippet is never provided), but it can copy the snippet content as a reference when \
+answering the question.
+(3) The answer should be concise but also should provide references to the book when needed. For example, \
+"Wellington Yueh betrayed the Atreides, as the book mentioned, '...'".
+
+*** Start of the snippet ***
+{sampled snippet}
+*** End of the snippet ***
+
+Before generating the question and the answer, first reason about what this snippet is about. In your generation, \
+stick to the following format:
+
+Reasoning: this snippet is about ...
+Question: ...
+Answer: ..."""
+SNIPPET = "{sampled snippet}"  # QA_PROMPT's slot for the chunk (filled by replace: the text is not a format string)
+# The paper's Table 17: question prompts, one sampled per synthetic QA record.
+QUESTION_PROMPTS = ("Given the document, please answer the question.",
+                    "Here is a piece of text; answer the following question based on it.",
+                    "Please answer the question using the provided content.",
+                    "Based on the given passage, respond to the question.",
+                    "Read the snippet and answer the question that follows.")
+# Ours from here on (the paper prints no templates, RAG or summary prompts).
+QA_TEMPLATES = ("{document}\n\n{prompt}\n\nQuestion: {question}",
+                "{prompt}\n\n{document}\n\nQuestion: {question}",
+                "{prompt} {question}\n\n{document}")  # Table 23's example: prompt and question, then the book
 RAG_PASSAGE = "Document [{k}](Title: {title}) {text}"
 RAG_RECORD = ("Write an accurate answer to the question using only the search results below.\n\n{passages}\n\n"
               "Question: {question}")
@@ -70,7 +81,11 @@ SUMMARY_PROMPT = "Summarize the following part of a long text in a few sentences
 MERGE_PROMPT = ("The following are summaries of consecutive parts of a long text, in order. Combine them into one "
                 "summary of the whole text.\n\n{summaries}")
 SUMMARY_RECORD = "{text}\n\nSummarize the text above."
-QA_REPLY = re.compile(r"Question:\s*(?P<q>.+?)\s*Answer:\s*(?P<a>.+)", re.S)
+# Table 16's reply, three labelled parts, each label at the start of a line (markdown bold or a heading mark
+# around it allowed); a reply that skips the reasoning still gives its pair
+LABEL = r"^[ \t*#_]*{}[ \t*_]*:[ \t*_]*"
+QA_REPLY = re.compile("(?:" + LABEL.format("Reasoning") + r"(?P<r>.*?)\s*)?" + LABEL.format("Question") +
+                      r"(?P<q>.+?)\s*" + LABEL.format("Answer") + r"(?P<a>.+)", re.S | re.M | re.I)
 
 
 def kind_of(i):
@@ -82,8 +97,9 @@ def user(content):
 
 
 def qa_prompt(chunk):
-    """The messages sent to the model to get a question-answer pair about `chunk` (text)."""
-    return user(QA_PROMPT.format(chunk=chunk))
+    """The messages sent to the model to get a question-answer pair about `chunk` (text): Table 16's
+    prompt."""
+    return user(QA_PROMPT.replace(SNIPPET, chunk))
 
 
 def summary_prompt(chunk):
@@ -100,10 +116,12 @@ def rag_passages(passages):
 
 
 def parse_qa(reply):
+    """(question, answer, reasoning) of a reply in Table 16's format ("" for a reasoning it skipped), or
+    None."""
     m = QA_REPLY.search(reply)
     if not m or not m["q"].strip() or not m["a"].strip():
         return None
-    return m["q"].strip(), m["a"].strip()
+    return m["q"].strip(), m["a"].strip(), (m["r"] or "").strip()
 
 
 class Synth:
@@ -143,8 +161,9 @@ class Synth:
 
     # ---- generation
     def generate(self, prompts):
-        """Replies (text) to prompts [(messages, record i, call k)], generated together; call k of record i samples
-        from its own stream, so neither the batch nor the records generated before change its reply."""
+        """Replies (text) to prompts [(messages, record i, call k)], generated together; call k of record i
+        samples from its own stream, so neither the batch nor the records generated before change its
+        reply."""
         import torch
         ids, generators = [], []
         for messages, i, k in prompts:
@@ -162,11 +181,12 @@ class Synth:
         return [self.text(x).strip() for x in out]
 
     def records(self, ids):
-        """Build the records `ids` and yield them in that order, batching the waiting prompts of several records.
+        """Build the records `ids` and yield them in that order, batching the waiting prompts of several
+        records.
 
-        Each record is a `steps` generator waiting for the replies to the prompts it yielded last. A model call
-        takes up to batch_size waiting prompts, the oldest records' first; a record resumes once all its prompts
-        are answered, and a new record is started whenever fewer than batch_size prompts wait."""
+        Each record is a `steps` generator waiting for the replies to the prompts it yielded last. A model
+        call takes up to batch_size waiting prompts, the oldest records' first; a record resumes once all
+        its prompts are answered, and a new record is started whenever fewer than batch_size prompts wait."""
         ids, started, finished, active = iter(ids), [], {}, []
         while True:
             while sum(len(r.prompts) - len(r.replies) for r in active) < self.batch_size:
@@ -201,32 +221,37 @@ class Synth:
         return d, ids, start
 
     def qa_pair(self, rng):
-        """(doc, doc ids, chunk start, question, answer, parsed): retries with a new chunk if the reply is not a
-        "Question: ... Answer: ..." pair; after --retries tries the last raw reply is used (parsed=False).
-        A generator, like `steps`: it yields the QA prompt and is sent the reply."""
+        """(doc, doc ids, chunk start, (question, answer, reasoning), parsed): retries with a new chunk if
+        the reply is not in Table 16's format; after --retries tries the last raw reply is used as question
+        and answer (parsed=False). A generator, like `steps`: it yields the QA prompt and is sent the
+        reply."""
         for attempt in range(max(1, self.retries)):
             d, ids, start = self.random_chunk(rng)
             reply, = yield [qa_prompt(self.text(ids[start:start + self.chunk]))]
-            pair = parse_qa(reply)
-            if pair:
-                return d, ids, start, pair[0], pair[1], True
+            qa = parse_qa(reply)
+            if qa:
+                return d, ids, start, qa, True
         raw = reply or "(empty generation)"
-        return d, ids, start, raw, raw, False
+        return d, ids, start, (raw, raw, ""), False
 
     def steps(self, i):
-        """Record i, as a generator: it yields lists of prompts (messages) and is sent their replies (texts), in the
-        order its randomness asks for them, and returns the record."""
+        """Record i, as a generator: it yields lists of prompts (messages) and is sent their replies
+        (texts), in the order its randomness asks for them, and returns the record."""
         rng = random.Random(f"{self.seed}:{i}")
         kind = kind_of(i)
+        extra = {}
         if kind == "qa":
-            d, ids, start, q, a, ok = yield from self.qa_pair(rng)
+            d, ids, start, (q, a, reasoning), ok = yield from self.qa_pair(rng)
             end = start + self.chunk
             lo, hi = max(0, end - self.context), min(start, max(0, len(ids) - self.context))
             w = rng.randint(lo, max(lo, hi))
-            content = QA_RECORD.format(document=self.text(ids[w:w + self.context]), question=q)
-            source = [d]
+            prompt, template = rng.choice(QUESTION_PROMPTS), rng.choice(QA_TEMPLATES)  # the paper: one of each
+            content = template.format(document=self.text(ids[w:w + self.context]), prompt=prompt, question=q)
+            source, extra = [d], {"reasoning": reasoning, "question_prompt": QUESTION_PROMPTS.index(prompt),
+                                  "template": QA_TEMPLATES.index(template)}
         elif kind == "rag":
-            d, ids, start, q, a, ok = yield from self.qa_pair(rng)
+            d, ids, start, (q, a, reasoning), ok = yield from self.qa_pair(rng)
+            extra = {"reasoning": reasoning}
             n = max(2, self.context // self.chunk)
             passages, source = [(self.title(d), self.text(ids[start:start + self.chunk]))], [d]
             for _ in range(n - 1):
@@ -261,19 +286,21 @@ class Synth:
                 summaries = [s or "(empty generation)" for s in (yield [merge_prompt(g) for g in groups])]
             a, ok, source = summaries[0], True, [d]
             content = SUMMARY_RECORD.format(text=self.text(ids))
-        return {"id": i, "kind": kind, "seed": self.seed, "parsed": ok, "source": source,
+        return {"id": i, "kind": kind, "seed": self.seed, "parsed": ok, "source": source, **extra,
                 "messages": [{"role": "user", "content": content}, {"role": "assistant", "content": a}]}
 
 
 class _Pending:
-    """A record under construction: its steps, the prompts it waits on, the replies so far, the calls before."""
+    """A record under construction: its steps, the prompts it waits on, the replies so far, the calls
+    before."""
 
     def __init__(self, i, steps):
         self.i, self.steps, self.calls, self.replies = i, steps, 0, []
         self.prompts = next(steps)  # every record asks the model something
 
 
-# ------------------------------------------------------------------------------------------------ resumable file
+# ------------------------------------------------------------------------------------------------ resumable
+# file
 
 def read_done(path, seed):
     """Ids already in `path`. Every record is written as one line ending in a newline, so text after the last
@@ -337,7 +364,7 @@ def run(out, synth, n, stop_after=None, shard=(0, 1)):
     return written
 
 
-def main(argv):
+def parser():
     ap = ArgumentParser(prog="sft.py synth", description="synthetic long-instruction SFT data (QA, RAG, "
                         "recursive summaries, 40/30/30) in UltraChat jsonl format")
     ap.add_argument("out", help="output .jsonl (appended to; existing ids are skipped)")
@@ -359,7 +386,12 @@ def main(argv):
     ap.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     ap.add_argument("--shard", default="0/1", help="K/M: only ids i with i %% M == K (one process per GPU, each "
                     "with its own OUT; concatenate the files afterwards)")
-    ap.add_argument("--stop-after", type=int, default=None, help=argparse.SUPPRESS)  # tests: SIGKILL after K
+    ap.add_argument("--stop-after", type=number(int, 1), default=None, help=argparse.SUPPRESS)  # tests: kill -9
+    return ap
+
+
+def main(argv):
+    ap = parser()
     args = ap.parse_args(argv)
     try:
         shard = tuple(int(x) for x in args.shard.split("/"))
@@ -374,18 +406,22 @@ def main(argv):
                 not HUB_ID.fullmatch(args.ckpt):
             raise DataError(f"--ckpt {args.ckpt}: no such checkpoint directory (nor a hub id such as "
                             f"princeton-nlp/Llama-3-8B-ProLong-512k-Instruct)")
+        domain = open_domain(args.domain)
+        tok = load_tokenizer(args.tokenizer or args.ckpt)
         import torch
         from model import Llama
         device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise DataError(f"--device {device}: this machine has no CUDA device (torch sees none)")
         dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
-        tok = load_tokenizer(args.tokenizer or args.ckpt)
-        domain = open_domain(args.domain)
-        model = Llama.from_pretrained(args.ckpt, dtype=dtype, device=device).eval()
-        synth = Synth(model, tok, domain, args.chunk_tokens, args.context_tokens, args.max_new_tokens,
-                      args.temperature, args.top_p, args.seed, args.retries, batch_size=args.batch_size)
         t0 = time.time()
-        try:
+        try:  # model.py says what is wrong with a checkpoint, or with a prompt too long for it, as a ValueError
+            model = Llama.from_pretrained(args.ckpt, dtype=dtype, device=device).eval()
+            synth = Synth(model, tok, domain, args.chunk_tokens, args.context_tokens, args.max_new_tokens,
+                          args.temperature, args.top_p, args.seed, args.retries, batch_size=args.batch_size)
             written = run(args.out, synth, args.n, args.stop_after, shard)
+        except ValueError as e:
+            raise DataError(str(e)) from None
         except KeyboardInterrupt:
             fail(f"interrupted; {args.out} holds every finished record (run again to continue)", 130)
     print(f"synth: {args.out}: wrote {written} records in {time.time() - t0:.1f}s; {args.n} ids in all", flush=True)

@@ -7,6 +7,7 @@ import collections
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,16 +23,36 @@ import sft  # noqa: E402
 import synth  # noqa: E402
 from model import Llama, LlamaConfig  # noqa: E402
 from tokenizer import chat_ids  # noqa: E402
+from tests.test_data import error_line, fuzz_numbers, tree  # noqa: E402
 
 pytest.importorskip("llama_models", reason="pip install --no-deps llama-models (the Llama-3 tokenizer file)")
 ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
 CHUNK, CONTEXT = 64, 256
 
 # The templates, written out by hand: a change to synth.py's prompts must be made here too, on purpose.
-QA = ("Below is a chunk of a long document. Write one question about this chunk that can be answered from it, and "
-      "the answer to the question. Reply in exactly this format:\nQuestion: <the question>\nAnswer: <the answer>\n\n"
-      "Chunk:\n{}")
-QA_REC = "{}\n\nAnswer the question based on the document above.\n\nQuestion: {}"
+# QA: the paper's Table 16 (B.5), as ../shared/paper/SYNTHETIC_PROMPTS.md reads it; {} is its {sampled snippet}.
+QA = ("Given the following snippet of a book, ask a relevant question and provide the answer. The question and the "
+      "answer should follow the following rules:\n(1) The question should be specific enough that it can only be "
+      "answered with the snippet. The question should also be interesting and intellectual enough that a curious "
+      "reader of the book would ask about it.\n(2) The question and the answer should be comprehensible given just "
+      "the whole book without highlighting the snippet. With that being said, the question should NOT refer to the "
+      "snippet directly (e.g., do NOT say things like \"Question: given the conversation in the snippet, what "
+      "...\"). The answer also should not mention \"the snippet\" explicitly (assuming that the snippet is never "
+      "provided), but it can copy the snippet content as a reference when answering the question.\n(3) The answer "
+      "should be concise but also should provide references to the book when needed. For example, \"Wellington "
+      "Yueh betrayed the Atreides, as the book mentioned, '...'\".\n\n*** Start of the snippet ***\n{}\n*** End "
+      "of the snippet ***\n\nBefore generating the question and the answer, first reason about what this snippet "
+      "is about. In your generation, stick to the following format:\n\nReasoning: this snippet is about ...\n"
+      "Question: ...\nAnswer: ...")
+# the paper's Table 17
+QUESTION_PROMPTS = ["Given the document, please answer the question.",
+                    "Here is a piece of text; answer the following question based on it.",
+                    "Please answer the question using the provided content.",
+                    "Based on the given passage, respond to the question.",
+                    "Read the snippet and answer the question that follows."]
+# ours
+QA_RECS = ["{document}\n\n{prompt}\n\nQuestion: {question}", "{prompt}\n\n{document}\n\nQuestion: {question}",
+           "{prompt} {question}\n\n{document}"]
 RAG_REC = "Write an accurate answer to the question using only the search results below.\n\n{}\n\nQuestion: {}"
 SUM = "Summarize the following part of a long text in a few sentences.\n\n{}"
 MERGE = ("The following are summaries of consecutive parts of a long text, in order. Combine them into one summary "
@@ -70,6 +91,9 @@ def test_split_is_40_30_30_fixed_by_index():
         assert collections.Counter(synth.kind_of(i) for i in range(a, a + 10)) == {"qa": 4, "rag": 3, "summary": 3}
 
 
+REPLY = "Reasoning: this snippet is about a module.\nQuestion: Which module is this?\nAnswer: A standard one."
+
+
 class FakeModel:
     """Records every prompt; answers QA prompts in the asked-for shape and everything else with a fixed summary."""
 
@@ -80,8 +104,8 @@ class FakeModel:
     def generate(self, prompt_ids, max_new_tokens, temperature=0.0, top_p=1.0, stop_tokens=(), generator=None):
         self.prompts.append(list(prompt_ids))
         self.seeds.append(generator.initial_seed() if generator is not None else None)
-        is_qa = "Reply in exactly this format" in self.tok.decode(prompt_ids)
-        return self.tok.encode("Question: Which module is this?\nAnswer: A standard one." if is_qa else "A summary.")
+        is_qa = "*** Start of the snippet ***" in self.tok.decode(prompt_ids)
+        return self.tok.encode(REPLY if is_qa else "A summary.")
 
     def generate_batch(self, prompts, max_new_tokens, temperature=0.0, top_p=1.0, stop_tokens=(), generator=None):
         self.batches.append(len(prompts))
@@ -113,16 +137,20 @@ def test_prompts_equal_templates(tok, domain_dir):
     lo, hi = max(0, start + CHUNK - CONTEXT), min(start, max(0, len(ids) - CONTEXT))
     w = rng.randint(lo, max(lo, hi))
     assert w <= start and start + CHUNK <= w + CONTEXT  # the window holds the chunk
+    prompt, template = rng.choice(QUESTION_PROMPTS), rng.choice(QA_RECS)  # one question prompt, one template
     assert rec["kind"] == "qa" and rec["parsed"] and rec["id"] == 0 and rec["seed"] == 7
     assert rec["messages"] == [
-        {"role": "user", "content": QA_REC.format(tok.decode(ids[w:w + CONTEXT]), "Which module is this?")},
-        {"role": "assistant", "content": "A standard one."}]
+        {"role": "user", "content": template.format(document=tok.decode(ids[w:w + CONTEXT]), prompt=prompt,
+                                                    question="Which module is this?")},
+        {"role": "assistant", "content": "A standard one."}]  # the reasoning parsed off, kept beside
+    assert rec["reasoning"] == "this snippet is about a module." and QA_RECS[rec["template"]] == template
 
     # rag: record 1; the gold chunk is the one the QA prompt showed, among CONTEXT // CHUNK numbered passages
     n0 = len(s.prompts)
     rec = s.record(1)
     assert len(s.prompts) == n0 + 1
-    gold = s.prompts[n0][0]["content"][len(QA.format("")):]
+    shown = s.prompts[n0][0]["content"]
+    gold = shown[len(QA.split("{}")[0]):len(shown) - len(QA.split("{}")[1])]  # the snippet Table 16's prompt held
     user = rec["messages"][0]["content"]
     passages = user[user.index("Document [1]"):user.index("\n\nQuestion: ")]
     assert user == RAG_REC.format(passages, "Which module is this?")
@@ -148,6 +176,50 @@ def test_prompts_equal_templates(tok, domain_dir):
                                {"role": "assistant", "content": "A summary."}]
 
 
+PAPER = os.path.join(ROOT, "..", "shared", "paper", "SYNTHETIC_PROMPTS.md")
+
+
+def test_qa_prompt_and_question_prompts_are_the_papers():
+    """Table 16 word for word (the hand copy above), and, where the cleaned reading of the paper is at hand, equal to
+    its text block too; Table 17's five question prompts likewise."""
+    assert synth.QA_PROMPT.replace(synth.SNIPPET, "{}") == QA and synth.qa_prompt("S")[0]["content"] == QA.format("S")
+    assert list(synth.QUESTION_PROMPTS) == QUESTION_PROMPTS and list(synth.QA_TEMPLATES) == QA_RECS
+    if not os.path.exists(PAPER):
+        pytest.skip(f"{PAPER} is not here (it sits beside the repository, not in it)")
+    text = open(PAPER, encoding="utf-8").read()
+    assert text.split("\n```\n")[1] == synth.QA_PROMPT  # the one fenced block: Table 16
+    table17 = text[text.index("## Table 17"):text.index("## Table 23")]
+    assert [line.split("`")[1] for line in table17.splitlines() if line[:3] in ("1. ", "2. ", "3. ", "4. ", "5. ")] \
+        == QUESTION_PROMPTS
+
+
+def test_reply_parser_reads_the_three_line_format():
+    reply = "Reasoning: this snippet is about a duel.\nQuestion: Who wins the duel?\nAnswer: Paul, as the book says."
+    assert synth.parse_qa(reply) == ("Who wins the duel?", "Paul, as the book says.", "this snippet is about a duel.")
+    assert synth.parse_qa("Sure! Here it is.\n\n" + reply)[:2] == ("Who wins the duel?", "Paul, as the book says.")
+    assert synth.parse_qa("**Reasoning:** r\n**Question:** q?\n**Answer:** a") == ("q?", "a", "r")
+    assert synth.parse_qa("Reasoning: this snippet is about ...\nQuestion: ...\nAnswer:") is None  # no answer
+    assert synth.parse_qa("Reasoning: a Question: in the reasoning\nAnswer: b") is None  # labels start lines
+
+
+def test_each_qa_record_samples_one_question_prompt(tok, domain_dir, tmp_path):
+    """One of Table 17's prompts per QA record, drawn from the record's own randomness: all five appear over many
+    records, the same for a seed (and for a resumed run: records are pure functions of (seed, i)), and the user turn
+    holds it."""
+    dom = data.open_domain(domain_dir)
+    s = synth.Synth(FakeModel(tok), tok, dom, CHUNK, CONTEXT, max_new_tokens=8, seed=3)
+    qa_ids = [i for i in range(60) if synth.kind_of(i) == "qa"]
+    recs = list(s.records(qa_ids))
+    chosen = [r["question_prompt"] for r in recs]
+    assert set(chosen) == set(range(5)) and {r["template"] for r in recs} == set(range(3))
+    for r in recs:
+        assert QUESTION_PROMPTS[r["question_prompt"]] in r["messages"][0]["content"]
+    again = synth.Synth(FakeModel(tok), tok, dom, CHUNK, CONTEXT, max_new_tokens=8, seed=3)
+    assert [again.record(i)["question_prompt"] for i in qa_ids[-5:]] == chosen[-5:]  # alone, not after the others
+    other = synth.Synth(FakeModel(tok), tok, dom, CHUNK, CONTEXT, max_new_tokens=8, seed=4)
+    assert [r["question_prompt"] for r in other.records(qa_ids)] != chosen
+
+
 def test_unparsed_reply_is_retried_then_kept_marked(tok, domain_dir):
     class Mumbler(FakeModel):
         def generate(self, prompt_ids, *a, **k):
@@ -157,7 +229,7 @@ def test_unparsed_reply_is_retried_then_kept_marked(tok, domain_dir):
     s = synth.Synth(Mumbler(tok), tok, data.open_domain(domain_dir), CHUNK, CONTEXT, retries=3, keep_prompts=True)
     rec = s.record(0)
     assert len(s.prompts) == 3 and rec["parsed"] is False and rec["messages"][1]["content"] == "no idea"
-    assert synth.parse_qa("Question: a?\nAnswer: b") == ("a?", "b") and synth.parse_qa("Answer: b") is None
+    assert synth.parse_qa("Question: a?\nAnswer: b") == ("a?", "b", "") and synth.parse_qa("Answer: b") is None
 
 
 def test_resume_reader(tmp_path):
@@ -266,6 +338,84 @@ def test_cli_kill_resume_and_prepare(tmp_path, ckpt, domain_dir):
     # every line passes sft.py prepare (which ignores the extra keys)
     r = sft.prepare(str(tmp_path / "tokens"), [str(out)])
     assert r["skipped"] == 0 and r["train"]["conversations"] == 10 and r["train"]["assistant"] > 0
+
+
+def test_every_numeric_option_of_synth_refuses_0_minus_1_and_a_word(tmp_path, capsys):
+    """--temperature -1 sampled from the inverted distribution, --max-new-tokens 0 wrote "(empty generation)"
+    records marked parsed, --top-p 0 was a traceback: now every numeric option has its range, refused by name."""
+    base = {(): [str(tmp_path / "out.jsonl"), "--ckpt", str(tmp_path / "no-ckpt"), "--domain", str(tmp_path)]}
+    valid = {((), "--n"): {"0"}, ((), "--seed"): {"0"}, ((), "--temperature"): {"0"}}
+    cases, options = fuzz_numbers(synth.main, synth.parser(), base, valid, capsys)
+    assert {o for _, o in options} == {"--n", "--chunk-tokens", "--context-tokens", "--seed", "--max-new-tokens",
+                                       "--temperature", "--top-p", "--retries", "--batch-size", "--stop-after"}
+    assert cases == 30 and not os.listdir(tmp_path)
+    for value in ("1.5", "nan", "-0.1"):  # and a top-p outside (0, 1] the other ways
+        with pytest.raises(SystemExit):
+            synth.main(base[()] + ["--top-p", value])
+        assert "argument --top-p: must be a number > 0 and <= 1" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # command lines in subprocesses
+def test_bad_outputs_checkpoints_and_settings_are_one_line(tmp_path, ckpt, domain_dir):
+    out = tmp_path / "synth.jsonl"
+    out.write_text('{"id": 0, "seed": 0, "kind": "qa"}\n')  # a record already there: no case may touch it
+    (tmp_path / "dir.jsonl").mkdir()
+    weightless = tmp_path / "weightless"
+    shutil.copytree(ckpt, weightless, ignore=shutil.ignore_patterns("*.safetensors"))
+    cases = [((tmp_path / "dir.jsonl", ckpt), [], "dir.jsonl: is a directory; name the output .jsonl file"),
+             ((out, str(tmp_path / "missing")), [], "--ckpt " + str(tmp_path / "missing") + ": no such checkpoint"),
+             ((out, str(weightless)), [], f"checkpoint {weightless} has no .safetensors files"),
+             ((out, ckpt), ["--temperature", "-1"], "argument --temperature: must be a number >= 0, got -1"),
+             ((out, ckpt), ["--top-p", "0"], "argument --top-p: must be a number > 0 and <= 1, got 0"),
+             ((out, ckpt), ["--max-new-tokens", "0"], "argument --max-new-tokens: must be an integer >= 1, got 0"),
+             ((out, ckpt), ["--max-new-tokens", "-3"], "argument --max-new-tokens: must be an integer >= 1, got -3"),
+             ((out, ckpt), ["--context-tokens", "32"], "--context-tokens 32 must be at least --chunk-tokens 64")]
+    for (target, model), extra, message in cases:
+        before = tree(tmp_path)
+        line = error_line(synth_cli(target, model, domain_dir, *extra), code=2 if extra else 1)
+        assert message in line, (extra, line)
+        assert tree(tmp_path) == before, extra
+
+
+def test_a_full_disk_keeps_every_whole_record_and_a_rerun_completes(tmp_path, tok, domain_dir, monkeypatch):
+    """The disk fills up in the middle of the third record: the file keeps the first two whole records and not a
+    byte of the third, the error is ENOSPC itself (one_line_errors words it), and a rerun writes exactly what an
+    uninterrupted run writes."""
+    import builtins
+    import errno
+    s = synth.Synth(FakeModel(tok), tok, data.open_domain(domain_dir), CHUNK, CONTEXT, max_new_tokens=8)
+    whole = tmp_path / "whole.jsonl"
+    synth.run(str(whole), s, 5)
+
+    class Filling:  # the output file on a disk with room for two records and a few bytes of the third
+        def __init__(self, f, room):
+            self.f, self.room = f, room
+
+        def write(self, b):
+            if self.room <= 0:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            n = min(len(b), self.room)
+            self.room -= n
+            return self.f.write(b[:n])
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+    room = sum(len(x) for x in whole.read_bytes().splitlines(keepends=True)[:2]) + 10
+    monkeypatch.setattr(synth, "open", lambda *a, **k: Filling(builtins.open(*a, **k), room), raising=False)
+    out = tmp_path / "out.jsonl"
+    with pytest.raises(OSError) as e:
+        synth.run(str(out), s, 5)
+    assert e.value.errno == errno.ENOSPC
+    assert out.read_bytes() == b"".join(whole.read_bytes().splitlines(keepends=True)[:2])
+    monkeypatch.undo()
+    assert synth.run(str(out), s, 5) == 3 and out.read_bytes() == whole.read_bytes()
 
 
 def test_configs_mix_synthetic(tmp_path):
