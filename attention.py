@@ -2,30 +2,31 @@
 Document-masked causal attention over a packed sequence.
 
 A training sequence is many documents laid back to back: T tokens whose document boundaries are given by
-`cu_seqlens` (int32, [0, end_0, end_1, ..., T]). A token may attend only to earlier tokens of its own document,
-so the cost is sum(len_i^2), not T^2. `cross_document=True` drops the document mask (one causal attention over
-the whole pack): the "no document masks" ablation of the ProLong paper.
+`cu_seqlens` (int32, [0, end_0, end_1, ..., T]). A token may attend only to earlier tokens of its own
+document, so the cost is sum(len_i^2), not T^2. `cross_document=True` drops the document mask (one causal
+attention over the whole pack): the "no document masks" ablation of the ProLong paper.
 
-Tensors use the varlen layout of flash-attn: q is (T, H, D), k and v are (T, H_kv, D) with H a multiple of H_kv
-(grouped-query attention). K/V are never repeated to H heads where the backend can avoid it.
+Tensors use the varlen layout of flash-attn: q is (T, H, D), k and v are (T, H_kv, D) with H a multiple of
+H_kv (grouped-query attention). K/V are never repeated to H heads where the backend can avoid it.
 
 Backends. `prepare` picks the first available one in this order, or the one `backend=` names (a one-line
 ValueError says why a named one cannot run here):
   fa3     FlashAttention-3 through PyTorch's `varlen_attn` (Hopper, compute capability 9.0 only, with
-          flash-attention's hopper/ kernels installed: module `flash_attn_interface`, pip `flash_attn_3`). The
-          fastest kernel on H100/H200. It needs `activate(device, "fa3")` once at start-up: that routes aten's
-          flash kernels to FA3 for the whole process (SDPA's flash path runs FA3 too), so it is never done from
-          inside a forward pass; until then fa3 is not picked, and naming it is an error.
+          flash-attention's hopper/ kernels installed: module `flash_attn_interface`, pip `flash_attn_3`).
+          The fastest kernel on H100/H200. It needs `activate(device, "fa3")` once at start-up: that routes
+          aten's flash kernels to FA3 for the whole process (SDPA's flash path runs FA3 too), so it is never
+          done from inside a forward pass; until then fa3 is not picked, and naming it is an error.
   flash   flash-attn 2's `flash_attn_varlen_func` (CUDA, optional install that needs a CUDA build).
   varlen  PyTorch's own `torch.nn.attention.varlen.varlen_attn` (CUDA, ships with torch >= 2.10: no build).
-  flex    FlexAttention with a document BlockMask built from `cu_seqlens` at 128 x 128 block granularity (never a
-          T x T mask: 258 MiB of int32 indices at 512K, see `document_block_mask`), compiled with dynamic shapes.
-          The fallback on GPUs where none of the above runs, and the only one that takes fp32 on CUDA.
-  sdpa    one `scaled_dot_product_attention(is_causal=True)` call per document: the CPU path, and the reference
-          twin of the others. FlexAttention has no backward on CPU, and a single SDPA call with a block-diagonal
-          mask costs T^2 time and memory, while a loop of per-document causal calls costs sum(len_i^2) and lets
-          SDPA pick its memory-lean flash kernel (measured on 2 CPU threads, L=8192, 16 documents: 0.58 s / 96 MiB
-          versus 3.4 s / 338 MiB for the masked call).
+  flex    FlexAttention with a document BlockMask built from `cu_seqlens` at 128 x 128 block granularity
+          (never a T x T mask: 258 MiB of int32 indices at 512K, see `document_block_mask`), compiled with
+          dynamic shapes. The fallback on GPUs where none of the above runs, and the only one that takes fp32
+          on CUDA.
+  sdpa    one `scaled_dot_product_attention(is_causal=True)` call per document: the CPU path, and the
+          reference twin of the others. FlexAttention has no backward on CPU, and a single SDPA call with a
+          block-diagonal mask costs T^2 time and memory, while a loop of per-document causal calls costs
+          sum(len_i^2) and lets SDPA pick its memory-lean flash kernel (measured on 2 CPU threads, L=8192, 16
+          documents: 0.58 s / 96 MiB versus 3.4 s / 338 MiB for the masked call).
 The flash kernels (fa3, flash, varlen) are half precision only: fp32/fp64 inputs take the sdpa twin.
 
 The model calls `prepare` once per forward pass (boundaries are validated on the host, copied to the device
@@ -35,8 +36,8 @@ deep-copyable object); sequence parallelism (seqpar.py) swaps in another object 
 and the model never knows.
 
 Generation (`attend_cached`): c new queries over L cached keys, causal from the bottom right, without ever
-building a c x L mask: flash-attn or varlen on CUDA; on CPU the keys before the new ones (no mask) and the c x c
-causal block are attended separately and merged through their log-sum-exps, which is exact. Batched decoding
+building a c x L mask: flash-attn or varlen on CUDA; on CPU the keys before the new ones (no mask) and the c x
+c causal block are attended separately and merged through their log-sum-exps, which is exact. Batched decoding
 (`attend_cached_rows`): one new query per sequence, each over its own keys, through a key-padding mask.
 """
 import importlib.util
@@ -47,11 +48,11 @@ import torch
 import torch.nn.functional as F
 
 BACKENDS = ("fa3", "flash", "varlen", "flex", "sdpa")
-FLEX_BLOCK = 128  # FlexAttention's default sparse block size (_DEFAULT_SPARSE_BLOCK_SIZE); Triton tiles divide it
+FLEX_BLOCK = 128  # FlexAttention's _DEFAULT_SPARSE_BLOCK_SIZE; Triton's tiles divide it
 _HALF = (torch.float16, torch.bfloat16)
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------
 # optional kernels: each import happens only when a CUDA device asks for it
 
 
@@ -67,8 +68,8 @@ def _flash_attn():
 
 @lru_cache(maxsize=None)
 def _varlen_attn():
-    """PyTorch's own varlen flash attention (torch >= 2.10, CUDA), or None. Imported only when a GPU asks for it:
-    the module pulls in torch._dynamo, seconds of start-up that CPU runs need not pay."""
+    """PyTorch's own varlen flash attention (torch >= 2.10, CUDA), or None. Imported only when a GPU asks for
+    it: the module pulls in torch._dynamo, seconds of start-up that CPU runs need not pay."""
     try:
         from torch.nn.attention.varlen import varlen_attn
         return varlen_attn
@@ -104,21 +105,22 @@ def _fa3_missing():
     """Why FA3's kernels cannot be registered, or None. The same checks as torch/nn/attention/_fa3.py's
     _fa3_import_module: the module imports and exposes torch.ops.flash_attn_3.fwd and .bwd."""
     if importlib.util.find_spec("flash_attn_interface") is None:
-        return ("FlashAttention-3's kernels are not installed (module flash_attn_interface, pip flash_attn_3, "
-                "built from flash-attention's hopper/)")
+        return ("FlashAttention-3's kernels are not installed (module flash_attn_interface, pip "
+                "flash_attn_3, built from flash-attention's hopper/)")
     try:
         importlib.import_module("flash_attn_interface")  # its import registers torch.ops.flash_attn_3
     except Exception as e:  # a broken build fails in many ways; say which, in one line
         return f"flash_attn_interface does not import: {type(e).__name__}: {str(e).splitlines()[0][:120]}"
     ops = getattr(torch.ops, "flash_attn_3", None)
     if ops is None or not hasattr(ops, "fwd") or not hasattr(ops, "bwd"):
-        return "flash_attn_interface does not expose torch.ops.flash_attn_3.fwd/bwd (a torch-2.13-compatible build)"
+        return ("flash_attn_interface does not expose torch.ops.flash_attn_3.fwd/bwd (a build compatible "
+                "with torch 2.13)")
     return None
 
 
 def default_backend(device, fa3=None):
-    """The first of fa3, flash, varlen, flex that runs on a CUDA device; sdpa elsewhere (flex has no CPU backward).
-    fa3 counts only once `activate` has routed aten's kernels to it (fa3=True: as if it had)."""
+    """The first of fa3, flash, varlen, flex that runs on a CUDA device; sdpa elsewhere (flex has no CPU
+    backward). fa3 counts only once `activate` has routed aten's kernels to it (fa3=True: as if it had)."""
     if torch.device(device).type != "cuda":
         return "sdpa"
     fa3 = _flash_impl == "FA3" if fa3 is None else fa3
@@ -129,11 +131,11 @@ _flash_impl = None  # what aten's flash kernels run: None (PyTorch's own FA2) or
 
 
 def activate(device, backend=None):
-    """Once at start-up (train.py's setup; evaluation's), before any model runs: the backend this process will use
-    on `device` (None: the fastest that runs, fa3 included), checked, with aten's flash kernels routed to match:
-    FlashAttention-3 for fa3, PyTorch's own otherwise. The routing is process-wide and costs a dispatcher
-    registration, so it changes only when asked for another. Returns the backend; a one-line ValueError says why
-    a named one cannot run."""
+    """Once at start-up (train.py's setup; evaluation's), before any model runs: the backend this process will
+    use on `device` (None: the fastest that runs, fa3 included), checked, with aten's flash kernels routed to
+    match: FlashAttention-3 for fa3, PyTorch's own otherwise. The routing is process-wide and costs a
+    dispatcher registration, so it changes only when asked for another. Returns the backend; a one-line
+    ValueError says why a named one cannot run."""
     global _flash_impl
     backend = backend or default_backend(device, fa3=True)
     reason = unavailable(backend, device)
@@ -151,7 +153,7 @@ def activate(device, backend=None):
     return backend
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------
 # prepare: once per forward pass
 
 
@@ -162,7 +164,7 @@ class Documents:
     bounds: list  # [(start, end), ...] on the host
     max_seqlen: int
     backend: str
-    kernel: object = None  # flash / varlen / fa3: the varlen function, resolved here rather than in traced code
+    kernel: object = None  # flash / varlen / fa3: the varlen function, resolved here, not in traced code
     block_mask: object = None  # flex only
 
 
@@ -175,6 +177,7 @@ def prepare(cu_seqlens, num_tokens, device, cross_document=False, backend=None):
     if cu_seqlens is None or cross_document:
         bounds = [(0, num_tokens)]
     else:
+        cu_seqlens = torch.as_tensor(cu_seqlens)  # a host array too (train.py passes numpy past FSDP's root)
         if cu_seqlens.dim() != 1 or cu_seqlens.dtype.is_floating_point:
             raise ValueError(f"cu_seqlens must be a 1-D integer tensor, got shape {tuple(cu_seqlens.shape)} "
                              f"dtype {cu_seqlens.dtype}")
@@ -192,8 +195,8 @@ def prepare(cu_seqlens, num_tokens, device, cross_document=False, backend=None):
                 raise ValueError(reason)
             raise ValueError(f"attention backend {backend!r} cannot run on {device}: {reason}")
     if backend in ("fa3", "varlen") and (backend == "fa3") != (_flash_impl == "FA3"):
-        raise ValueError(f"attention backend {backend!r} needs attention.activate(device, {backend!r}) first: aten's "
-                         f"flash kernels run {'FA3' if _flash_impl else 'FA2'} in this process")
+        raise ValueError(f"attention backend {backend!r} needs attention.activate(device, {backend!r}) "
+                         f"first: aten's flash kernels run {'FA3' if _flash_impl else 'FA2'} in this process")
     # built on the host, copied once; non_blocking: a pageable host-to-device copy does not wait for the GPU
     cu_host = torch.tensor([0] + [b for _, b in bounds], dtype=torch.int32)
     docs = Documents(cu_host.to(device, non_blocking=True), bounds, max(b - a for a, b in bounds), backend)
@@ -206,7 +209,7 @@ def prepare(cu_seqlens, num_tokens, device, cross_document=False, backend=None):
     return docs
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------
 # attend: every layer
 
 
@@ -214,10 +217,11 @@ def attend(q, k, v, docs):
     """Causal attention of q (T, H, D) over k, v (T, H_kv, D) within each document. Returns (T, H, D)."""
     backend = docs.backend
     if backend in ("fa3", "flash", "varlen") and q.dtype not in _HALF:
-        backend = "sdpa"  # the flash kernels are half precision only; fp32/fp64 (tests, debugging) take the twin
+        backend = "sdpa"  # the flash kernels are half precision only; fp32/fp64 (tests, debugging) take sdpa
     gqa = q.shape[1] != k.shape[1]
     if backend == "flash":
-        return docs.kernel(q, k, v, docs.cu_seqlens, docs.cu_seqlens, docs.max_seqlen, docs.max_seqlen, causal=True)
+        return docs.kernel(q, k, v, docs.cu_seqlens, docs.cu_seqlens, docs.max_seqlen, docs.max_seqlen,
+                           causal=True)
     if backend in ("fa3", "varlen"):  # the same call: activate() routed aten's flash kernels to FA3 or FA2
         return docs.kernel(q, k, v, docs.cu_seqlens, docs.cu_seqlens, docs.max_seqlen, docs.max_seqlen,
                            window_size=(-1, 0), enable_gqa=gqa)
@@ -237,13 +241,18 @@ def _sdpa_per_document(q, k, v, bounds):
 
 
 def _sdpa_causal(q, k, v, gqa):
+    if gqa and q.device.type != "cpu" and q.dtype not in _HALF:
+        # fp32/fp64 off the CPU: where the memory-efficient kernel lacks GQA, SDPA would take the math one, a
+        # T x T score matrix (128 GiB for one 64K document, 8 heads); repeated K/V keep the efficient kernel
+        k, v = (x.repeat_interleave(q.shape[1] // k.shape[1], dim=1) for x in (k, v))
+        gqa = False
     # SDPA wants (batch, heads, length, dim)
     q, k, v = (x.transpose(0, 1).unsqueeze(0) for x in (q, k, v))
     out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
     return out.squeeze(0).transpose(0, 1)
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------
 # flex: a document BlockMask straight from cu_seqlens
 
 
@@ -253,19 +262,21 @@ _compiled_flex = None
 def _flex(q, k, v, block_mask):
     global _compiled_flex
     from torch.nn.attention.flex_attention import flex_attention
-    if _compiled_flex is None:
-        # Flex is only fast compiled (eager, it computes the full score matrix). dynamic=True: with dynamic=False
-        # every training or evaluation length is a new graph (guard "tensor 'key' size mismatch"), and past
-        # torch._dynamo.config.recompile_limit (8, torch/_dynamo/config.py) Dynamo gives up and runs the eager,
-        # T^2 version. Measured with backend="aot_eager" on lengths 256, 384, 300, 1000, 777: dynamic=False
-        # compiled 5 graphs, dynamic=True 2 (the second only because 2 blocks had been duck-sized together with
-        # 2 KV heads), then none. The BlockMask's tensors and mask_mod captures are graph inputs, so a new mask
-        # costs no recompile either. With symbolic lengths Inductor builds the Triton template with
-        # IS_DIVISIBLE=False (torch/_inductor/kernel/flex/flex_attention.py: lengths not statically known
-        # multiples of 128), i.e. with bounds checks. On CPU flex stays eager: it is there for forward tests.
-        _compiled_flex = torch.compile(flex_attention, dynamic=True) if q.is_cuda else flex_attention
+    if q.is_cuda and _compiled_flex is None:  # per call's device: CPU tensors stay eager after a GPU compiled
+        # Flex is only fast compiled (eager, it computes the full score matrix). dynamic=True: with
+        # dynamic=False every training or evaluation length is a new graph (guard "tensor 'key' size
+        # mismatch"), and past torch._dynamo.config.recompile_limit (8, torch/_dynamo/config.py) Dynamo gives
+        # up and runs the eager, T^2 version. Measured with backend="aot_eager" on lengths 256, 384, 300,
+        # 1000, 777: dynamic=False compiled 5 graphs, dynamic=True 2 (the second only because 2 blocks had
+        # been duck-sized together with 2 KV heads), then none. The BlockMask's tensors and mask_mod captures
+        # are graph inputs, so a new mask costs no recompile either. With symbolic lengths Inductor builds the
+        # Triton template with IS_DIVISIBLE=False (torch/_inductor/kernel/flex/flex_attention.py: lengths not
+        # statically known multiples of 128), i.e. with bounds checks. On CPU flex stays eager: it is there
+        # for forward tests.
+        _compiled_flex = torch.compile(flex_attention, dynamic=True)
     q, k, v = (x.transpose(0, 1).unsqueeze(0) for x in (q, k, v))
-    out = _compiled_flex(q, k, v, block_mask=block_mask, enable_gqa=q.shape[1] != k.shape[1])
+    run = _compiled_flex if q.is_cuda else flex_attention
+    out = run(q, k, v, block_mask=block_mask, enable_gqa=q.shape[1] != k.shape[1])
     return out.squeeze(0).transpose(0, 1)
 
 
@@ -273,27 +284,27 @@ def document_block_mask(cu_seqlens, num_tokens, device, block=FLEX_BLOCK):
     """The document-causal BlockMask of a pack, built at block granularity from `cu_seqlens` (host int tensor
     without empty documents; the result lives on `device`).
 
-    `create_block_mask` without torch.compile evaluates the mask_mod on every (q, kv) pair: several T x T tensors
-    at once (~12 GiB at 64K, 256 GiB at 512K). Here each block row and column is classified from a few numbers.
-    Rows: q block i's first token lies in document d_a starting at s_a, its last token in d_b. Every kv block
-    from s_a // block to i holds a key that the first query may see, and no other kv block holds any, so row i's
-    non-empty blocks are the contiguous range [s_a // block, i]. A block is *full* (flex skips the mask_mod there)
-    when every pair is allowed: q block i lies inside one document (d_a == d_b), kv block j lies entirely inside
-    it too (j * block >= s_a) and entirely before it (j < i). The diagonal block is always partial; partial
-    blocks are the rest of the range, and the kernel applies `document_causal` to them. As create_block_mask
-    does (it pads the dense mask with False to a multiple of the block size), a ragged last block is never full.
-    Columns (the backward pass iterates over q blocks per kv block): kv block j is seen by q blocks [j, h_j],
-    h_j the last row whose range starts at or before j; when block j lies inside one document d, the full ones
-    are j+1 .. end_d // block - 1.
+    `create_block_mask` without torch.compile evaluates the mask_mod on every (q, kv) pair: several T x T
+    tensors at once (~12 GiB at 64K, 256 GiB at 512K). Here each block row and column is classified from a few
+    numbers. Rows: q block i's first token lies in document d_a starting at s_a, its last token in d_b. Every
+    kv block from s_a // block to i holds a key that the first query may see, and no other kv block holds any,
+    so row i's non-empty blocks are the contiguous range [s_a // block, i]. A block is *full* (flex skips the
+    mask_mod there) when every pair is allowed: q block i lies inside one document (d_a == d_b), kv block j
+    lies entirely inside it too (j * block >= s_a) and entirely before it (j < i). The diagonal block is
+    always partial; partial blocks are the rest of the range, and the kernel applies `document_causal` to
+    them. As create_block_mask does (it pads the dense mask with False to a multiple of the block size), a
+    ragged last block is never full. Columns (the backward pass iterates over q blocks per kv block): kv block
+    j is seen by q blocks [j, h_j], h_j the last row whose range starts at or before j; when block j lies
+    inside one document d, the full ones are j+1 .. end_d // block - 1.
 
-    Memory: BlockMask wants index tensors with one column per block (torch's from_kv_blocks derives the q-major
-    ones assuming that width, through a dense block matrix and an argsort, 12 s at 512K on 2 CPU cores, which
-    this builds directly instead), so the mask is 4 int32 tensors of (T/128)^2 plus the token-to-document map,
-    O((T/128)^2); a single 512K document really has (T/128)^2 / 2 full blocks, so no layout does better in the
-    worst case. Measured on CPU (`python bench.py gpu --cpu-smoke`; held = the BlockMask's tensors, peak = live
-    tensors while building; tests/test_attention.py checks the bounds): 64K, 8 documents: held 4.3 MiB, peak
-    5.3 MiB; 512K, 64 documents: held 258 MiB, peak 337 MiB; versus 4 GiB and 256 GiB for a single T x T bool
-    mask, of which create_block_mask makes several.
+    Memory: BlockMask wants index tensors with one column per block (torch's from_kv_blocks derives the
+    q-major ones assuming that width, through a dense block matrix and an argsort, 12 s at 512K on 2 CPU
+    cores, which this builds directly instead), so the mask is 4 int32 tensors of (T/128)^2 plus the
+    token-to-document map, O((T/128)^2); a single 512K document really has (T/128)^2 / 2 full blocks, so no
+    layout does better in the worst case. Measured on CPU (`python bench.py gpu --cpu-smoke`; held = the
+    BlockMask's tensors, peak = live tensors while building; tests/test_attention.py checks the bounds): 64K,
+    8 documents: held 4.3 MiB, peak 5.3 MiB; 512K, 64 documents: held 258 MiB, peak 337 MiB; versus 4 GiB and
+    256 GiB for a single T x T bool mask, of which create_block_mask makes several.
     """
     from torch.nn.attention.flex_attention import BlockMask
     T = num_tokens
@@ -312,24 +323,26 @@ def document_block_mask(cu_seqlens, num_tokens, device, block=FLEX_BLOCK):
     full_from = -(-start // block)  # first kv block entirely inside the document
     n_full = torch.where(single, (idx - full_from).clamp(min=0), 0)
     has_full = (n_full > 0).long()
-    n_range = torch.where(has_full > 0, full_from, idx + 1) - lo  # partial: [lo, full_from) + diagonal, or [lo, i]
+    # partial: [lo, full_from) and the diagonal, or [lo, i]
+    n_range = torch.where(has_full > 0, full_from, idx + 1) - lo
     # columns
     hi = torch.searchsorted(lo, idx, right=True) - 1  # last q block whose range starts at or before j
     end = cu[doc_first + 1]
     q_full = torch.where(single, (end // block - 1 - idx).clamp(min=0), 0)
     q_has_full = q_full > 0
-    q_first = torch.where(q_has_full, 1, hi - idx + 1)  # partial: the diagonal, then the rows past the full ones
+    # partial: the diagonal, then the rows past the full ones
+    q_first = torch.where(q_has_full, 1, hi - idx + 1)
     q_second = torch.where(q_has_full, hi - (idx + q_full), 0)
 
     col = torch.arange(n, dtype=torch.int32, device=device)[None, :]
 
     def indices(start1, count1, start2=None, count2=None):
-        """Per row: start1 .. start1 + count1 - 1, then start2 .. start2 + count2 - 1, then zeros (entries past
-        a row's count are never read; zero keeps every entry a valid block index)."""
-        s1, c1 = (x.to(device=device, dtype=torch.int32, non_blocking=True)[:, None] for x in (start1, count1))
+        """Per row: start1 .. start1 + count1 - 1, then start2 .. start2 + count2 - 1, then zeros (entries
+        past a row's count are never read; zero keeps every entry a valid block index)."""
+        s1, c1 = (counts(x)[0, 0, :, None] for x in (start1, count1))
         out = torch.where(col < c1, s1 + col, 0)
         if start2 is not None:
-            s2, c2 = (x.to(device=device, dtype=torch.int32, non_blocking=True)[:, None] for x in (start2, count2))
+            s2, c2 = (counts(x)[0, 0, :, None] for x in (start2, count2))
             out = torch.where((col >= c1) & (col < c1 + c2), s2 + col - c1, out)
         return out[None, None]  # batch and head dimensions broadcast
 
@@ -343,8 +356,8 @@ def document_block_mask(cu_seqlens, num_tokens, device, block=FLEX_BLOCK):
 
     # The mask_mod for partial blocks. Keys past T (a ragged last block) belong to no document: the Triton
     # kernel already wraps indices modulo the length and masks keys >= KV_LEN (get_bounded_indices,
-    # CHECK_BLOCK_BOUNDARY in torch/_inductor/kernel/flex/templates), and the padding keeps any other evaluation
-    # of the mask_mod in bounds and false.
+    # CHECK_BLOCK_BOUNDARY in torch/_inductor/kernel/flex/templates), and the padding keeps any other
+    # evaluation of the mask_mod in bounds and false.
     lengths = (cu[1:] - cu[:-1]).to(device=device, non_blocking=True)
     doc_of = torch.repeat_interleave(torch.arange(n_docs, dtype=torch.int32, device=device), lengths,
                                      output_size=T)
@@ -362,7 +375,8 @@ def document_block_mask(cu_seqlens, num_tokens, device, block=FLEX_BLOCK):
 
 
 def block_mask_bytes(block_mask):
-    """Bytes held by a BlockMask's tensors (its indices, both orientations, and the mask_mod's captured tensors)."""
+    """Bytes held by a BlockMask's tensors (its indices, both orientations, and the mask_mod's captured
+    tensors)."""
     total = sum(t.numel() * t.element_size() for t in block_mask.as_tuple() if isinstance(t, torch.Tensor))
     for cell in getattr(block_mask.mask_mod, "__closure__", None) or ():
         if isinstance(cell.cell_contents, torch.Tensor):
@@ -370,7 +384,7 @@ def block_mask_bytes(block_mask):
     return total
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------
 # generation with a KV cache
 
 
@@ -378,9 +392,9 @@ def attend_cached(q, k, v, cu=None):
     """Generation with a KV cache, one sequence: the c queries are the last c of the L cached positions.
     `cu`: the varlen kernel's (cu_q, cu_k) = ([0, c], [0, L]) int32 on q's device, when the caller has them.
 
-    Causality is aligned bottom-right (query i sees keys up to L - c + i), which SDPA's `is_causal` is not when
-    c < L. No c x L mask is built: at 512K with 4096-token prefill chunks that would be 2 GiB per layer, and a
-    mask rules out SDPA's flash kernels."""
+    Causality is aligned bottom-right (query i sees keys up to L - c + i), which SDPA's `is_causal` is not
+    when c < L. No c x L mask is built: at 512K with 4096-token prefill chunks that would be 2 GiB per layer,
+    and a mask rules out SDPA's flash kernels."""
     c, L = q.shape[0], k.shape[0]
     gqa = q.shape[1] != k.shape[1]
     if q.is_cuda and q.dtype in _HALF:
@@ -408,9 +422,10 @@ def attend_cached(q, k, v, cu=None):
 
 
 def _cached_by_parts(q, k, v, prefix):
-    """Bottom-right causal attention as two mask-free calls merged exactly: every query sees all `prefix` older
-    keys, and the new keys causally (a square block). softmax over the union = the two softmaxes weighted by
-    exp(lse_part - lse_total). aten's CPU flash kernel returns the log-sum-exp and handles GQA natively."""
+    """Bottom-right causal attention as two mask-free calls merged exactly: every query sees all `prefix`
+    older keys, and the new keys causally (a square block). softmax over the union = the two softmaxes
+    weighted by exp(lse_part - lse_total). aten's CPU flash kernel returns the log-sum-exp and handles GQA
+    natively."""
     attn = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
     out_old, lse_old = attn(q, k[:, :, :prefix], v[:, :, :prefix], 0.0, False)
     out_new, lse_new = attn(q, k[:, :, prefix:], v[:, :, prefix:], 0.0, True)
@@ -423,9 +438,9 @@ def attend_cached_rows(q, k, v, lengths):
     """Batched decoding: q (B, H, D) holds one new query per row, over that row's first lengths[b] keys of
     k, v (B, L, H_kv, D) (rows right-padded to L, the new token's key last). Returns (B, H, D).
 
-    One query per row needs no causal mask, only a (B, 1, 1, L) key-padding mask: B x L booleans. The H query heads
-    are viewed as H_kv groups of H / H_kv queries (HF's GQA: query head h reads KV head h // (H / H_kv)), so K/V
-    are never repeated and no kernel needs to support GQA."""
+    One query per row needs no causal mask, only a (B, 1, 1, L) key-padding mask: B x L booleans. The H query
+    heads are viewed as H_kv groups of H / H_kv queries (HF's GQA: query head h reads KV head h // (H /
+    H_kv)), so K/V are never repeated and no kernel needs to support GQA."""
     B, H, D = q.shape
     groups = q.view(B, k.shape[2], H // k.shape[2], D)
     mask = torch.arange(k.shape[1], device=q.device)[None, :] < lengths[:, None]
@@ -433,7 +448,7 @@ def attend_cached_rows(q, k, v, lengths):
     return out.reshape(B, H, D)
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------
 # the model's handle on this module
 
 

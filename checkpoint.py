@@ -1,22 +1,26 @@
 """
-Training checkpoints that scale: every rank writes its own shards, in parallel, and a run resumes on any world size.
+Training checkpoints that scale: every rank writes its own shards, in parallel, and a run resumes on any world
+size.
 
 A checkpoint is one directory, `OUT_DIR/step_NNNNNNN/`:
-  config.json, model*.safetensors, tokenizer   the Hugging Face directory that evaluate.py and transformers read
-                                               (weights gathered one tensor at a time and streamed to disk by rank
-                                               0, so no rank ever holds the whole model; `hf_weights=False` skips
-                                               them and `python checkpoint.py export` writes them later)
-  train_state/                                 torch.distributed.checkpoint (DCP): the sharded master weights and
-                                               AdamW state, each rank's own shards in its own file, every tensor in
-                                               its own dtype. DCP reshards on load, so 64 GPUs can resume on 32.
+  config.json, model*.safetensors, tokenizer   the Hugging Face directory that evaluate.py and transformers
+                                               read (weights gathered one tensor at a time and streamed to
+                                               disk by rank 0, so no rank ever holds the whole model;
+                                               `hf_weights=False` skips them and `python checkpoint.py export`
+                                               writes them later)
+  train_state/                                 torch.distributed.checkpoint (DCP): the sharded master weights
+                                               and AdamW state, each rank's own shards in its own file, every
+                                               tensor in its own dtype. DCP reshards on load, so 64 GPUs can
+                                               resume on 32.
   train_state.json                             step, data cursor, RNG, the run's settings and model shape
 
-Weights are resumed from train_state/, not from the safetensors: a run with float64 master weights resumes exactly,
-and an HF export in another dtype (`hf_dtype`) changes nothing about the run.
+Weights are resumed from train_state/, not from the safetensors: a run with float64 master weights resumes
+exactly, and an HF export in another dtype (`hf_dtype`) changes nothing about the run.
 
-Crash safety: everything is written under `.tmp-step_NNNNNNN`, renamed once every rank has finished, and only then
-named in `OUT_DIR/latest`, so a crash at any moment leaves the previous checkpoint as the latest (the next run
-removes the half-written directory). A failed write (a full disk) removes the temporary directory and says so.
+Crash safety: everything is written under `.tmp-step_NNNNNNN`, renamed once every rank has finished, and only
+then named in `OUT_DIR/latest`, so a crash at any moment leaves the previous checkpoint as the latest (the
+next run removes the half-written directory). A failed write (a full disk) removes the temporary directory and
+says so.
 
     python checkpoint.py export RUN/step_0000500 OUT [--dtype bfloat16]   # HF weights from train_state/
 """
@@ -60,8 +64,9 @@ def _first_failure(e):
 
 def describe(e, where=None):
     """One line for an exception from writing or reading files under `where`. A full disk has three spellings:
-    OSError ENOSPC, safetensors' "No space left on device (os error 28)", and from torch.save inside DCP a short
-    write, "[enforce fail at inline_container.cc] unexpected pos N vs M", which is told apart by the free space."""
+    OSError ENOSPC, safetensors' "No space left on device (os error 28)", and from torch.save inside DCP a
+    short write, "[enforce fail at inline_container.cc] unexpected pos N vs M", which is told apart by the
+    free space."""
     e = _first_failure(e)
     text = " ".join(str(e).split()) or type(e).__name__
     full = (isinstance(e, OSError) and e.errno == errno.ENOSPC) or "No space left on device" in text or (
@@ -87,13 +92,13 @@ def _agree(error):
     return next((e for e in errors if e), None)
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------
 # saving
 
 
 def full_tensors(model, rank):
-    """(name, full CPU tensor) of every weight, gathered one at a time. Every rank must iterate it to the end (each
-    gather is a collective); only rank 0 receives the tensors."""
+    """(name, full CPU tensor) of every weight, gathered one at a time. Every rank must iterate it to the end
+    (each gather is a collective); only rank 0 receives the tensors."""
     for name, t in get_model_state_dict(model).items():
         full = t.full_tensor() if isinstance(t, DTensor) else t
         if rank == 0:
@@ -103,8 +108,9 @@ def full_tensors(model, rank):
 
 def save(model, optimizer, out_dir, step, train_state, tokenizer=None, keep=2, hf_weights=True, hf_dtype=None,
          max_position_embeddings=None, eos_token_ids=None):
-    """Write checkpoint `step` (every rank calls this); returns its path. Raises CheckpointError on every rank if any
-    rank failed to write, after removing the temporary directory; `latest` then still names the previous one."""
+    """Write checkpoint `step` (every rank calls this); returns its path. Raises CheckpointError on every rank
+    if any rank failed to write, after removing the temporary directory; `latest` then still names the
+    previous one."""
     rank, name = dist.get_rank(), f"step_{step:07d}"
     final, tmp = os.path.join(out_dir, name), os.path.join(out_dir, f".tmp-{name}")
     error = None
@@ -117,7 +123,8 @@ def save(model, optimizer, out_dir, step, train_state, tokenizer=None, keep=2, h
     error = _agree(error)
     if error is None:
         try:
-            state = {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, optimizer)}
+            state = {"model": get_model_state_dict(model),
+                     "optim": get_optimizer_state_dict(model, optimizer)}
             dcp.save(state, checkpoint_id=os.path.join(tmp, "train_state"))
         except (CheckpointException, OSError, RuntimeError) as e:  # DCP raises the same failure on every rank
             error = describe(e, out_dir)
@@ -138,7 +145,7 @@ def save(model, optimizer, out_dir, step, train_state, tokenizer=None, keep=2, h
                 write_hf_config(model.config, tmp, dtype, max_position_embeddings=max_position_embeddings)
                 if tokenizer is not None:
                     tokenizer.save(tmp)
-                if eos_token_ids:  # where generation stops (HF's generation_config.json; evaluate.py reads it)
+                if eos_token_ids:  # where generation stops (HF's generation_config.json, read by evaluate.py)
                     _write_json(os.path.join(tmp, "generation_config.json"),
                                 {"bos_token_id": model.config.bos_token_id, "eos_token_id": eos_token_ids})
                 meta = dict(train_state, step=step, model_config=model.config.to_hf_dict(),
@@ -153,7 +160,8 @@ def save(model, optimizer, out_dir, step, train_state, tokenizer=None, keep=2, h
             shutil.rmtree(tmp, ignore_errors=True)
         previous = read_latest_name(out_dir)
         raise CheckpointError(f"could not write checkpoint {final} ({error}); removed {tmp}; "
-                              + (f"{previous} is still the latest" if previous else "no earlier checkpoint exists"))
+                              + (f"{previous} is still the latest" if previous else
+                                 "no earlier checkpoint exists"))
     if rank == 0:
         shutil.rmtree(final, ignore_errors=True)  # a stale one from a run that crashed after this step
         os.replace(tmp, final)
@@ -169,7 +177,7 @@ def _write_json(path, obj):
     atomic_write(path, json.dumps(obj, indent=1, default=str))
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------
 # metrics.jsonl: one JSON record per logged step and per validation, beside the checkpoints
 
 
@@ -180,8 +188,8 @@ def append_metrics(rank, out_dir, record):
 
 
 def trim_metrics(out_dir, step):
-    """On resume, forget what a killed run logged after its last checkpoint, so the log reads as one run; a line
-    that the kill cut short is not a record and goes too."""
+    """On resume, forget what a killed run logged after its last checkpoint, so the log reads as one run; a
+    line that the kill cut short is not a record and goes too."""
     path = os.path.join(out_dir, "metrics.jsonl")
     if not os.path.exists(path):
         return
@@ -192,13 +200,14 @@ def trim_metrics(out_dir, step):
                 record = json.loads(line)
             except ValueError:
                 continue
-            if step and isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= step:
+            if step and isinstance(record, dict) and isinstance(record.get("step"), int) and \
+                    record["step"] <= step:
                 kept.append(line if line.endswith("\n") else line + "\n")
     with atomic_open(path) as f:
         f.writelines(kept)
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------
 # resuming
 
 
@@ -228,24 +237,27 @@ def latest(out_dir):
     if not name or not STEP_DIR.match(name) or not os.path.isdir(os.path.join(out_dir, name)):
         shown = repr(name[:40]) if name else "nothing readable"
         hint = f"; the checkpoints here are {', '.join(kept)}: echo {kept[-1]} > {pointer}" if kept else ""
-        raise CheckpointError(f"{pointer} holds {shown}, not the name of a checkpoint directory in {out_dir}{hint}")
+        raise CheckpointError(f"{pointer} holds {shown}, not the name of a checkpoint directory in "
+                              f"{out_dir}{hint}")
     path = os.path.join(out_dir, name)
     for part in ("train_state.json", os.path.join("train_state", ".metadata")):
         if not os.path.exists(os.path.join(path, part)):
-            raise CheckpointError(f"{path} has no {part}: it was not written by this version of train.py, or is "
-                                  f"damaged" + _previous_hint(out_dir, name))
+            raise CheckpointError(f"{path} has no {part}: it was not written by this version of train.py, or "
+                                  f"is damaged" + _previous_hint(out_dir, name))
     return path
 
 
 def _previous_hint(out_dir, name):
     earlier = sorted(d for d in os.listdir(out_dir) if STEP_DIR.match(d) and d < name)
     if earlier:
-        return f"; to resume from the previous checkpoint: echo {earlier[-1]} > {os.path.join(out_dir, 'latest')}"
+        pointer = os.path.join(out_dir, "latest")
+        return f"; to resume from the previous checkpoint: echo {earlier[-1]} > {pointer}"
     return ""
 
 
 # what train.py writes into train_state.json, and what resuming reads back
-TRAIN_STATE = {"step": int, "data": dict, "rng": list, "world_size": int, "model_config": dict, "param_dtype": str}
+TRAIN_STATE = {"step": int, "data": dict, "rng": list, "world_size": int, "model_config": dict,
+               "param_dtype": str}
 
 
 def read_train_state(path):
@@ -281,8 +293,8 @@ def check_same_model(meta, model, param_dtype, path):
     differ = [f"{k} {saved.get(k)!r} -> {now.get(k)!r}" for k in now
               if k != "max_position_embeddings" and saved.get(k) != now.get(k)]
     if differ:
-        raise CheckpointError(f"{path} was trained as another model ({', '.join(differ)}): resume with the run's "
-                              f"own model settings (model, model_overrides, rope_theta, init_from)")
+        raise CheckpointError(f"{path} was trained as another model ({', '.join(differ)}): resume with the "
+                              f"run's own model settings (model, model_overrides, rope_theta, init_from)")
     dtype = str(param_dtype).removeprefix("torch.")
     if meta["param_dtype"] != dtype:
         raise CheckpointError(f"{path} holds {meta['param_dtype']} master weights but param_dtype is {dtype}")
@@ -290,25 +302,43 @@ def check_same_model(meta, model, param_dtype, path):
 
 def _dcp_load(state, path):
     """dcp.load, its failures as one line. A damaged .metadata is named as such; DCP itself would log two
-    tracebacks on the root logger (its fallback to per-rank metadata) before failing, so its warnings are off."""
+    tracebacks on the root logger (its fallback to per-rank metadata) before failing, so its warnings are
+    off."""
     out_dir, name = os.path.split(os.path.normpath(path))
     where = os.path.join(path, "train_state")
     try:
         FileSystemReader(where).read_metadata()
     except Exception as e:  # unpickling garbage fails in many ways: EOFError, UnpicklingError, MemoryError...
-        raise CheckpointError(f"{where}/.metadata is damaged or missing ({type(e).__name__}): this checkpoint's "
-                              f"training state cannot be read" + _previous_hint(out_dir, name)) from None
+        raise CheckpointError(f"{where}/.metadata is damaged or missing ({type(e).__name__}): this "
+                              f"checkpoint's training state cannot be read" + _previous_hint(out_dir, name)) \
+            from None
     logging.disable(logging.WARNING)
     try:
         dcp.load(state, checkpoint_id=where)
     except (CheckpointException, OSError, RuntimeError, ValueError, KeyError) as e:
-        raise CheckpointError(f"cannot read {where} ({describe(e)})" + _previous_hint(out_dir, name)) from None
+        raise CheckpointError(f"cannot read {where} ({describe(e)})" + _previous_hint(out_dir, name)) \
+            from None
     finally:
         logging.disable(logging.NOTSET)
 
 
+def resume(model, optimizer, mixture, path, param_dtype):
+    """Continue a run exactly from checkpoint `path`: weights, optimizer state, the data cursor of `mixture`
+    and the RNG, for the model it was trained as. Returns its train_state.json."""
+    state = read_train_state(path)
+    check_same_model(state, model, param_dtype, path)
+    load(model, optimizer, path)
+    try:
+        mixture.load_state_dict(state["data"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}/train_state.json: unusable data cursor ({e!r})") from None
+    torch.set_rng_state(torch.tensor(state["rng"], dtype=torch.uint8))
+    return state
+
+
 def load(model, optimizer, path):
-    """Weights and optimizer state from path/train_state (resharded to this world size); returns train_state.json."""
+    """Weights and optimizer state from path/train_state (resharded to this world size); returns
+    train_state.json."""
     meta = read_train_state(path)
     state = {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, optimizer)}
     _dcp_load(state, path)
@@ -318,7 +348,11 @@ def load(model, optimizer, path):
 
 
 def load_optimizer(model, optimizer, path):
-    """Only the optimizer state (stage hand-off: the weights came with the model). Hyperparameters stay this run's."""
+    """Only the optimizer state (stage hand-off: the weights came with the model). Hyperparameters stay this
+    run's."""
+    if not os.path.isdir(os.path.join(path, "train_state")):
+        raise CheckpointError(f"load_optimizer=True: {path} has no train_state/ (only checkpoints written by "
+                              f"train.py carry optimizer state)")
     groups = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
     state = {"optim": get_optimizer_state_dict(model, optimizer)}
     _dcp_load(state, path)
@@ -328,7 +362,7 @@ def load_optimizer(model, optimizer, path):
     return read_train_state(path)
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------
 # export: Hugging Face weights from a checkpoint's train_state/, on one process, no GPU needed
 
 
@@ -349,7 +383,8 @@ def export(path, out, dtype=None):
     write_hf_config(config, out, dtype or model.head_weight.dtype,
                     max_position_embeddings=hf_config.get("max_position_embeddings"))
     for f in os.listdir(path):  # the tokenizer files travel with the weights
-        if f.startswith(("tokenizer", "special_tokens", "generation_config")) and os.path.isfile(os.path.join(path, f)):
+        kind = f.startswith(("tokenizer", "special_tokens", "generation_config"))
+        if kind and os.path.isfile(os.path.join(path, f)):
             shutil.copy(os.path.join(path, f), os.path.join(out, f))
     return out
 

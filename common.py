@@ -2,7 +2,7 @@
 leaves half of it, reading JSON and JSON-lines files with errors that name the line, and the one exception boundary
 of a command.
 
-The contract, said once: code anywhere raises `UserError` (or a subclass: data.py's `DataError`, train.py's
+The contract, said once: code anywhere raises `UserError` (or a subclass: data.py's `DataError`, settings.py's
 `ConfigError`, checkpoint.py's `CheckpointError`) for a problem the user can fix, with a message that names the
 setting, file or field. Only a command's entry point turns it into output, inside `one_line_errors`: one `error:`
 line on stderr and a non-zero exit, never a traceback. Progress goes to stderr (`log`); results go to stdout.

@@ -3,9 +3,9 @@ Hugging Face checkpoints on disk: where a checkpoint is (a local directory, neve
 fetched with huggingface-hub), its weights as safetensors shards in HF's layout, and its config.json. model.py
 builds and saves models through these; checkpoint.py writes the HF half of a training checkpoint with them.
 
-Weights are written shard by shard, so that a caller streaming gathered tensors never holds more than one shard,
-and every file under a temporary name that is renamed only when all are written; a directory that held another
-layout (a sharded export over a single file, or the reverse) keeps no stale shard or index.
+Weights are written shard by shard, so that a caller streaming gathered tensors never holds more than one
+shard, and every file under a temporary name that is renamed only when all are written; a directory that held
+another layout (a sharded export over a single file, or the reverse) keeps no stale shard or index.
 """
 import json
 import os
@@ -17,7 +17,8 @@ from common import atomic_write
 
 
 def write_hf_config(config, path, dtype, max_position_embeddings=None):
-    """config.json for `config`; a model trained at a longer length says so (max_position_embeddings >= it)."""
+    """config.json for `config`; a model trained at a longer length says so (max_position_embeddings >=
+    it)."""
     d = config.to_hf_dict()
     d["torch_dtype"] = str(dtype).removeprefix("torch.")
     if max_position_embeddings:
@@ -26,9 +27,10 @@ def write_hf_config(config, path, dtype, max_position_embeddings=None):
 
 
 def resolve_checkpoint(path_or_hub_id):
-    """A local directory is used as it is and never touches the network. Only an `org/name` that cannot be a local
-    path goes to the hub: an existing file, a path that starts with . / ~ or ends with /, has more than one
-    slash, or whose first component is a directory here (`runs/missin` is a missing run, not a hub repo) is local."""
+    """A local directory is used as it is and never touches the network. Only an `org/name` that cannot be a
+    local path goes to the hub: an existing file, a path that starts with . / ~ or ends with /, has more than
+    one slash, or whose first component is a directory here (`runs/missin` is a missing run, not a hub repo)
+    is local."""
     name = os.fspath(path_or_hub_id)
     path = os.path.expanduser(name)
     if os.path.isdir(path):
@@ -38,8 +40,9 @@ def resolve_checkpoint(path_or_hub_id):
     first = name.split("/")[0]
     hub_shaped = name.count("/") == 1 and not name.startswith((".", "/", "~")) and not name.endswith("/")
     if is_local_path(name):
-        why = (": it is a file" if os.path.exists(path) else " (and it is not a hub id 'org/name')" if "/" not in name
-               else f" ({first}/ is a local directory, so this is a local path, not a hub id)" if hub_shaped else "")
+        local_dir = f" ({first}/ is a local directory, so this is a local path, not a hub id)"
+        why = (": it is a file" if os.path.exists(path) else " (and it is not a hub id 'org/name')"
+               if "/" not in name else local_dir if hub_shaped else "")
         raise FileNotFoundError(f"no checkpoint directory at {name}{why}")
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError
@@ -85,8 +88,9 @@ def read_safetensors(path):
 
 
 def save_safetensors(state, path, dtype=None, max_shard_bytes=5 * 2**30):
-    """Write a state dict, or (name, tensor) pairs streamed one at a time, as HF safetensors shards: a shard is
-    written as soon as it is full, so a caller gathering tensors one by one never holds more than one shard."""
+    """Write a state dict, or (name, tensor) pairs streamed one at a time, as HF safetensors shards: a shard
+    is written as soon as it is full, so a caller gathering tensors one by one never holds more than one
+    shard."""
     os.makedirs(path, exist_ok=True)
     items = state.items() if isinstance(state, dict) else state
     written, weight_map, current, size, total = [], {}, {}, 0, 0
@@ -96,7 +100,7 @@ def save_safetensors(state, path, dtype=None, max_shard_bytes=5 * 2**30):
         file = os.path.join(path, f".shard-{len(written):05d}.tmp")
         written.append((file, list(current)))
         save_file(current, file, metadata={"format": "pt"})
-        os.chmod(file, mode)  # safetensors creates its files 0600; the checkpoint's other files follow the umask
+        os.chmod(file, mode)  # safetensors creates files 0600; the checkpoint's others follow the umask
 
     try:
         for name, t in items:

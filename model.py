@@ -599,8 +599,8 @@ def _flatten_batch(input_ids, cu_seqlens):
 
 
 if __name__ == "__main__":
-    # Smoke run (`make demo` until training lands): a tiny model, a packed batch of documents, forward + backward
-    # through the chunked loss, then KV-cache generation.
+    # Smoke run (`python model.py`): a tiny model, a packed batch of documents, forward + backward through the
+    # chunked loss, then KV-cache generation.
     import time
     torch.manual_seed(0)
     model = Llama(LlamaConfig.tiny(num_hidden_layers=4, hidden_size=256, intermediate_size=688))

@@ -1,28 +1,29 @@
 """
-Ulysses sequence parallelism: the `sp` ranks of one group share a packed sequence, each holding a contiguous 1/sp
-slice of its tokens.
+Ulysses sequence parallelism: the `sp` ranks of one group share a packed sequence, each holding a contiguous
+1/sp slice of its tokens.
 
-Everything in a Llama block except attention works token by token, so each rank embeds, normalises, projects, rotates
-(RoPE, with each token's true position in its document) and computes the loss for its own slice only. Attention
-needs the whole sequence, but its heads are independent. So before attention one all-to-all trades tokens for heads:
-rank r cuts its q, k, v into sp groups of heads, sends group j to rank j, and receives from every rank j that rank's
-tokens for r's own heads. Each rank then holds the *full* sequence for H/sp query heads and attends with the global
-`cu_seqlens` through attention.py's ordinary backends, exactly as one process would: a document that straddles a
-slice boundary keeps all its context (no shortcut that skips the exchange). A second all-to-all trades the attention
-output back to tokens. An even all-to-all is a permutation that is its own inverse, so the backward pass of each
-exchange is the same exchange of the gradient. The model never knows: `enable` swaps its `attention_ops`.
+Everything in a Llama block except attention works token by token, so each rank embeds, normalises, projects,
+rotates (RoPE, with each token's true position in its document) and computes the loss for its own slice only.
+Attention needs the whole sequence, but its heads are independent. So before attention one all-to-all trades
+tokens for heads: rank r cuts its q, k, v into sp groups of heads, sends group j to rank j, and receives from
+every rank j that rank's tokens for r's own heads. Each rank then holds the *full* sequence for H/sp query
+heads and attends with the global `cu_seqlens` through attention.py's ordinary backends, exactly as one
+process would: a document that straddles a slice boundary keeps all its context (no shortcut that skips the
+exchange). A second all-to-all trades the attention output back to tokens. An even all-to-all is a permutation
+that is its own inverse, so the backward pass of each exchange is the same exchange of the gradient. The model
+never knows: `enable` swaps its `attention_ops`.
 
 GQA: query head h uses KV head h // (H / H_kv). When sp divides H_kv, K and V travel with their own head count
-(H_kv/sp heads per rank), never repeated to H heads first as the paper's code does (which sends 4x the K/V bytes for
-Llama-3's 32/8 heads). When H_kv divides sp, each KV head is replicated sp/H_kv times before the exchange, so every
-rank receives exactly the one KV head its H/sp query heads use. q, k and v travel in one buffer: one all-to-all in,
-one out, per layer and direction.
+(H_kv/sp heads per rank), never repeated to H heads first as the paper's code does (which sends 4x the K/V
+bytes for Llama-3's 32/8 heads). When H_kv divides sp, each KV head is replicated sp/H_kv times before the
+exchange, so every rank receives exactly the one KV head its H/sp query heads use. q, k and v travel in one
+buffer: one all-to-all in, one out, per layer and direction.
 
-Cost per layer and rank, forward (backward sends the same again): (sp-1)/sp of T_local x D x (H + 2 max(H_kv, sp)
-+ H) elements, the minimum for this exchange. `python seqpar.py` prints it for Llama-3-8B.
+Cost per layer and rank, forward (backward sends the same again): (sp-1)/sp of T_local x D x (H + 2 max(H_kv,
+sp) + H) elements, the minimum for this exchange. `python seqpar.py` prints it for Llama-3-8B.
 
-Exact loss: each rank sums the loss of its slice; train.py divides by the valid-label count of the whole step over
-all ranks and FSDP sums gradients, so sp changes nothing but the order of additions.
+Exact loss: each rank sums the loss of its slice; train.py divides by the valid-label count of the whole step
+over all ranks and FSDP sums gradients, so sp changes nothing but the order of additions.
 """
 from collections import namedtuple
 from types import SimpleNamespace
@@ -44,16 +45,17 @@ def check_heads(config, sp):
         raise ValueError(f"sp_size {sp} does not divide num_attention_heads {heads}: Ulysses gives each rank "
                          f"num_attention_heads / sp_size heads")
     if kv_heads % sp and sp % kv_heads:
-        raise ValueError(f"num_key_value_heads {kv_heads} is neither divisible by sp_size {sp} nor a divisor of it, "
-                         f"so KV heads cannot be split evenly over the ranks")
+        raise ValueError(f"num_key_value_heads {kv_heads} is neither divisible by sp_size {sp} nor a divisor "
+                         f"of it, so KV heads cannot be split evenly over the ranks")
 
 
 def kv_heads_exchanged(n_kv_heads, sp):
-    """KV heads a rank puts into the exchange: its own, or each one replicated sp / n_kv times when sp > n_kv."""
+    """KV heads a rank puts into the exchange: its own, or each one replicated sp / n_kv times when sp >
+    n_kv."""
     return max(n_kv_heads, sp)  # check_heads: either sp divides n_kv_heads or n_kv_heads divides sp
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------
 # the exchange
 
 
@@ -64,8 +66,8 @@ def _all_to_all(x, group):
 
 
 class _Exchange(torch.autograd.Function):
-    """all_to_all_single along dim 0. Rank i's chunk j lands in rank j's chunk i: a transposition, its own inverse
-    and its own adjoint, so the gradient goes back through the same exchange."""
+    """all_to_all_single along dim 0. Rank i's chunk j lands in rank j's chunk i: a transposition, its own
+    inverse and its own adjoint, so the gradient goes back through the same exchange."""
 
     @staticmethod
     def forward(ctx, x, group):
@@ -81,7 +83,7 @@ def heads_to_sequence(q, k, v, sp, group):
     """Local tokens, all heads -> all tokens, this rank's heads. q (T, H, D), k/v (T, H_kv, D) in;
     q (sp T, H/sp, D) and k/v (sp T, max(H_kv, sp)/sp, D) out, in global token order."""
     T, H, D = q.shape
-    if k.shape[1] % sp:  # fewer KV heads than ranks: replicate each just enough that rank j gets the one it needs
+    if k.shape[1] % sp:  # fewer KV heads than ranks: replicate each so that rank j gets the one it needs
         k, v = (x.repeat_interleave(sp // x.shape[1], dim=1) for x in (k, v))
     kv = k.shape[1]
     # One buffer (sp, T, heads of rank j, D): chunk j holds the q, k and v heads that rank j will own.
@@ -98,7 +100,8 @@ def sequence_to_heads(out, sp, group):
 
 
 def ulysses_ops(group):
-    """An object with attention.py's `prepare` and `attend`, doing the Ulysses exchange around the plain backends."""
+    """An object with attention.py's `prepare` and `attend`, doing the Ulysses exchange around the plain
+    backends."""
     sp = dist.get_world_size(group)
 
     def prepare(cu_seqlens, num_tokens, device, cross_document=False, backend=None):
@@ -113,23 +116,24 @@ def ulysses_ops(group):
     return SimpleNamespace(prepare=prepare, attend=attend, group=group, sp=sp)
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------
 # the batch
 
 
 def split_batch(batch, sp, rank, continuous_positions=False, pad_id=0):
     """This rank's contiguous 1/sp slice of one packed micro-batch (input_ids, labels, cu_seqlens).
 
-    A length that sp does not divide is first padded with `pad_id` tokens that form their own last document and
-    predict nothing (labels -100), so they change no other token's attention, position or loss. Positions are each
-    token's place in its document, computed on the whole sequence (a slice may start mid-document);
+    A length that sp does not divide is first padded with `pad_id` tokens that form their own last document
+    and predict nothing (labels -100), so they change no other token's attention, position or loss. Positions
+    are each token's place in its document, computed on the whole sequence (a slice may start mid-document);
     `continuous_positions` (the cross-document ablation) numbers the whole pack instead."""
     ids, labels = torch.as_tensor(batch.input_ids), torch.as_tensor(batch.labels)
     cu = torch.as_tensor(batch.cu_seqlens).to(torch.int32)
     T = ids.shape[0]
     if labels.shape != ids.shape or cu.dim() != 1 or len(cu) < 2 or int(cu[0]) != 0 or int(cu[-1]) != T:
-        raise ValueError(f"a packed batch needs labels like input_ids ({T} tokens) and cu_seqlens from 0 to {T}; "
-                         f"got labels {tuple(labels.shape)}, cu_seqlens {cu.tolist()[:4]}...{cu.tolist()[-2:]}")
+        raise ValueError(f"a packed batch needs labels like input_ids ({T} tokens) and cu_seqlens from 0 to "
+                         f"{T}; got labels {tuple(labels.shape)}, cu_seqlens "
+                         f"{cu.tolist()[:4]}...{cu.tolist()[-2:]}")
     pad = -T % sp
     if pad:
         ids = torch.cat([ids, ids.new_full((pad,), pad_id)])
@@ -142,25 +146,26 @@ def split_batch(batch, sp, rank, continuous_positions=False, pad_id=0):
 
 
 def enable(model, group, rank):
-    """Install Ulysses attention on `model` (every layer) for the sequence-parallel `group`, in which this process
-    is `rank`. Returns split(batch) -> this rank's Slice of a full packed micro-batch."""
+    """Install Ulysses attention on `model` (every layer) for the sequence-parallel `group`, in which this
+    process is `rank`. Returns split(batch) -> this rank's Slice of a full packed micro-batch."""
     sp = dist.get_world_size(group)
     if dist.get_rank(group) != rank:
-        raise ValueError(f"sp rank {rank} given, but this process is rank {dist.get_rank(group)} of its SP group")
+        raise ValueError(f"sp rank {rank} given, but this process is rank {dist.get_rank(group)} of its SP "
+                         f"group")
     check_heads(model.config, sp)
     model.attention_ops = ulysses_ops(group)
     continuous = model.cross_document  # the ablation's positions run on through the whole pack
     return lambda batch: split_batch(batch, sp, rank, continuous_positions=continuous)
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------
 # communication volume
 
 
 def bytes_per_layer(tokens_per_rank, n_heads, n_kv_heads, head_dim, sp, bytes_per_element=2, repeat_kv=False):
-    """Bytes one rank sends to the other ranks in one layer's forward pass (q, k, v out, attention output back);
-    the backward pass sends as much again. repeat_kv=True: the cost when K/V are first repeated to n_heads heads,
-    as the paper's code does."""
+    """Bytes one rank sends to the other ranks in one layer's forward pass (q, k, v out, attention output
+    back); the backward pass sends as much again. repeat_kv=True: the cost when K/V are first repeated to
+    n_heads heads, as the paper's code does."""
     kv = n_heads if repeat_kv else kv_heads_exchanged(n_kv_heads, sp)
     elements = tokens_per_rank * head_dim * ((n_heads + 2 * kv) + n_heads)  # in, then back
     return elements * bytes_per_element * (sp - 1) // sp  # the chunk a rank keeps for itself is not sent

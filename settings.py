@@ -1,12 +1,12 @@
 """
-A training run's settings: train.py's DEFAULTS, overridden by config files, overridden by `--key=value`, and every
-check that can be made on them before any model is built or data read.
+A training run's settings: train.py's DEFAULTS, overridden by config files, overridden by `--key=value`, and
+every check that can be made on them before any model is built or data read.
 
-A config file is plain Python assignments run with one helper in scope: `include("base.py")` runs another config
-file, named relative to the including file, into the same names, so that an experiment states only what it changes
-and runs from any working directory. Names starting with `_` are the file's own helpers, not settings. Each setting
-has one rule in RULES (its type comes from DEFAULTS, its range or choices from the rule); a value that breaks one
-stops the run with one line naming the setting.
+A config file is plain Python assignments run with one helper in scope: `include("base.py")` runs another
+config file, named relative to the including file, into the same names, so that an experiment states only what
+it changes and runs from any working directory. Names starting with `_` are the file's own helpers, not
+settings. Each setting has one rule in RULES (its type comes from DEFAULTS, its range or choices from the
+rule); a value that breaks one stops the run with one line naming the setting.
 """
 import ast
 import difflib
@@ -25,6 +25,59 @@ class ConfigError(UserError):
     pass
 
 
+# Every setting of a run, with its default (RULES below says what values each takes). The optimiser and
+# precision are the paper's for every stage, so the recipe configs state only what a stage sets.
+DEFAULTS = dict(
+    out_dir="runs/default",  # checkpoints, metrics.jsonl
+    # model
+    init_from=None,  # HF checkpoint directory or hub id; None: a fresh model of `model`
+    model="tiny",  # LlamaConfig preset for fresh models: tiny, llama3_2_1b, llama3_8b
+    model_overrides={},  # LlamaConfig fields for fresh models, e.g. {"num_hidden_layers": 4}
+    rope_theta=None,  # replaces the checkpoint's RoPE base (ProLong: 8e6 at 64K, 1.28e8 at 512K)
+    tokenizer=None,  # data.load_tokenizer spec; None: init_from's tokenizer, else the Llama-3 one
+    cross_document=False,  # ablation: attention across document boundaries, positions run on
+    # None: follow cross_document (the paper's code with masks off also trains each boundary's prediction: a
+    # document's last token predicts the next one's first); False: labels within documents
+    cross_document_labels=None,
+    attention_backend=None,  # None: picked from the device (attention.py)
+    # data
+    data_root=".",  # relative mixture paths are under this directory
+    mixture=[],  # [{"path", "proportion", "length", "mode": "chunk"|"pack"}, ...] (data.py)
+    val_mixture=None,  # held-out data, same format; None: no validation
+    val_sequences=8,
+    allow_repeat=False,  # reuse a domain that runs out instead of stopping
+    seq_len=2048,
+    micro_batch_sequences=1,  # sequences packed into one micro-batch
+    sort_microbatches=True,  # order each rank's micro-batches by sum of squared document lengths (paper B.3)
+    tokens_per_step=16384,
+    # optimisation
+    max_steps=100,
+    lr=1e-5,
+    min_lr=1e-6,
+    warmup_fraction=0.1,
+    weight_decay=0.1,
+    beta1=0.9,
+    beta2=0.95,
+    grad_clip=1.0,
+    param_dtype="float32",  # master weights and optimizer state
+    compute_dtype="bfloat16",  # forward/backward (FSDP MixedPrecisionPolicy)
+    activation_checkpointing=True,
+    compile=False,
+    sp_size=1,  # sequence-parallel group size (Ulysses)
+    seed=0,
+    # logging and checkpoints
+    log_interval=1,
+    eval_interval=0,  # 0: validate only at the start and the end
+    checkpoint_interval=0,  # 0: only at the end
+    keep_checkpoints=2,
+    hf_weights=True,  # also write HF safetensors in every checkpoint (else: python checkpoint.py export)
+    hf_dtype=None,  # dtype of those safetensors, e.g. "bfloat16"; None: the master weights' dtype
+    resume=False,  # continue from out_dir/latest (from scratch, said in the log, when there is none yet)
+    load_optimizer=False,  # also take the optimizer state of init_from (stage hand-off)
+    peak_flops=None,  # per device, for MFU; None: looked up from the device
+)
+
+
 # names other trainers use, to point at ours
 SYNONYMS = {"learning_rate": "lr", "min_learning_rate": "min_lr", "warmup_ratio": "warmup_fraction",
             "max_grad_norm": "grad_clip", "batch_size": "tokens_per_step", "seq_length": "seq_len",
@@ -32,13 +85,13 @@ SYNONYMS = {"learning_rate": "lr", "min_learning_rate": "min_lr", "warmup_ratio"
             "output_dir": "out_dir", "model_name_or_path": "init_from", "save_steps": "checkpoint_interval"}
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------
 # loading
 
 
-def load(argv, defaults):
-    """defaults <- each config file in argv <- each --key=value of argv (a Python literal, else a bare string),
-    checked against the defaults' keys and types after every step."""
+def load_config(argv, defaults=DEFAULTS):
+    """defaults <- each config file in argv <- each --key=value of argv (a Python literal, else a bare
+    string), checked against the defaults' keys and types after every step."""
     cfg = dict(defaults)
     for path in (a for a in argv if not a.startswith("--")):
         cfg.update({k: v for k, v in read_file(path).items() if not k.startswith("_") and not callable(v)
@@ -92,7 +145,8 @@ def _run_file(path, namespace, including):
     except SyntaxError as e:
         raise ConfigError(f"{path} line {e.lineno}: {e.msg} (config files are Python assignments)") from None
     except Exception as e:  # a NameError, an import that fails, an include that does
-        line = next((f.lineno for f in reversed(traceback.extract_tb(e.__traceback__)) if f.filename == path), "?")
+        frames = reversed(traceback.extract_tb(e.__traceback__))
+        line = next((f.lineno for f in frames if f.filename == path), "?")
         what = str(e) if isinstance(e, _IncludeError) else f"{type(e).__name__}: {e}"
         raise ConfigError(f"{path} line {line}: {what}") from None
     finally:
@@ -105,7 +159,8 @@ def check_types(cfg, defaults, where):
     for key, value in cfg.items():
         if key not in defaults:
             close = [SYNONYMS[key]] if key in SYNONYMS else difflib.get_close_matches(key, defaults, n=1)
-            raise ConfigError(f"unknown setting {key!r} {where}" + (f"; did you mean {close[0]!r}?" if close else ""))
+            raise ConfigError(f"unknown setting {key!r} {where}"
+                              + (f"; did you mean {close[0]!r}?" if close else ""))
         default = defaults[key]
         if default is None or value is None or type(value) is type(default) or (
                 isinstance(value, type(default)) and not isinstance(value, bool)):
@@ -116,7 +171,7 @@ def check_types(cfg, defaults, where):
         raise ConfigError(f"setting {key!r} {where} must be {type(default).__name__}, got {value!r}")
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------
 # the rules: one per setting, (what it must be, test)
 
 
@@ -141,6 +196,7 @@ POSITIVE = _number(lambda v: v > 0, "a number > 0")
 NONNEGATIVE = _number(lambda v: v >= 0, "a number >= 0")
 TEXT = ("a non-empty string", lambda v: isinstance(v, str) and v.strip() != "")
 FLAG = ("True or False", lambda v: isinstance(v, bool))
+BETA = _number(lambda v: 0 <= v < 1, "a number in [0, 1)")
 MIXTURE = ("a list of {path, proportion, length, mode} dicts", lambda v: isinstance(v, list))
 DTYPES = ("float32", "bfloat16", "float16", "float64")
 PRESETS = ("tiny", "llama3_2_1b", "llama3_8b")  # LlamaConfig's classmethods of these names
@@ -154,8 +210,8 @@ RULES = dict(
     seq_len=COUNT, micro_batch_sequences=COUNT, sort_microbatches=FLAG, tokens_per_step=COUNT,
     max_steps=COUNT, lr=POSITIVE, min_lr=NONNEGATIVE,
     warmup_fraction=_number(lambda v: 0 <= v <= 1, "a number in [0, 1]"), weight_decay=NONNEGATIVE,
-    beta1=_number(lambda v: 0 <= v < 1, "a number in [0, 1)"), beta2=_number(lambda v: 0 <= v < 1, "a number in [0, 1)"),
-    grad_clip=POSITIVE, param_dtype=_one_of(*DTYPES), compute_dtype=_one_of(*DTYPES), activation_checkpointing=FLAG,
+    beta1=BETA, beta2=BETA, grad_clip=POSITIVE, param_dtype=_one_of(*DTYPES), compute_dtype=_one_of(*DTYPES),
+    activation_checkpointing=FLAG,
     compile=FLAG, sp_size=COUNT, seed=COUNT0, log_interval=COUNT,
     eval_interval=COUNT0,  # 0: validate only at the start and the end
     checkpoint_interval=COUNT0,  # 0: only at the end
@@ -171,17 +227,18 @@ def check_rules(cfg):
         if not ok(value):
             raise ConfigError(f"setting {key!r} must be {says}, got {value!r:.100}")
     if cfg["min_lr"] > cfg["lr"]:
-        raise ConfigError(f"min_lr {cfg['min_lr']:g} is above lr {cfg['lr']:g}: the schedule decays from lr to min_lr")
+        raise ConfigError(f"min_lr {cfg['min_lr']:g} is above lr {cfg['lr']:g}: the schedule decays from lr "
+                          f"to min_lr")
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------
 # checks that combine settings, the world size and the disk
 
 
 def validate(cfg, world_size):
-    """Everything that can be checked before any long work but init_from (check_init_from): every setting's rule,
-    sizes, divisibility, the model shape, proportions, the data and the run directory. Returns (data-parallel
-    size, micro-batches per rank per step)."""
+    """Everything that can be checked before any long work but init_from (check_init_from): every setting's
+    rule, sizes, divisibility, the model shape, proportions, the data and the run directory. Returns
+    (data-parallel size, micro-batches per rank per step)."""
     check_rules(cfg)
     if world_size % cfg["sp_size"]:
         raise ConfigError(f"sp_size {cfg['sp_size']} does not divide the world size {world_size}")
@@ -219,8 +276,8 @@ def check_init_from(path):
     if not os.path.isdir(path):
         raise ConfigError(f"init_from {path}: no such checkpoint directory")
     if not os.path.exists(os.path.join(path, "config.json")):
-        raise ConfigError(f"init_from {path}: no config.json (an HF checkpoint directory holds config.json and "
-                          f"*.safetensors)")
+        raise ConfigError(f"init_from {path}: no config.json (an HF checkpoint directory holds config.json "
+                          f"and *.safetensors)")
     if not any(f.endswith(".safetensors") for f in os.listdir(path)):
         hint = f"; write them with: python checkpoint.py export {path} {path}" if os.path.isdir(
             os.path.join(path, "train_state")) else ""
@@ -233,8 +290,8 @@ def check_out_dir(path):
     while not os.path.exists(where):
         where = os.path.dirname(where)
     if not os.path.isdir(where):
-        raise ConfigError(f"out_dir {path}: {where} is a file, not a directory" if where == os.path.abspath(path)
-                          else f"out_dir {path} cannot be created: {where} is a file")
+        raise ConfigError(f"out_dir {path}: {where} is a file, not a directory" if where == os.path.abspath(
+            path) else f"out_dir {path} cannot be created: {where} is a file")
     if not os.access(where, os.W_OK | os.X_OK):
         raise ConfigError(f"out_dir {path}: {where} is not writable" + (
             "" if where == os.path.abspath(path) else " (out_dir would be created inside it)"))

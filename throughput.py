@@ -1,6 +1,6 @@
 """
-Throughput accounting for train.py's log: the model FLOPs of a step, the peak a device can reach, and from them
-the model FLOPs utilisation (MFU), tokens per second, memory and the time left.
+Throughput accounting for train.py's log: the model FLOPs of a step, the peak a device can reach, and from
+them the model FLOPs utilisation (MFU), tokens per second, memory and the time left.
 
 MFU counts the FLOPs the model needs (forward and backward, attention included, recomputation not), divided by
 what the devices could do in the same time at their dense peak for the compute dtype.
@@ -13,7 +13,8 @@ import torch.distributed as dist
 
 def step_flops(config, cu_seqlens_list):
     """Model FLOPs of forward + backward: 6 per parameter per token for the matmuls (the head included, the
-    embedding lookup not), plus causal attention, 6 x head_dim x heads x layers x L^2 per document of length L."""
+    embedding lookup not), plus causal attention, 6 x head_dim x heads x layers x L^2 per document of length
+    L."""
     c = config
     per_layer = (c.hidden_size * c.head_dim * (2 * c.num_attention_heads + 2 * c.num_key_value_heads)
                  + 3 * c.hidden_size * c.intermediate_size)
@@ -26,13 +27,14 @@ def step_flops(config, cu_seqlens_list):
     return 6 * matmul_params * tokens + 6 * c.head_dim * c.num_attention_heads * c.num_hidden_layers * squares
 
 
-# Dense (no sparsity) peaks per GPU in TFLOP/s, from the vendors' data sheets: (name, bf16/fp16, tf32, fp32 without
-# tensor cores). fp32 compute counts against the TF32 peak when torch.set_float32_matmul_precision allows TF32, else
-# against the plain fp32 peak. Order matters: "H100 PCIe" and "H100 NVL" must match before plain "H100" (SXM).
+# Dense (no sparsity) peaks per GPU in TFLOP/s, from the vendors' data sheets: (name, bf16/fp16, tf32, fp32
+# without tensor cores). fp32 compute counts against the TF32 peak when torch.set_float32_matmul_precision
+# allows TF32, else against the plain fp32 peak. Order matters: "H100 PCIe" and "H100 NVL" must match before
+# plain "H100" (SXM).
 GPU_PEAKS = (("H100 PCIe", 756, 378, 51), ("H100 NVL", 835, 418, 60), ("H200 NVL", 835, 418, 60),
              ("GH200", 989, 495, 67), ("H200", 989, 495, 67), ("H100", 989, 495, 67), ("H800", 989, 495, 67),
-             ("B200", 2250, 1100, 80), ("A100", 312, 156, 19.5), ("A800", 312, 156, 19.5), ("L40S", 362, 183, 91.6),
-             ("A10", 125, 62.5, 31.2), ("RTX 4090", 165, 82.6, 82.6))
+             ("B200", 2250, 1100, 80), ("A100", 312, 156, 19.5), ("A800", 312, 156, 19.5),
+             ("L40S", 362, 183, 91.6), ("A10", 125, 62.5, 31.2), ("RTX 4090", 165, 82.6, 82.6))
 
 
 def peak_flops_per_device(device, dtype):
@@ -48,7 +50,9 @@ def peak_flops_per_device(device, dtype):
                 return fp32 * 1e12, f"{key} {str(dtype).removeprefix('torch.')} (no tensor cores)"
         return None, f"unknown GPU {name!r}: set peak_flops for MFU"
     # measured on a 2-core CPU machine: fp32 ~180 GFLOP/s, bf16 ~420 GFLOP/s
-    return (420e9, "2-core CPU bf16, measured") if dtype == torch.bfloat16 else (180e9, "2-core CPU fp32, measured")
+    if dtype == torch.bfloat16:
+        return 420e9, "2-core CPU bf16, measured"
+    return 180e9, "2-core CPU fp32, measured"
 
 
 def mfu_peak(setting, device, dtype):
@@ -57,8 +61,8 @@ def mfu_peak(setting, device, dtype):
 
 
 def global_flops(config, batches, sp, device):
-    """The model FLOPs of one step over all ranks (each SP rank counts 1/sp of the sequences its group shares),
-    counted on the host; the all-reduce needs a device tensor (an NCCL group has no CPU backend)."""
+    """The model FLOPs of one step over all ranks (each SP rank counts 1/sp of the sequences its group
+    shares), counted on the host; the all-reduce needs a device tensor (an NCCL group has no CPU backend)."""
     flops = torch.tensor(step_flops(config, [b.cu_seqlens for b in batches]) / sp, dtype=torch.float64,
                          device=device)
     dist.all_reduce(flops)

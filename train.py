@@ -1,20 +1,20 @@
 """
-Continued long-context training, ProLong style: `torchrun --nproc_per_node N train.py configs/NAME.py [--key=value]`
-(or `python train.py ...` for one process). The settings are DEFAULTS below, changed by the config file and the
-command line (settings.py loads and checks them all before any work).
+Continued long-context training, ProLong style: `torchrun --nproc_per_node N train.py configs/NAME.py
+[--key=value]` (or `python train.py ...` for one process). What can be set, and the checks every value
+passes before any work, are in settings.py.
 
-One optimizer step consumes `tokens_per_step` tokens: sequences of `seq_len` tokens, `micro_batch_sequences` of
-them packed into each micro-batch (each keeps its own document boundaries), as many micro-batches per rank as it
-takes (gradient accumulation). The loss is exact: every rank sums per-token losses, the valid-label count of the
-whole step is all-reduced *before* the backward passes, and each micro-batch backpropagates sum / global count;
-FSDP then sums (not averages) gradients across ranks. So the gradient is the mean over all valid tokens of the
-step whatever the world size, accumulation or document lengths.
+One optimizer step consumes `tokens_per_step` tokens: sequences of `seq_len` tokens, `micro_batch_sequences`
+of them packed into each micro-batch (each keeps its own document boundaries), as many micro-batches per rank
+as it takes (gradient accumulation). The loss is exact: every rank sums per-token losses, the valid-label
+count of the whole step is all-reduced *before* the backward passes, and each micro-batch backpropagates sum /
+global count; FSDP then sums (not averages) gradients across ranks. So the gradient is the mean over all valid
+tokens of the step whatever the world size, accumulation or document lengths.
 
 Parallelism: FSDP2 (`fully_shard`) on every transformer block and at the root, fp32 master weights with bf16
-compute, activation checkpointing per block. With `sp_size > 1` ranks form a (data-parallel x sequence-parallel)
-mesh: the ranks of one SP group share a sequence, each holds a contiguous slice, and Ulysses all-to-alls
-(seqpar.py) enter through the attention call. Even one process runs under a process group (a world of one), so
-there is a single code path. Checkpoints and exact resume: checkpoint.py.
+compute, activation checkpointing per block. With `sp_size > 1` ranks form a (data-parallel x
+sequence-parallel) mesh: the ranks of one SP group share a sequence, each holds a contiguous slice, and
+Ulysses all-to-alls (seqpar.py) enter through the attention call. Even one process runs under a process group
+(a world of one), so there is a single code path. Checkpoints and exact resume: checkpoint.py.
 """
 import signal
 import sys
@@ -24,6 +24,7 @@ import common
 if __name__ == "__main__":
     common.exit_on_interrupt()  # Ctrl-C while torch imports: one line and 130, not a traceback
 
+import datetime
 import errno
 import math
 import os
@@ -44,74 +45,23 @@ import settings
 import throughput
 from common import UserError
 from model import Llama, check_token_ids
-from settings import ConfigError, validate  # noqa: F401 (validate: train.validate, as the tests call it)
-from throughput import peak_flops_per_device, peak_memory_gib, step_flops  # noqa: F401 (bench.py, gpucheck.py)
-
-DEFAULTS = dict(
-    out_dir="runs/default",  # checkpoints, metrics.jsonl
-    # model
-    init_from=None,  # HF checkpoint directory or hub id; None: a fresh model of `model`
-    model="tiny",  # LlamaConfig preset for fresh models: tiny, llama3_2_1b, llama3_8b
-    model_overrides={},  # LlamaConfig fields for fresh models, e.g. {"num_hidden_layers": 4}
-    rope_theta=None,  # replaces the checkpoint's RoPE base (ProLong: 8e6 at 64K, 1.28e8 at 512K)
-    tokenizer=None,  # data.load_tokenizer spec; None: init_from's tokenizer, else the Llama-3 one
-    cross_document=False,  # ablation: attention across document boundaries, positions run on
-    cross_document_labels=None,  # None: follow cross_document (the paper's code with masks off also trains each
-    # boundary's prediction: a document's last token predicts the next one's first); False: labels within documents
-    attention_backend=None,  # None: picked from the device (attention.py)
-    # data
-    data_root=".",  # relative mixture paths are under this directory
-    mixture=[],  # [{"path", "proportion", "length", "mode": "chunk"|"pack"}, ...] (data.py)
-    val_mixture=None,  # held-out data, same format; None: no validation
-    val_sequences=8,
-    allow_repeat=False,  # reuse a domain that runs out instead of stopping
-    seq_len=2048,
-    micro_batch_sequences=1,  # sequences packed into one micro-batch
-    sort_microbatches=True,  # order each rank's micro-batches by sum of squared document lengths (paper B.3)
-    tokens_per_step=16384,
-    # optimisation
-    max_steps=100,
-    lr=1e-5,
-    min_lr=1e-6,
-    warmup_fraction=0.1,
-    weight_decay=0.1,
-    beta1=0.9,
-    beta2=0.95,
-    grad_clip=1.0,
-    param_dtype="float32",  # master weights and optimizer state
-    compute_dtype="bfloat16",  # forward/backward (FSDP MixedPrecisionPolicy)
-    activation_checkpointing=True,
-    compile=False,
-    sp_size=1,  # sequence-parallel group size (Ulysses)
-    seed=0,
-    # logging and checkpoints
-    log_interval=1,
-    eval_interval=0,  # 0: validate only at the start and the end
-    checkpoint_interval=0,  # 0: only at the end
-    keep_checkpoints=2,
-    hf_weights=True,  # also write HF safetensors in every checkpoint (else: python checkpoint.py export)
-    hf_dtype=None,  # dtype of those safetensors, e.g. "bfloat16"; None: the master weights' dtype
-    resume=False,  # continue from out_dir/latest (from scratch, said in the log, when there is none yet)
-    load_optimizer=False,  # also take the optimizer state of init_from (stage hand-off)
-    peak_flops=None,  # per device, for MFU; None: looked up from the device
-)
-
-
-def load_config(argv):
-    """DEFAULTS <- config files <- --key=value (settings.py)."""
-    return settings.load(argv, DEFAULTS)
-
+# the settings, their defaults and their checks; train.X for the tests and tools that use them
+from settings import DEFAULTS, ConfigError, load_config, validate  # noqa: F401
+# bench.py and gpucheck.py read these as train.X
+from throughput import peak_flops_per_device, peak_memory_gib, step_flops  # noqa: F401
 
 def labels_cross(cfg):
-    """Whether labels cross document boundaries: cross_document_labels, or cross_document when that is None."""
-    return bool(cfg["cross_document"] if cfg["cross_document_labels"] is None else cfg["cross_document_labels"])
+    """Whether labels cross document boundaries: cross_document_labels, or cross_document when that is
+    None."""
+    labels = cfg["cross_document_labels"]
+    return bool(cfg["cross_document"] if labels is None else labels)
 
 
 def resolved(mixture, root):
     return [dict(c, path=os.path.join(root, c["path"])) for c in mixture]
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------
 # processes, model, optimizer
 
 
@@ -123,7 +73,9 @@ def init_distributed():
         local_rank = int(os.environ["LOCAL_RANK"])
         if device_type == "cuda":
             torch.cuda.set_device(local_rank)
-        dist.init_process_group(backend)
+        # rank 0 alone reads or downloads init_from (16-32 GB) while the others wait in a collective: NCCL's
+        # default 10 minutes would end the job before step 1 on a download slower than ~27 MB/s
+        dist.init_process_group(backend, timeout=datetime.timedelta(hours=2))
     else:
         local_rank = 0
         dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
@@ -132,8 +84,8 @@ def init_distributed():
 
 
 def build_model(cfg, mesh, device, log):
-    """A model sharded with FSDP2 whose full weights come from rank 0 (an HF checkpoint or a seeded fresh init),
-    so every world size starts from bit-identical weights."""
+    """A model sharded with FSDP2 whose full weights come from rank 0 (an HF checkpoint or a seeded fresh
+    init), so every world size starts from bit-identical weights."""
     param_dtype, compute_dtype = getattr(torch, cfg["param_dtype"]), getattr(torch, cfg["compute_dtype"])
     full_state, config = {}, None
     if cfg["init_from"]:
@@ -167,17 +119,19 @@ def build_model(cfg, mesh, device, log):
         if cfg["activation_checkpointing"]:
             block = checkpoint_wrapper(block)
         blocks[i] = block
-    mp = MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=torch.promote_types(compute_dtype, torch.float32))
+    mp = MixedPrecisionPolicy(param_dtype=compute_dtype,
+                              reduce_dtype=torch.promote_types(compute_dtype, torch.float32))
     for block in blocks:
         fully_shard(block, mesh=mesh, mp_policy=mp)
     fully_shard(model, mesh=mesh, mp_policy=mp)
     for module in (*blocks, model):  # each FSDP module reduces its own parameters' gradients
-        # Sum them across ranks (the loss is already divided by the global count), as a plain SUM: a divide factor
-        # alone makes FSDP reduce with PREMUL_SUM, which gloo does not have.
+        # Sum them across ranks (the loss is already divided by the global count), as a plain SUM: a divide
+        # factor alone makes FSDP reduce with PREMUL_SUM, which gloo does not have.
         module.set_gradient_divide_factor(1.0)
         module.set_force_sum_reduction_for_comms(True)
     model.to_empty(device=device)
-    set_model_state_dict(model, full_state, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+    set_model_state_dict(model, full_state,
+                         options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
     n_params = sum(p.numel() for p in full_state.values()) if full_state else 0
     log(f"model: {broadcast_object(n_params) / 1e6:,.1f}M parameters, {config.num_hidden_layers} layers, "
         f"RoPE base {config.rope_theta:g}, compute {cfg['compute_dtype']}, master {cfg['param_dtype']}")
@@ -209,8 +163,8 @@ def broadcast_object(obj):
 
 
 def on_rank0(fn, what):
-    """fn() on rank 0 only, its result broadcast; a failure there becomes one ConfigError on every rank (instead of
-    a traceback on rank 0 and the other ranks waiting forever)."""
+    """fn() on rank 0 only, its result broadcast; a failure there becomes one ConfigError on every rank
+    (instead of a traceback on rank 0 and the other ranks waiting forever)."""
     result, error = None, None
     if dist.get_rank() == 0:
         try:
@@ -223,14 +177,15 @@ def on_rank0(fn, what):
     return result
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------
 # one optimizer step
 
 
 def micro_batches(sequences, per_micro_batch, sort=True):
-    """Concatenate consecutive sequences into micro-batches (boundaries kept), then (sort=True) order them by the
-    sum of squared document lengths, descending, so that every rank reaches its attention-heavy ones at the same
-    time. The order changes only the speed: the step's loss and gradient are sums over all micro-batches."""
+    """Concatenate consecutive sequences into micro-batches (boundaries kept), then (sort=True) order them by
+    the sum of squared document lengths, descending, so that every rank reaches its attention-heavy ones at
+    the same time. The order changes only the speed: the step's loss and gradient are sums over all
+    micro-batches."""
     batches = []
     for i in range(0, len(sequences), per_micro_batch):
         group = sequences[i:i + per_micro_batch]
@@ -243,8 +198,9 @@ def micro_batches(sequences, per_micro_batch, sort=True):
 
 
 def accumulate_gradients(model, batches, device, split=None):
-    """Forward and backward over this rank's micro-batches of one step. Returns the mean loss over the valid tokens
-    of the step on all ranks. `split` (seqpar) first cuts each batch down to this rank's slice of it."""
+    """Forward and backward over this rank's micro-batches of one step. Returns the mean loss over the
+    valid tokens of the step on all ranks. `split` (seqpar) first cuts each batch down to this rank's slice
+    of it."""
     if split is not None:
         batches = [split(b) for b in batches]
     count = sum(int((b.labels != -100).sum()) for b in batches)
@@ -284,7 +240,8 @@ def validation_loss(model, sequences, device, split=None):
 
 
 def forward(model, batch, device):
-    """(summed loss, valid labels) of one packed batch; a sequence-parallel slice carries its global positions.
+    """(summed loss, valid labels) of one packed batch; a sequence-parallel slice carries its global
+    positions.
 
     Token ids and labels are checked here, on the host, so that the model need not sync with the GPU to do it;
     cu_seqlens stays on the host too (attention.prepare reads it there and copies it to the device once)."""
@@ -295,7 +252,10 @@ def forward(model, batch, device):
     except ValueError as e:
         raise data.DataError(str(e)) from None
     positions = getattr(batch, "position_ids", None)
-    return model(batch.input_ids.to(device, non_blocking=True), cu_seqlens=batch.cu_seqlens,
+    # cu_seqlens as a numpy array: FSDP2's root pre-forward moves every tensor argument to the GPU, and
+    # attention.prepare would copy it back to the host for its checks, a sync per micro-batch
+    cu = torch.as_tensor(batch.cu_seqlens).numpy()
+    return model(batch.input_ids.to(device, non_blocking=True), cu_seqlens=cu,
                  labels=batch.labels.to(device, non_blocking=True),
                  position_ids=None if positions is None else positions.to(device))
 
@@ -304,13 +264,13 @@ def as_tensors(seq):
     return data.Sequence(*(torch.as_tensor(x) for x in seq))
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------
 # the run
 
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # imports are done: Ctrl-C is KeyboardInterrupt again
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # imports done: Ctrl-C raises KeyboardInterrupt
     if argv[:1] in (["-h"], ["--help"]):
         print(__doc__.strip().split("\n\n")[0])
         return
@@ -324,16 +284,18 @@ def main(argv=None):
         train(setup(cfg, rank, world, dp, accumulation, device, log))
     except (UserError, OSError) as e:  # an OSError: a full disk while writing metrics.jsonl, say
         if rank == 0:
-            common.log("error: " + (str(e) if isinstance(e, UserError) else checkpoint.describe(e, e.filename)
-                                    if e.errno == errno.ENOSPC else f"{e.filename or 'a file'}: {e.strerror}"))
+            why = str(e) if isinstance(e, UserError) else checkpoint.describe(e, e.filename) \
+                if e.errno == errno.ENOSPC else f"{e.filename or 'a file'}: {e.strerror}"
+            common.log(f"error: {why}")
         if dist.is_initialized():
             dist.destroy_process_group()
         sys.exit(2)
     except KeyboardInterrupt:  # checkpoints are only ever renamed into place, so nothing is half-written
         if rank == 0:
             name = cfg and checkpoint.read_latest_name(cfg["out_dir"])
-            common.log("error: interrupted; " + (f"{os.path.join(cfg['out_dir'], name)} is the latest checkpoint: "
-                       f"continue with --resume=True" if name else "no checkpoint was written yet"))
+            common.log("error: interrupted; " + (
+                f"{os.path.join(cfg['out_dir'], name)} is the latest checkpoint: continue with --resume=True"
+                if name else "no checkpoint was written yet"))
         sys.exit(130)
     dist.barrier()  # leave together: a rank tearing down gloo while another still works can abort the process
     dist.destroy_process_group()
@@ -358,10 +320,15 @@ class Run:
     eos_token_ids: list = None
     step: int = 0
 
+    @property
+    def sequences_per_rank(self):  # per step
+        return self.accumulation * self.cfg["micro_batch_sequences"]
+
 
 def setup(cfg, rank, world, dp, accumulation, device, log):
-    """Everything before the first step, cheapest first: the run directory, the attention kernels, the data (opened
-    and checked before the slow model build), the model and optimizer, then a resumed or handed-off state."""
+    """Everything before the first step, cheapest first: the run directory, the attention kernels, the data
+    (opened and checked before the slow model build), the model and optimizer, then a resumed or handed-off
+    state."""
     r = Run(cfg, rank, world, dp, accumulation, device, log)
     out_dir, sp = cfg["out_dir"], cfg["sp_size"]
     resume_from = checkpoint.latest(out_dir) if cfg["resume"] else None
@@ -381,17 +348,20 @@ def setup(cfg, rank, world, dp, accumulation, device, log):
                                                          os.path.isdir(cfg["init_from"]) else None))
     r.tokenizer = tokenizer
     open_data(r, mesh.get_local_rank("dp"))
+    if device.type == "cuda":  # before the slow model build: a config that cannot fit stops here, in one line
+        import memory
+        memory.check_fits(cfg, world, device, log)
     model = r.model = build_model(cfg, fsdp_mesh, device, log)
     model.attention_backend = backend
     if model.config.vocab_size < tokenizer.n_vocab:
-        raise ConfigError(f"tokenizer {tokenizer.name} has {tokenizer.n_vocab} ids but the model's vocabulary is "
-                          f"{model.config.vocab_size}")
+        raise ConfigError(f"tokenizer {tokenizer.name} has {tokenizer.n_vocab} ids but the model's "
+                          f"vocabulary is {model.config.vocab_size}")
     if sp > 1:
         import seqpar
         r.split = seqpar.enable(model, mesh["sp"].get_group(), mesh.get_local_rank("sp"))
     r.optimizer = build_optimizer(model, cfg)
-    # a model fine-tuned on chat data ends its turns with <|eot_id|>: generation (and evaluate.py's --chat auto)
-    # must know, as Llama-3 Instruct's generation_config.json says
+    # a model fine-tuned on chat data ends its turns with <|eot_id|>: generation (and evaluate.py's --chat
+    # auto) must know, as Llama-3 Instruct's generation_config.json says
     eos = model.config.eos_token_id
     eos_token_ids = sorted({*(eos if isinstance(eos, list) else [eos])} | r.train_data.end_of_turn_ids(tokenizer))
     r.eos_token_ids = eos_token_ids
@@ -411,12 +381,12 @@ def open_data(r, dp_rank):
     cfg = r.cfg
     r.train_data = data.Mixture(resolved(cfg["mixture"], cfg["data_root"]), cfg["seq_len"], seed=cfg["seed"],
                                 dp_rank=dp_rank, dp_size=r.dp, allow_repeat=cfg["allow_repeat"],
-                                num_sequences=cfg["max_steps"] * r.accumulation * cfg["micro_batch_sequences"] * r.dp,
+                                num_sequences=cfg["max_steps"] * r.sequences_per_rank * r.dp,
                                 cross_document_labels=labels_cross(cfg))
     r.train_data.check_tokenizer(r.tokenizer)
     if cfg["val_mixture"]:
-        val_data = data.Mixture(resolved(cfg["val_mixture"], cfg["data_root"]), cfg["seq_len"], seed=cfg["seed"] + 1,
-                                dp_rank=dp_rank, dp_size=r.dp, allow_repeat=True,
+        val_data = data.Mixture(resolved(cfg["val_mixture"], cfg["data_root"]), cfg["seq_len"],
+                                seed=cfg["seed"] + 1, dp_rank=dp_rank, dp_size=r.dp, allow_repeat=True,
                                 cross_document_labels=labels_cross(cfg))
         val_data.check_tokenizer(r.tokenizer)
         r.val = [as_tensors(val_data.sequence(g)) for g in range(dp_rank, cfg["val_sequences"], r.dp)]
@@ -426,20 +396,11 @@ def restore(r, resume_from):
     """Continue a run exactly from its checkpoint, or (stage hand-off) take init_from's optimizer state."""
     cfg = r.cfg
     if resume_from:
-        state = checkpoint.read_train_state(resume_from)
-        checkpoint.check_same_model(state, r.model, cfg["param_dtype"], resume_from)
-        checkpoint.load(r.model, r.optimizer, resume_from)
+        state = checkpoint.resume(r.model, r.optimizer, r.train_data, resume_from, cfg["param_dtype"])
         r.step = state["step"]
-        try:
-            r.train_data.load_state_dict(state["data"])
-        except (KeyError, TypeError, ValueError) as e:
-            raise checkpoint.CheckpointError(f"{resume_from}/train_state.json: unusable data cursor ({e!r})") from None
-        torch.set_rng_state(torch.tensor(state["rng"], dtype=torch.uint8))
-        r.log(f"resumed from {resume_from} at step {r.step} (saved by {state['world_size']} ranks, now {r.world})")
+        r.log(f"resumed from {resume_from} at step {r.step} (saved by {state['world_size']} ranks, now "
+              f"{r.world})")
     elif cfg["init_from"] and cfg["load_optimizer"]:
-        if not os.path.isdir(os.path.join(cfg["init_from"], "train_state")):
-            raise ConfigError(f"load_optimizer=True: {cfg['init_from']} has no train_state/ (only checkpoints "
-                              f"written by train.py carry optimizer state)")
         checkpoint.load_optimizer(r.model, r.optimizer, cfg["init_from"])  # weights came with the model
         r.log(f"optimizer state from {cfg['init_from']}; learning-rate schedule restarted")
 
@@ -448,16 +409,17 @@ def train(r):
     """The loop: one optimizer step per iteration; logs, validation and checkpoints at their intervals."""
     cfg, steps = r.cfg, r.cfg["max_steps"]
     r.log(f"training: {steps} steps of {cfg['tokens_per_step']:,} tokens; {r.world} ranks (dp {r.dp} x sp "
-          f"{cfg['sp_size']}), {r.accumulation} micro-batches of {cfg['micro_batch_sequences']} x {cfg['seq_len']} "
-          f"tokens per rank per step")
+          f"{cfg['sp_size']}), {r.accumulation} micro-batches of {cfg['micro_batch_sequences']} x "
+          f"{cfg['seq_len']} tokens per rank per step")
     if r.step == 0:
         validate_now(r)
     peak, source = throughput.mfu_peak(cfg["peak_flops"], r.device, getattr(torch, cfg["compute_dtype"]))
-    r.log(f"MFU against {peak / 1e12:,.3f} TFLOP/s per device ({source})" if peak else f"MFU not shown: {source}")
+    r.log(f"MFU against {peak / 1e12:,.3f} TFLOP/s per device ({source})" if peak else
+          f"MFU not shown: {source}")
     step_times = []
     while r.step < steps:
         t0 = time.perf_counter()
-        sequences = [as_tensors(next(r.train_data)) for _ in range(r.accumulation * cfg["micro_batch_sequences"])]
+        sequences = [as_tensors(next(r.train_data)) for _ in range(r.sequences_per_rank)]
         batches = micro_batches(sequences, cfg["micro_batch_sequences"], cfg["sort_microbatches"])
         lr = lr_at(r.step, cfg)
         for group in r.optimizer.param_groups:
@@ -495,8 +457,8 @@ def save(r):
 def log_step(r, record, flops, step_times, peak):
     """One line to the log and one record to metrics.jsonl: loss, throughput, MFU, memory, time left."""
     steps = r.cfg["max_steps"]
-    record = dict(step=r.step, **record, **throughput.measure(step_times, r.cfg["tokens_per_step"], flops, peak,
-                                                              r.world, r.device))
+    speed = throughput.measure(step_times, r.cfg["tokens_per_step"], flops, peak, r.world, r.device)
+    record = dict(step=r.step, **record, **speed)
     mfu, eta = record["mfu"], throughput.time_left(step_times, steps - r.step)
     r.log(f"step {r.step:>6}/{steps} | loss {record['loss']:.4f} | lr {record['lr']:.2e} | grad "
           f"{record['grad_norm']:.3f} | {record['tokens_per_s']:,.0f} tok/s | MFU "

@@ -1,7 +1,7 @@
-# CPU demo, stage 2 (`make demo` runs it after demo_2k.py): the stage hand-off of ProLong's 64K -> 512K, in small.
-# Starts from stage 1's weights *and* optimizer state, restarts the learning-rate schedule, raises the RoPE base
-# from 500,000 to 8e6 and trains on 8K-token sequences: long documents as single-document 8K chunks, short ones
-# packed. Hardware: any CPU; a few minutes on 2 cores.
+# CPU demo, stage 2 (`make demo` runs it after demo_2k.py): the stage hand-off of ProLong's 64K -> 512K, in
+# small. Starts from stage 1's weights *and* optimizer state, restarts the learning-rate schedule, raises the
+# RoPE base from 500,000 to 8e6 and trains on 8K-token sequences: long documents as single-document 8K chunks,
+# short ones packed. Hardware: any CPU; a few minutes on 2 cores.
 out_dir = "runs/demo-8k"
 init_from = "runs/demo-2k/step_0000060"
 load_optimizer = True

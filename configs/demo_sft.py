@@ -1,9 +1,9 @@
-# CPU demo, stage 3 (`make demo` runs it after demo_8k.py): supervised fine-tuning in small, like ProLong's SFT of
-# the 512K base. Starts from stage 2's weights (a fresh optimizer, the RoPE base of the checkpoint) and trains on the
-# demo chat set, loss on assistant tokens only. Prepared by
+# CPU demo, stage 3 (`make demo` runs it after demo_8k.py): supervised fine-tuning in small, like ProLong's
+# SFT of the 512K base. Starts from stage 2's weights (a fresh optimizer, the RoPE base of the checkpoint) and
+# trains on the demo chat set, loss on assistant tokens only. Prepared by
 #   python sft.py prepare demo_data/sft_tokens demo_data/sft/chat.jsonl --holdout 100
-# which holds out 100 conversations (demo_data/sft_tokens-heldout) for the held-out assistant-token loss, printed
-# at step 0 and at the end. Hardware: any CPU; a few minutes on 2 cores.
+# which holds out 100 conversations (demo_data/sft_tokens-heldout) for the held-out assistant-token loss,
+# printed at step 0 and at the end. Hardware: any CPU; a few minutes on 2 cores.
 out_dir = "runs/demo-sft"
 init_from = "runs/demo-8k/step_0000012"
 

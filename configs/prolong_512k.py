@@ -1,13 +1,15 @@
-# ProLong stage 2: from the 64K checkpoint (weights and optimizer state; the LR schedule restarts) to 512K-token
-# sequences with 8-way Ulysses sequence parallelism (paper: 2,500 steps x 8M tokens, about 20B tokens), RoPE base
-# 1.28e8, and a length curriculum: part of the long data at 512K, part still at 64K (eight 64K pieces packed into
-# one 512K sequence, each its own document).
+# ProLong stage 2: from the 64K checkpoint (weights and optimizer state; the LR schedule restarts) to
+# 512K-token sequences with 8-way Ulysses sequence parallelism (paper: 2,500 steps x 8M tokens, about 20B
+# tokens), RoPE base 1.28e8, and a length curriculum: part of the long data at 512K, part still at 64K (eight
+# 64K pieces packed into one 512K sequence, each its own document).
 #
-# Hardware: a multiple of 8 GPUs with 80 GB or more (each 512K sequence is spread over an SP group of 8 GPUs, 64K
-# tokens each); the data-parallel size (GPUs / 8) must divide the 16 sequences of a step. Time, estimated from
-# train.step_flops for this mixture (not measured): ~1.5 EFLOP per step (attention over 512K documents dominates),
-# ~8 minutes a step on 8 H100s at 40% MFU (~14 days), so plan on 64 GPUs (~1 minute a step, ~1.7 days).
-#   torchrun --nnodes 8 --nproc_per_node 8 --rdzv_backend c10d --rdzv_endpoint HOST:29500 train.py configs/prolong_512k.py
+# Hardware: a multiple of 8 GPUs with 80 GB or more (each 512K sequence is spread over an SP group of 8 GPUs,
+# 64K tokens each); the data-parallel size (GPUs / 8) must divide the 16 sequences of a step. Time, estimated
+# from train.step_flops for this mixture (not measured): ~1.5 EFLOP per step (attention over 512K documents
+# dominates), ~8 minutes a step on 8 H100s at 40% MFU (~14 days), so plan on 64 GPUs (~1 minute a step, ~1.7
+# days).
+#   torchrun --nnodes 8 --nproc_per_node 8 --rdzv_backend c10d --rdzv_endpoint HOST:29500 train.py \
+#       configs/prolong_512k.py
 #
 # Data: princeton-nlp/prolong-data-512K imported per domain with `python data.py import-mds`.
 
@@ -40,7 +42,7 @@ max_steps = 2500
 checkpoint_interval = 250
 keep_checkpoints = 3
 
-# Optimiser, schedule and precision: train.DEFAULTS, which are the paper's (AdamW, lr 1e-5 warmed up over 10% of
-# the steps then cosine-decayed to 1e-6, weight decay 0.1, betas 0.9/0.95, gradient clipping 1.0, bf16 compute
-# over fp32 master weights, activation checkpointing, one sequence per micro-batch). Its released script used lr 5e-6
-# for this stage.
+# Optimiser, schedule and precision: settings.DEFAULTS, which are the paper's (AdamW, lr 1e-5 warmed up over
+# 10% of the steps then cosine-decayed to 1e-6, weight decay 0.1, betas 0.9/0.95, gradient clipping 1.0, bf16
+# compute over fp32 master weights, activation checkpointing, one sequence per micro-batch). Its released
+# script used lr 5e-6 for this stage.

@@ -1,12 +1,14 @@
 """Multi-process checks for seqpar.py, launched by tests/test_seqpar.py:
 
-    torchrun --standalone --nproc_per_node N tests/seqpar_worker.py MODE OUT.json      (or plain python: a world of 1)
+    torchrun --standalone --nproc_per_node N tests/seqpar_worker.py MODE OUT.json      (or plain python: a
+    world of 1)
 
 MODE exact (4 processes), float64:
     attention: Ulysses attention with sp = 4 and sp = 2 (on sub-groups) against attention.attend on the full
     sequence in this process: output and q/k/v gradients, and the bytes each exchange sends;
     model: train.build_model + seqpar.enable + train.accumulate_gradients with (dp=1, sp=4) and (dp=2, sp=2)
-    against an unsharded Llama that sees the whole global batch in this process: loss and every parameter gradient.
+    against an unsharded Llama that sees the whole global batch in this process: loss and every parameter
+    gradient.
 MODE train: a few train.train_step calls (fp32, AdamW) with sp = world size (1 = no sequence parallelism).
 Rank 0 writes what it measured to OUT.json; the test asserts on it. Any rank failing exits non-zero.
 """
@@ -46,7 +48,8 @@ def packs(seed, lengths_list, vocab, ignore_every=7):
     return out
 
 
-# ------------------------------------------------------------------------------------------------------ attention
+# ----------------------------------------------------------------------------------------------------------
+# attention
 
 class CountingAllToAll:
     """Wraps dist.all_to_all_single to record the bytes this rank sends to other ranks, per call."""
@@ -65,7 +68,8 @@ def attention_checks(rank, world):
     dist.all_to_all_single = counter  # seqpar calls dist.all_to_all_single: every exchange is counted
     pairs = [dist.new_group([0, 1]), dist.new_group([2, 3])]  # every rank must create both groups
     groups = {4: dist.group.WORLD, 2: pairs[rank // 2]}
-    # 48 tokens: for sp = 4 slices end at 12, 24, 36 and documents straddle all of them; one single-document pack
+    # 48 tokens: for sp = 4 slices end at 12, 24, 36 and documents straddle all of them; one single-document
+    # pack
     packs_cu = [[0, 5, 17, 18, 41, 48], [0, 48], [0, 3, 3, 30, 48]]
     head_cases = [(4, 4), (8, 2), (4, 1), (8, 4)]  # MHA; GQA; MQA; for sp=4: GQA with H_kv == sp
     results = []
@@ -76,7 +80,7 @@ def attention_checks(rank, world):
             for cu_list in packs_cu:
                 T, D = cu_list[-1], 8
                 cu = torch.tensor(cu_list, dtype=torch.int32)
-                g = torch.Generator().manual_seed(1000 * H + 10 * K + len(cu_list))  # same tensors on every rank
+                g = torch.Generator().manual_seed(1000 * H + 10 * K + len(cu_list))  # the same on every rank
                 q, k, v = (torch.randn(T, h, D, generator=g, dtype=torch.float64) for h in (H, K, K))
                 grad_out = torch.randn(T, H, D, generator=g, dtype=torch.float64)
                 # the reference: one process, whole sequence
@@ -104,10 +108,11 @@ def attention_checks(rank, world):
     return [r for rank_results in everyone for r in rank_results]
 
 
-# ---------------------------------------------------------------------------------------------------------- model
+# ----------------------------------------------------------------------------------------------------------
+# model
 
-MODEL = dict(vocab_size=1000, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-             intermediate_size=96)
+MODEL = dict(vocab_size=1000, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+             num_key_value_heads=2, intermediate_size=96)
 
 
 def build_model(cfg, mesh):
@@ -120,7 +125,8 @@ def full_grads(model):
 
 
 def model_checks(rank, world):
-    # a global batch of four packs: documents straddle slice boundaries, and two lengths need padding for sp = 4
+    # a global batch of four packs: documents straddle slice boundaries, and two lengths need padding for sp =
+    # 4
     batches = packs(7, [[10, 30, 1, 23], [62], [5, 5, 40, 11], [33, 31]], MODEL["vocab_size"])
     fsdp_mesh = init_device_mesh("cpu", (world,), mesh_dim_names=("fsdp",))
     results, reference = [], None
@@ -130,7 +136,7 @@ def model_checks(rank, world):
         mesh = init_device_mesh("cpu", (dp, sp), mesh_dim_names=("dp", "sp"))
         model = build_model(cfg, fsdp_mesh)
         split = seqpar.enable(model, mesh["sp"].get_group(), mesh.get_local_rank("sp"))
-        if reference is None:  # the same weights, in one unsharded model that sees the whole batch in one process
+        if reference is None:  # the same weights, in one unsharded model that sees the whole batch
             weights = {n.replace("_checkpoint_wrapped_module.", ""): p.full_tensor() for n, p in
                        model.named_parameters()}
             ref = Llama(model.config).to(torch.float64)
@@ -154,18 +160,20 @@ def model_checks(rank, world):
     return results
 
 
-# ---------------------------------------------------------------------------------------------------------- train
+# ----------------------------------------------------------------------------------------------------------
+# train
 
 def train_mode(rank, world, steps=4):
     sp = world
     cfg = dict(train.DEFAULTS, param_dtype="float32", compute_dtype="float32", sp_size=sp, model="tiny",
-               model_overrides=MODEL, lr=1e-2, min_lr=1e-3, max_steps=steps, warmup_fraction=0.0, grad_clip=1.0)
+               model_overrides=MODEL, lr=1e-2, min_lr=1e-3, max_steps=steps, warmup_fraction=0.0,
+               grad_clip=1.0)
     fsdp_mesh = init_device_mesh("cpu", (world,), mesh_dim_names=("fsdp",))
     mesh = init_device_mesh("cpu", (1, sp), mesh_dim_names=("dp", "sp"))
     model = build_model(cfg, fsdp_mesh)
     split = seqpar.enable(model, mesh["sp"].get_group(), mesh.get_local_rank("sp")) if sp > 1 else None
     optimizer = train.build_optimizer(model, cfg)
-    batches = packs(100, [[20, 9, 35], [64], [3, 50, 11]], MODEL["vocab_size"])  # the same each step: loss falls
+    batches = packs(100, [[20, 9, 35], [64], [3, 50, 11]], MODEL["vocab_size"])  # each step: the loss falls
     losses, norms = [], []
     for step in range(steps):
         for group in optimizer.param_groups:
@@ -173,8 +181,8 @@ def train_mode(rank, world, steps=4):
         loss, norm = train.train_step(model, optimizer, batches, torch.device("cpu"), cfg["grad_clip"], split)
         losses.append(loss)
         norms.append(norm)
-    val = train.validation_loss(model, packs(999, [[40, 24], [13, 51]], MODEL["vocab_size"]), torch.device("cpu"),
-                                split)
+    held_out = packs(999, [[40, 24], [13, 51]], MODEL["vocab_size"])
+    val = train.validation_loss(model, held_out, torch.device("cpu"), split)
     return dict(sp=sp, losses=losses, grad_norms=norms, val_loss=val)
 
 

@@ -1,6 +1,7 @@
-"""The paper's ablations: the cross-document switch (labels and attention across document boundaries, checked on a
-hand-built example against single- and per-document runs), the micro-batch ordering switch, and every config under
-configs/ablations/ (loads, validates at its GPU count, and one scaled-down training step runs on CPU)."""
+"""The paper's ablations: the cross-document switch (labels and attention across document boundaries, checked
+on a hand-built example against single- and per-document runs), the micro-batch ordering switch, and every
+config under configs/ablations/ (loads, validates at its GPU count, and one scaled-down training step runs on
+CPU)."""
 import glob
 import os
 import subprocess
@@ -26,7 +27,8 @@ ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
 
 @pytest.fixture(scope="module")
 def world_of_one():
-    """train.py's step functions all-reduce: give them the same world of one that `python train.py` runs under."""
+    """train.py's step functions all-reduce: give them the same world of one that `python train.py` runs
+    under."""
     own = not dist.is_initialized()
     if own:
         dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
@@ -52,7 +54,7 @@ def tiny_model(cross_document, vocab=64, **overrides):
     return Llama(config, cross_document=cross_document).double().eval()
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------
 # acceptance 2: cross-document labels and attention, as the paper's code with document masks off
 
 
@@ -61,14 +63,14 @@ DOCS = [[10 * d + 2 + i for i in range(n)] for d, n in enumerate([5, 3, 7, 4, 6]
 
 
 def hand_built(tmp_path, cross):
-    """Sequence 0 of a pack mixture: two 12-token packs of the five documents in the seeded order (so the second
-    pack starts in the middle of a document), then 2 padding tokens in a segment of their own."""
+    """Sequence 0 of a pack mixture: two 12-token packs of the five documents in the seeded order (so the
+    second pack starts in the middle of a document), then 2 padding tokens in a segment of their own."""
     path = tmp_path / "docs"
-    mix = data.Mixture([{"path": str(path) if path.exists() else domain(path, DOCS), "proportion": 1, "length": 12,
-                         "mode": "pack"}],
-                       26, seed=0, cross_document_labels=cross)
+    spec = {"path": str(path) if path.exists() else domain(path, DOCS), "proportion": 1, "length": 12,
+            "mode": "pack"}
+    mix = data.Mixture([spec], 26, seed=0, cross_document_labels=cross)
     seq = mix.sequence(0)
-    order = mix._epoch[0][1]
+    order, _ = mix.comps[0].epoch(0)  # the seeded order of the documents in the first epoch
     stream = np.concatenate([DOCS[d] for d in order])[:24]  # what the two packs hold, by hand
     assert seq.input_ids.tolist() == stream.tolist() + [1, 1]
     return seq, np.cumsum([0] + [len(DOCS[d]) for d in order]).tolist()  # where each document starts
@@ -79,8 +81,9 @@ def test_cross_document_labels_cross_every_real_boundary_only_when_on(tmp_path):
     off, starts = hand_built(tmp_path, cross=False)
     ids, cu = on.input_ids, on.cu_seqlens
     assert cu.tolist() == off.cu_seqlens.tolist() and len(cu) > 4  # several documents, a cut, the padding
-    # on: every real token but the last predicts the next one, boundaries and the cut between the packs included;
-    # the label after each document boundary is the next document's first token; padding is never predicted
+    # on: every real token but the last predicts the next one, boundaries and the cut between the packs
+    # included; the label after each document boundary is the next document's first token; padding is never
+    # predicted
     assert on.labels[:23].tolist() == ids[1:24].tolist() and (on.labels[23:] == -100).all()
     doc_starts = [s for s in starts if 0 < s < 24]
     assert doc_starts and all(on.labels[s - 1] == ids[s] and ids[s] in FIRST_TOKENS for s in doc_starts)
@@ -94,8 +97,9 @@ FIRST_TOKENS = {doc[0] for doc in DOCS}  # tokens are distinct, so a value says 
 
 
 def test_cross_document_switch_in_the_model_matches_single_and_per_document_runs(tmp_path):
-    """On: outputs equal one run over the whole concatenation (attention across documents, positions running on);
-    off: outputs equal separate runs of each document. Checked on logits and on the summed loss, in float64."""
+    """On: outputs equal one run over the whole concatenation (attention across documents, positions running
+    on); off: outputs equal separate runs of each document. Checked on logits and on the summed loss, in
+    float64."""
     on, _ = hand_built(tmp_path, cross=True)
     off, _ = hand_built(tmp_path, cross=False)
     ids, cu = torch.as_tensor(on.input_ids), torch.as_tensor(on.cu_seqlens)
@@ -135,7 +139,7 @@ def test_cross_document_labels_respect_conversation_masks(tmp_path):
         target = ids[i + 1] if i + 1 < real and mask_of[int(ids[i + 1])] else -100
         assert seqs[True].labels[i] == target, i
         assert seqs[False].labels[i] == (target if within else -100), i
-    assert any(seqs[True].labels[s - 1] == 6 for s in starts)  # crossed into the conversation starting with mask 1
+    assert any(seqs[True].labels[s - 1] == 6 for s in starts)  # into the conversation starting with mask 1
 
 
 def test_cross_document_labels_setting_follows_cross_document_unless_set():
@@ -146,7 +150,7 @@ def test_cross_document_labels_setting_follows_cross_document_unless_set():
     assert train.labels_cross(dict(cfg, cross_document_labels=True))
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------
 # micro-batch ordering
 
 
@@ -170,7 +174,7 @@ def test_sort_microbatches_switch_orders_but_changes_no_loss(world_of_one):
     assert torch.allclose(params_a, params_b, atol=1e-13, rtol=0)
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------
 # acceptance 1: every ablation config validates at its GPU count and runs one scaled-down step
 
 
@@ -196,8 +200,9 @@ def arm(path):
 
 
 def scaled(cfg, root, out):
-    return dict(cfg, init_from=None, load_optimizer=False, model="tiny", model_overrides={"num_hidden_layers": 1},
-                seq_len=cfg["seq_len"] // SCALE, tokens_per_step=cfg["seq_len"] // SCALE,  # one sequence a step
+    return dict(cfg, init_from=None, load_optimizer=False, model="tiny",
+                model_overrides={"num_hidden_layers": 1},
+                seq_len=cfg["seq_len"] // SCALE, tokens_per_step=cfg["seq_len"] // SCALE,  # one sequence
                 mixture=[dict(c, length=c["length"] // SCALE) for c in cfg["mixture"]], data_root=str(root),
                 out_dir=str(out), max_steps=1, compute_dtype="float32", sp_size=1, allow_repeat=True)
 
@@ -209,7 +214,8 @@ ARMS = {  # what each arm changes from its base (a check that the files say what
     "ratio_long40": {"book-65536": 0.2}, "ratio_long80": {"book-65536": 0.4},
     "short_fineweb_edu": {"fineweb-edu": 0.4}, "short_dclm": {"dclm-baseline": 0.4},
     "rope_64k_500k": {"rope_theta": 5e5}, "rope_64k_4m": {"rope_theta": 4e6},
-    "doc_mask_off": {"cross_document": True}, "init_instruct": {"init_from": "meta-llama/Meta-Llama-3-8B-Instruct"},
+    "doc_mask_off": {"cross_document": True},
+    "init_instruct": {"init_from": "meta-llama/Meta-Llama-3-8B-Instruct"},
     "no_reorder": {"sort_microbatches": False},
     "base_512k": {"rope_theta": 1.28e8}, "rope_512k_64m": {"rope_theta": 6.4e7},
     "rope_512k_256m": {"rope_theta": 2.56e8},
@@ -236,20 +242,22 @@ def test_every_ablation_validates_and_runs_one_scaled_down_step(ablation_domains
         if not big:
             assert cfg["init_from"] in ("meta-llama/Meta-Llama-3-8B", "meta-llama/Meta-Llama-3-8B-Instruct")
         dp, accumulation = train.validate(dict(cfg, data_root=str(ablation_domains)), gpus)
-        assert dp * accumulation * cfg["seq_len"] * cfg["micro_batch_sequences"] == cfg["tokens_per_step"], name
+        per_step = dp * accumulation * cfg["seq_len"] * cfg["micro_batch_sequences"]
+        assert per_step == cfg["tokens_per_step"], name
 
-        # one scaled-down step through train.py's own functions: data, labels, ordering, model switches, optimiser
+        # one scaled-down step through train.py's own functions: data, labels, ordering, model switches,
+        # optimiser
         small = scaled(cfg, ablation_domains, tmp_path / name)
         dp, accumulation = train.validate(small, 1)
         mix = data.Mixture(train.resolved(small["mixture"], small["data_root"]), small["seq_len"],
                            num_sequences=accumulation, allow_repeat=True,
                            cross_document_labels=train.labels_cross(small))
         sequences = [train.as_tensors(next(mix)) for _ in range(accumulation)]
-        # labels cross boundaries only with masks off; a 128-token pack of this data seldom holds a boundary, so
-        # the arm's first short domain is checked in 4,096-token packs
+        # labels cross boundaries only with masks off; a 128-token pack of this data seldom holds a boundary,
+        # so the arm's first short domain is checked in 4,096-token packs
         pack = next(c for c in small["mixture"] if c["mode"] == "pack")
-        packs = data.Mixture(train.resolved([dict(pack, proportion=1, length=4096)], small["data_root"]), 4096,
-                             cross_document_labels=train.labels_cross(small))
+        packs = data.Mixture(train.resolved([dict(pack, proportion=1, length=4096)], small["data_root"]),
+                             4096, cross_document_labels=train.labels_cross(small))
         with_boundaries = [s for s in map(packs.sequence, range(4)) if len(s.cu_seqlens) > 2]
         assert with_boundaries, name
         for s in with_boundaries:
@@ -274,8 +282,9 @@ def test_ablation_dry_run_through_train_py(ablation_domains, tmp_path, name, sp)
     another working directory than the repository's: the arms include their bases by paths relative to
     themselves."""
     dry = tmp_path / "dry.py"
-    dry.write_text(DRY_RUN.format(config=os.path.join(ROOT, "configs", "ablations", f"{name}.py"), scale=SCALE,
-                                  fewer=FEWER, root=str(ablation_domains), out=str(tmp_path / "run"), sp=sp))
+    dry.write_text(DRY_RUN.format(config=os.path.join(ROOT, "configs", "ablations", f"{name}.py"),
+                                  scale=SCALE, fewer=FEWER, root=str(ablation_domains),
+                                  out=str(tmp_path / "run"), sp=sp))
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={sp}"] \
         if sp > 1 else [sys.executable]
     proc = subprocess.run(launcher + [os.path.join(ROOT, "train.py"), str(dry), "--allow_repeat=True"],

@@ -1,5 +1,5 @@
-"""attention.py: every backend against attention written out per document, in float64; the flex BlockMask against
-the dense document mask; cached attention against the masked formula; the model's ops object."""
+"""attention.py: every backend against attention written out per document, in float64; the flex BlockMask
+against the dense document mask; cached attention against the masked formula; the model's ops object."""
 import copy
 import random
 import warnings
@@ -73,7 +73,8 @@ def test_backend_equals_per_document_reference(backend, heads, kv_heads):
 
 @pytest.mark.parametrize("lengths", [LENGTHS, BLOCK_LENGTHS, [300]])
 def test_flex_forward_on_cpu_equals_reference(lengths):
-    """FlexAttention has no backward on CPU, but its mask_mod can still be checked here, unfused, in float64."""
+    """FlexAttention has no backward on CPU, but its mask_mod can still be checked here, unfused, in
+    float64."""
     q, k, v, cu, bounds = packed_qkv(8, 2, torch.float64, lengths, device="cpu")
     q, k, v = q.detach(), k.detach(), v.detach()
     docs = attention.prepare(cu, q.shape[0], "cpu", backend="flex")
@@ -83,7 +84,7 @@ def test_flex_forward_on_cpu_equals_reference(lengths):
     assert (out - reference(q, k, v, bounds)).abs().max() <= 1e-10
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------
 # the flex BlockMask, built from cu_seqlens at block granularity
 
 
@@ -104,8 +105,8 @@ def document_mask(lengths):
 
 def check_block_mask(lengths, block=128):
     """What the kernel computes with the BlockMask (full blocks unmasked, partial blocks through the mask_mod,
-    nothing elsewhere), both orientations, equals the dense document mask; and the block classes are exactly the
-    ones create_block_mask finds by evaluating every pair."""
+    nothing elsewhere), both orientations, equals the dense document mask; and the block classes are exactly
+    the ones create_block_mask finds by evaluating every pair."""
     from torch.nn.attention.flex_attention import create_block_mask
     lengths = [n for n in lengths if n]
     T = sum(lengths)
@@ -120,7 +121,8 @@ def check_block_mask(lengths, block=128):
     assert not (partial & full).any()
 
     truth = document_mask(lengths)
-    expand = lambda blocks: blocks.repeat_interleave(block, 0).repeat_interleave(block, 1)[:T, :T]  # noqa: E731
+    def expand(blocks):
+        return blocks.repeat_interleave(block, 0).repeat_interleave(block, 1)[:T, :T]
     idx = torch.arange(T)
     by_mask_mod = bm.mask_mod(0, 0, idx[:, None], idx[None, :])
     assert torch.equal(expand(full) | (expand(partial) & by_mask_mod), truth)
@@ -134,8 +136,8 @@ def check_block_mask(lengths, block=128):
     return bm
 
 
-@pytest.mark.parametrize("lengths", [BLOCK_LENGTHS, [1], [128], [300], [256, 256], [129, 127, 128, 1, 1, 1, 2000],
-                                     [5] * 60, [1000, 24, 3000]])
+@pytest.mark.parametrize("lengths", [BLOCK_LENGTHS, [1], [128], [300], [256, 256],
+                                     [129, 127, 128, 1, 1, 1, 2000], [5] * 60, [1000, 24, 3000]])
 def test_block_mask_equals_dense_document_mask(lengths):
     check_block_mask(lengths)
 
@@ -148,8 +150,8 @@ def test_block_mask_on_random_packs_and_block_sizes():
 
 
 def test_block_mask_memory_at_512k_is_blocks_squared_not_tokens_squared():
-    """A 512K pack of 64 documents: every tensor created while building is at most (T/128)^2 elements, the live
-    total stays within a few such tensors, and no T x T tensor ever exists."""
+    """A 512K pack of 64 documents: every tensor created while building is at most (T/128)^2 elements, the
+    live total stays within a few such tensors, and no T x T tensor ever exists."""
     from bench import TensorMemory
     T, n = 524288, 524288 // 128
     cu = torch.arange(0, T + 1, T // 64, dtype=torch.int32)
@@ -171,7 +173,7 @@ def test_cu_seqlens_on_the_device_or_host_give_the_same_documents():
     assert on_host.cu_seqlens.device.type == torch.device(DEVICE).type
 
 
-# ----------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------
 # everything else
 
 
@@ -240,8 +242,8 @@ def test_cached_attention_is_causal_from_the_bottom_right():
 
 
 def test_cached_rows_equal_each_row_alone():
-    """Batched decoding: row b's one query over its first lengths[b] keys is attend_cached on that row alone; the
-    padding past a row's length (large values here) never shows."""
+    """Batched decoding: row b's one query over its first lengths[b] keys is attend_cached on that row alone;
+    the padding past a row's length (large values here) never shows."""
     lengths = [1, 9, 30, 17]
     q = torch.randn(len(lengths), 8, 16, dtype=torch.float64)
     k, v = (torch.randn(len(lengths), 30, 2, 16, dtype=torch.float64) for _ in range(2))
@@ -300,8 +302,10 @@ def test_attention_ops_can_be_swapped_and_restored():
     from model import Llama, LlamaConfig
     model = Llama(LlamaConfig.tiny())
     calls = []
-    spy = SimpleNamespace(prepare=attention.prepare,
-                          attend=lambda q, k, v, docs: calls.append(q.shape) or attention.attend(q, k, v, docs))
+    def attend(q, k, v, docs):
+        calls.append(q.shape)
+        return attention.attend(q, k, v, docs)
+    spy = SimpleNamespace(prepare=attention.prepare, attend=attend)
     default = model.attention_ops
     model.attention_ops = spy
     with torch.no_grad():

@@ -1,6 +1,6 @@
-"""Sharded checkpoints (checkpoint.py) through train.py with real torchrun/gloo groups: exact resume on another world
-size in float64, the HF directory next to the sharded state, export, stage hand-off, and every checkpoint error a
-user can cause, each one clear line through the command line."""
+"""Sharded checkpoints (checkpoint.py) through train.py with real torchrun/gloo groups: exact resume on
+another world size in float64, the HF directory next to the sharded state, export, stage hand-off, and every
+checkpoint error a user can cause, each one clear line through the command line."""
 import json
 import os
 import shutil
@@ -11,7 +11,8 @@ import sys
 import pytest
 import torch
 
-from tests.test_train import ENV, ROOT, domains, metrics, run, tiny_config  # noqa: F401 (domains is a fixture)
+# domains is a fixture
+from tests.test_train import ENV, ROOT, domains, metrics, run, tiny_config  # noqa: F401
 import data  # noqa: E402
 from model import Llama, LlamaConfig  # noqa: E402
 
@@ -40,7 +41,7 @@ def optimizer_state(step_dir, tmp_path):
     return torch.load(out, weights_only=False)["optim"]["state"]
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------
 
 
 def test_resume_on_fewer_ranks_is_exact_in_float64(tmp_path, domains):
@@ -68,7 +69,8 @@ def test_resume_on_fewer_ranks_is_exact_in_float64(tmp_path, domains):
     assert all(final_a[k].dtype == torch.float64 for k in final_a)
     assert max((final_a[k] - final_b[k]).abs().max().item() for k in final_a) < 1e-12
     # the optimizer moments came back too (a resume that dropped them would change the weights above as well)
-    state_a, state_b = optimizer_state(a / "step_0000006", tmp_path), optimizer_state(b / "step_0000006", tmp_path)
+    state_a = optimizer_state(a / "step_0000006", tmp_path)
+    state_b = optimizer_state(b / "step_0000006", tmp_path)
     for name in state_a:
         assert state_a[name]["exp_avg_sq"].dtype == torch.float64
         assert torch.allclose(state_a[name]["exp_avg_sq"], state_b[name]["exp_avg_sq"], rtol=1e-10, atol=0)
@@ -129,7 +131,7 @@ def test_stage_hand_off_takes_weights_and_optimizer_and_restarts_the_schedule(tm
     assert {int(s["step"]) for s in state.values()} == {2}
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------
 # errors: one line, exit 2, nothing lost
 
 
@@ -149,13 +151,90 @@ train.main([{config!r}])
 
 def test_full_disk_while_checkpointing(tmp_path, domains):
     config = tiny_config(tmp_path, domains, checkpoint_interval=2, max_steps=6)
-    proc = subprocess.run([sys.executable, "-c", DISK_FULL.format(root=ROOT, config=config)], cwd=ROOT, env=ENV,
-                          capture_output=True, text=True, timeout=600)
-    one_line_error(proc, "no space left on device", "step_0000002 is still the latest")
+    proc = subprocess.run([sys.executable, "-c", DISK_FULL.format(root=ROOT, config=config)], cwd=ROOT,
+                          env=ENV, capture_output=True, text=True, timeout=600)
     run_dir = tmp_path / "run"
+    one_line_error(proc, f"no space left on {run_dir}", "step_0000002 is still the latest")
     assert not os.path.exists(run_dir / ".tmp-step_0000004")
     assert open(run_dir / "latest").read().strip() == "step_0000002"
     Llama.from_pretrained(str(run_dir / "step_0000002"))
+
+
+REAL_FULL_DISK = [("train_state", 4 * 2**20), ("safetensors", None)]  # tmpfs sizes; None: set from the run
+
+
+@pytest.mark.parametrize("part,size", REAL_FULL_DISK)
+def test_really_full_disk_while_checkpointing(tmp_path, domains, part, size):
+    """On a real full file system (a small tmpfs: needs the right to mount, else skipped): DCP's write fails
+    as '[enforce fail ... unexpected pos]', safetensors' as its own error; both read 'no space left on
+    <out_dir>', the temporary directory goes and nothing else changes."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    # weights 16.5M fp32 parameters: the sharded state (weights + 2 Adam moments) fits in 230 MiB, not the HF
+    # half
+    size = size or 230 * 2**20
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        config = tiny_config(tmp_path / "cfg", domains, max_steps=1, out_dir=str(mount / "run"))
+        proc = run(["train.py", config], check=False)
+        err = one_line_error(proc, f"no space left on {mount / 'run'}", "no earlier checkpoint exists")
+        assert "enforce fail" not in err and "os error" not in err
+        assert os.listdir(mount / "run") == ["metrics.jsonl"]  # the temporary directory went
+    finally:
+        subprocess.run(["umount", str(mount)])
+
+
+def test_resume_refuses_a_damaged_state_in_one_line(tmp_path, domains):
+    """train_state.json of the wrong shape, a damaged train_state/.metadata (without DCP's logged tracebacks);
+    a metrics.jsonl whose last line a crash cut short resumes, without that line."""
+    config = tiny_config(tmp_path, domains, checkpoint_interval=2, max_steps=2)
+    run(["train.py", config])
+    run_dir = tmp_path / "run"
+    step = run_dir / "step_0000002"
+    state_file = step / "train_state.json"
+    good = json.loads(state_file.read_text())
+    resume = ["train.py", config, "--resume=True", "--max_steps=4"]
+    for bad, words in (({}, ["'step' is missing"]), ([], ["a JSON list"]),
+                       ({**good, "data": None}, ["'data'"]),
+                       ({k: v for k, v in good.items() if k != "data"}, ["'data' is missing"]),
+                       ({**good, "rng": "abc"}, ["'rng'"]), ({**good, "rng": [300] * 5}, ["'rng'", "bytes"]),
+                       ({**good, "step": "2"}, ["'step'"]),
+                       ({**good, "data": {"seed": 0}}, ["data cursor"]),
+                       ({**good, "model_config": {"hidden_size": "64"}}, ["model_config"])):
+        state_file.write_text(json.dumps(bad))
+        one_line_error(run(resume, check=False), str(step), *words)
+    state_file.write_text(json.dumps(good))
+    metadata = step / "train_state" / ".metadata"
+    whole = metadata.read_bytes()
+    metadata.write_bytes(whole[:10] + b"garbage!" + whole[18:])
+    proc = run(resume, check=False)
+    one_line_error(proc, ".metadata is damaged")  # one line: DCP's two logged tracebacks are silenced
+    metadata.write_bytes(whole)
+    with open(run_dir / "metrics.jsonl", "a") as f:
+        f.write('{"step": 3, "loss": 11.')  # killed while writing step 3's line
+    run(resume)
+    assert [m["step"] for m in metrics(run_dir) if "loss" in m] == [1, 2, 3, 4]
+
+
+def test_export_over_a_stale_sharded_checkpoint(tmp_path, domains):
+    """The stale index would win over a new single file (HF reads the index first): it and its shards go."""
+    config = tiny_config(tmp_path, domains, max_steps=1, hf_weights=False)
+    run(["train.py", config])
+    out = tmp_path / "out"
+    stale = Llama(LlamaConfig.tiny(num_hidden_layers=1))
+    from hf_checkpoint import save_safetensors
+    save_safetensors(stale.state_dict(), str(out), max_shard_bytes=2**24)
+    assert "model.safetensors.index.json" in os.listdir(out)
+    proc = subprocess.run([sys.executable, "checkpoint.py", "export", str(tmp_path / "run" / "step_0000001"),
+                           str(out)], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert not any(f.startswith("model-") or f.endswith(".index.json") for f in os.listdir(out))
+    exported = weights(out)
+    assert not all(torch.equal(exported[k], stale.state_dict()[k].double()) for k in exported)
+    mode = lambda name: os.stat(out / name).st_mode & 0o777  # noqa: E731
+    assert mode("model.safetensors") == mode("config.json")
 
 
 def test_damaged_checkpoints_and_resume_errors(tmp_path, domains):
@@ -207,7 +286,8 @@ def test_init_from_errors(tmp_path, domains):
     one_line_error(run(["train.py", config, f"--init_from={tmp_path / 'nothere'}"], check=False),
                    "no such checkpoint directory")
     (tmp_path / "empty").mkdir()
-    one_line_error(run(["train.py", config, f"--init_from={tmp_path / 'empty'}"], check=False), "no config.json")
+    one_line_error(run(["train.py", config, f"--init_from={tmp_path / 'empty'}"], check=False),
+                   "no config.json")
     assert not os.path.exists(tmp_path / "run")
     # a checkpoint with a tensor the model does not have is refused, not silently dropped
     ckpt = tmp_path / "extra"
@@ -249,7 +329,8 @@ def test_ctrl_c_while_training_is_one_line(tmp_path, domains):
             break
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-2000:]
-    assert err.strip().count("\n") == 0 and err.startswith("error: interrupted;") and "--resume=True" in err, err
+    assert err.strip().count("\n") == 0 and err.startswith("error: interrupted;"), err
+    assert "--resume=True" in err, err
     assert "step_0000002" in err or "step_0000004" in err
 
 
@@ -258,8 +339,10 @@ def test_export_errors(tmp_path):
         return subprocess.run([sys.executable, "checkpoint.py", "export", *map(str, args)], cwd=ROOT, env=ENV,
                               capture_output=True, text=True, timeout=120)
     proc = export(tmp_path / "nothere", tmp_path / "out")
-    assert proc.returncode == 1 and proc.stderr.strip() == f"error: no checkpoint directory at {tmp_path / 'nothere'}"
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == f"error: no checkpoint directory at {tmp_path / 'nothere'}"
     (tmp_path / "hf_only").mkdir()
     proc = export(tmp_path / "hf_only", tmp_path / "out")
-    assert proc.returncode == 1 and proc.stderr.startswith("error: cannot read") and "train_state.json" in proc.stderr
+    assert proc.returncode == 1 and proc.stderr.startswith("error: cannot read")
+    assert "train_state.json" in proc.stderr
     assert proc.stderr.strip().count("\n") == 0 and not os.path.exists(tmp_path / "out")

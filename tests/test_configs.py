@@ -1,7 +1,9 @@
-"""Real checkpoints' config.json files through LlamaConfig.from_hf_dict (fixtures and their sources: fixtures/configs/).
+"""Real checkpoints' config.json files through LlamaConfig.from_hf_dict (fixtures and their sources:
+fixtures/configs/).
 
-A config.json carries metadata next to the numbers (`_name_or_path`, `unk_token_id`, `auto_map` ...): it must load.
-A key that would change the computation and is not implemented must be refused in one line that names it.
+A config.json carries metadata next to the numbers (`_name_or_path`, `unk_token_id`, `auto_map` ...): it must
+load. A key that would change the computation and is not implemented must be refused in one line that names
+it.
 """
 import json
 import os
@@ -12,13 +14,14 @@ import torch
 from model import Llama, LlamaConfig
 
 HERE = os.path.join(os.path.dirname(__file__), "fixtures", "configs")
-LLAMA3_1 = {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192,
-            "rope_type": "llama3"}
+LLAMA3_1 = {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 8192, "rope_type": "llama3"}
 LLAMA3_2 = {**LLAMA3_1, "factor": 32.0}
 
 LLAMA3_8B = dict(tie_word_embeddings=False, head_dim=128, num_attention_heads=32, num_key_value_heads=8)
-SMOLLM2 = dict(rope_theta=100000, rope_scaling=None, tie_word_embeddings=True, head_dim=64, num_attention_heads=9,
-               num_key_value_heads=3, max_position_embeddings=8192, hidden_size=576, vocab_size=49152, eos_token_id=0)
+SMOLLM2 = dict(rope_theta=100000, rope_scaling=None, tie_word_embeddings=True, head_dim=64,
+               num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=8192, hidden_size=576,
+               vocab_size=49152, eos_token_id=0)
 
 # fixture -> what a reader of that checkpoint must get
 EXPECTED = {
@@ -29,21 +32,24 @@ EXPECTED = {
         LLAMA3_8B, rope_theta=500000.0, rope_scaling=None, max_position_embeddings=8192, hidden_size=4096,
         vocab_size=128256, eos_token_id=128001),
     "meta-llama--Llama-3.1-8B.json": dict(
-        LLAMA3_8B, rope_theta=500000.0, rope_scaling=LLAMA3_1, max_position_embeddings=131072, hidden_size=4096,
-        vocab_size=128256),
+        LLAMA3_8B, rope_theta=500000.0, rope_scaling=LLAMA3_1, max_position_embeddings=131072,
+        hidden_size=4096, vocab_size=128256),
     "meta-llama--Llama-3.2-1B.json": dict(
-        rope_theta=500000.0, rope_scaling=LLAMA3_2, tie_word_embeddings=True, head_dim=64, num_attention_heads=32,
-        num_key_value_heads=8, max_position_embeddings=131072, hidden_size=2048, num_hidden_layers=16),
+        rope_theta=500000.0, rope_scaling=LLAMA3_2, tie_word_embeddings=True, head_dim=64,
+        num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=131072, hidden_size=2048,
+        num_hidden_layers=16),
     "princeton-nlp--Llama-3-8B-ProLong-512k-Instruct.RECONSTRUCTED.json": dict(
         LLAMA3_8B, rope_theta=1.28e8, rope_scaling=None, max_position_embeddings=524288),
     "HuggingFaceTB--SmolLM2-135M.json": SMOLLM2,
     "HuggingFaceTB--SmolLM2-135M.resaved-transformers-5.17.json": SMOLLM2,  # the same numbers after a re-save
     "TinyLlama--TinyLlama-1.1B-Chat-v1.0.json": dict(
         rope_theta=10000.0, rope_scaling=None, tie_word_embeddings=False, head_dim=64, num_attention_heads=32,
-        num_key_value_heads=4, max_position_embeddings=2048, num_hidden_layers=22, vocab_size=32000, bos_token_id=1),
+        num_key_value_heads=4, max_position_embeddings=2048, num_hidden_layers=22, vocab_size=32000,
+        bos_token_id=1),
     "transformers5--tiny-llama3.json": dict(  # head_dim 32 although hidden_size // heads is 16
-        rope_theta=500000.0, rope_scaling=LLAMA3_1, tie_word_embeddings=False, head_dim=32, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=131072, hidden_size=64, eos_token_id=[2, 3]),
+        rope_theta=500000.0, rope_scaling=LLAMA3_1, tie_word_embeddings=False, head_dim=32,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=131072, hidden_size=64,
+        eos_token_id=[2, 3]),
 }
 
 
@@ -87,8 +93,8 @@ def test_we_read_what_transformers_reads(name):
         theta, scaling = theirs.rope_theta, theirs.rope_scaling
     assert (ours.rope_theta, ours.rope_scaling) == (theta, scaling)
     for key in ["head_dim", "num_key_value_heads", "num_attention_heads", "hidden_size", "intermediate_size",
-                "num_hidden_layers", "vocab_size", "max_position_embeddings", "rms_norm_eps", "tie_word_embeddings",
-                "bos_token_id", "eos_token_id"]:
+                "num_hidden_layers", "vocab_size", "max_position_embeddings", "rms_norm_eps",
+                "tie_word_embeddings", "bos_token_id", "eos_token_id"]:
         assert getattr(ours, key) == getattr(theirs, key), key
 
 
@@ -147,7 +153,8 @@ def test_rope_parameters_we_would_not_apply_are_refused():
 
 def test_unknown_key_is_refused_even_when_null():
     # A key nobody listed might be a new feature switched off or on: it is never guessed at.
-    refused({**fixture("TinyLlama--TinyLlama-1.1B-Chat-v1.0.json"), "qk_norm": None}, "qk_norm", "not implemented")
+    refused({**fixture("TinyLlama--TinyLlama-1.1B-Chat-v1.0.json"), "qk_norm": None}, "qk_norm",
+            "not implemented")
 
 
 # Keys real checkpoints carry that do not change the computation.
@@ -159,7 +166,8 @@ METADATA = {
     "torch_dtype": "bfloat16", "dtype": "bfloat16", "transformers_version": "4.45.0", "use_cache": False,
     "pretraining_tp": 1, "attention_dropout": 0, "sliding_window": None, "use_sliding_window": False,
     "rope_interleaved": False, "is_llama_config": True, "tokenizer_class": "PreTrainedTokenizerFast",
-    "temperature": 0.6, "top_p": 0.9, "max_length": 4096, "output_attentions": False, "id2label": {"0": "LABEL_0"},
+    "temperature": 0.6, "top_p": 0.9, "max_length": 4096, "output_attentions": False,
+    "id2label": {"0": "LABEL_0"},
     "transformers.js_config": {"dtype": "q4"},
 }
 
@@ -176,7 +184,7 @@ def test_round_trip_is_exact(name):
     config = LlamaConfig.from_hf_dict(fixture(name))
     written = json.loads(json.dumps(config.to_hf_dict()))  # as it goes through a config.json
     assert LlamaConfig.from_hf_dict(written) == config
-    assert "rope_theta" in written and "rope_scaling" in written  # the spelling transformers 4 and 5 both read
+    assert "rope_theta" in written and "rope_scaling" in written  # as transformers 4 and 5 both read it
 
 
 @pytest.mark.parametrize("preset", ["llama3_8b", "llama3_2_1b", "tiny"])
@@ -194,7 +202,8 @@ def test_transformers_reads_what_we_write():
 
 
 def test_checkpoint_with_hub_metadata_loads(tmp_path):
-    """What `evaluate.py --ckpt DIR` does first: a checkpoint whose config.json has a real config's metadata."""
+    """What `evaluate.py --ckpt DIR` does first: a checkpoint whose config.json has a real config's
+    metadata."""
     model = Llama(LlamaConfig.tiny(vocab_size=128, bos_token_id=1, eos_token_id=[2, 3])).eval()
     model.save_pretrained(tmp_path)
     path = tmp_path / "config.json"

@@ -1,5 +1,5 @@
-"""hf_checkpoint.py's writer: a directory that held another layout keeps no stale shard or index, weight files get
-the mode every other file gets, and a failed write leaves no temporary behind."""
+"""hf_checkpoint.py's writer: a directory that held another layout keeps no stale shard or index, weight files
+get the mode every other file gets, and a failed write leaves no temporary behind."""
 import json
 import os
 
@@ -28,12 +28,14 @@ def test_a_new_layout_replaces_a_stale_one_in_both_directions(tmp_path):
     hf_checkpoint.save_safetensors(old, tmp_path, max_shard_bytes=40_000)  # and back to shards
     files = sorted(os.listdir(tmp_path))
     assert "model.safetensors" not in files and "model.safetensors.index.json" in files and len(files) == 4
-    assert set(json.load(open(tmp_path / "model.safetensors.index.json"))["weight_map"].values()) == set(files[:-1])
+    index = json.load(open(tmp_path / "model.safetensors.index.json"))
+    assert set(index["weight_map"].values()) == set(files[:-1])
     assert equal(hf_checkpoint.read_safetensors(str(tmp_path)), old)
 
 
 def test_weights_get_the_mode_of_the_other_files(tmp_path):
-    """safetensors creates its files 0600; a colleague must be able to read a shared checkpoint (umask 022)."""
+    """safetensors creates its files 0600; a colleague must be able to read a shared checkpoint (umask
+    022)."""
     old = os.umask(0o022)
     try:
         hf_checkpoint.save_safetensors(state(0, 2), tmp_path)

@@ -1,8 +1,8 @@
 """Sequence parallelism (seqpar.py) against one process: real gloo groups of 4 and 2 CPU processes.
 
-The multi-process work is in tests/seqpar_worker.py; three launches (4 processes: attention and full-model identities
-in float64; 2 processes with sp = 2 and 1 process with sp = 1: training steps in fp32) start together once per
-session, and each test reads what it needs from their results.
+The multi-process work is in tests/seqpar_worker.py; three launches (4 processes: attention and full-model
+identities in float64; 2 processes with sp = 2 and 1 process with sp = 1: training steps in fp32) start
+together once per session, and each test reads what it needs from their results.
 """
 import json
 import os
@@ -23,8 +23,8 @@ WORKER = os.path.join(ROOT, "tests", "seqpar_worker.py")
 
 def launch(nproc, mode, out):
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    prefix = [sys.executable] if nproc == 1 else [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                                                  f"--nproc_per_node={nproc}"]
+    prefix = [sys.executable] if nproc == 1 else [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
     return subprocess.Popen(prefix + [WORKER, mode, str(out)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
 
@@ -131,7 +131,8 @@ def test_training_steps_with_sp2_equal_sp1(runs):
 def test_split_pads_and_keeps_global_documents_and_positions():
     ids = torch.arange(10, 20)
     labels = torch.cat([ids[1:], torch.tensor([-100])])
-    batch = SimpleNamespace(input_ids=ids, labels=labels, cu_seqlens=torch.tensor([0, 3, 9, 10], dtype=torch.int32))
+    cu = torch.tensor([0, 3, 9, 10], dtype=torch.int32)
+    batch = SimpleNamespace(input_ids=ids, labels=labels, cu_seqlens=cu)
     parts = [seqpar.split_batch(batch, 4, r) for r in range(4)]  # 10 tokens: padded to 12
     assert all(len(p.input_ids) == 3 for p in parts)
     assert torch.cat([p.input_ids for p in parts]).tolist() == list(range(10, 20)) + [0, 0]
@@ -145,7 +146,8 @@ def test_split_pads_and_keeps_global_documents_and_positions():
     even = seqpar.split_batch(batch, 2, 1)  # 10 tokens split in two: no padding, boundaries unchanged
     assert even.input_ids.tolist() == list(range(15, 20)) and even.cu_seqlens.tolist() == [0, 3, 9, 10]
     with pytest.raises(ValueError, match="cu_seqlens from 0 to 10"):
-        seqpar.split_batch(SimpleNamespace(input_ids=ids, labels=labels, cu_seqlens=torch.tensor([0, 9])), 2, 0)
+        cut_short = SimpleNamespace(input_ids=ids, labels=labels, cu_seqlens=torch.tensor([0, 9]))
+        seqpar.split_batch(cut_short, 2, 0)
 
 
 # ------------------------------------------------------------------------------------------------ errors

@@ -1,5 +1,5 @@
-"""settings.py: config files that compose by name from any directory, and every setting checked against its rule
-before any work, one line naming it."""
+"""settings.py: config files that compose by name from any directory, and every setting checked against its
+rule before any work, one line naming it."""
 import glob
 import os
 
@@ -20,7 +20,7 @@ def write(path, text):
     return str(path)
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------
 # composing config files
 
 
@@ -49,7 +49,8 @@ def test_every_config_loads_the_same_from_another_directory(tmp_path, monkeypatc
 
 @pytest.mark.parametrize("text,included,message", [
     ('include("missing.py")\n', None, "top.py line 1: config file {d}/missing.py not found"),
-    ('lr = 1e-3\ninclude("loop.py")\n', 'include("top.py")\n', "loop.py line 1: include cycle: {d}/top.py -> {d}/loop.py -> {d}/top.py"),
+    ('lr = 1e-3\ninclude("loop.py")\n', 'include("top.py")\n',
+     "loop.py line 1: include cycle: {d}/top.py -> {d}/loop.py -> {d}/top.py"),
     ('include("bad.py")\n', "lr = = 1\n", "bad.py line 1: invalid syntax"),
     ('include("bad.py")\n', "x = 1\nlr = undefined_name\n", "bad.py line 2: NameError"),
 ])
@@ -62,7 +63,7 @@ def test_include_errors_name_the_file_and_line(tmp_path, text, included, message
     assert message.format(d=tmp_path) in str(info.value) and "\n" not in str(info.value)
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------
 # the rules
 
 
@@ -74,8 +75,8 @@ def test_every_setting_has_exactly_one_rule_and_the_defaults_keep_them():
         assert callable(getattr(LlamaConfig, name)), name
 
 
-NUMERIC = [k for k, v in train.DEFAULTS.items() if isinstance(v, (int, float)) and not isinstance(v, bool)] + [
-    "rope_theta", "peak_flops"]  # None by default: the checkpoint's RoPE base, the table's peak
+NUMERIC = [k for k, v in train.DEFAULTS.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+NUMERIC += ["rope_theta", "peak_flops"]  # None by default: the checkpoint's RoPE base, the table's peak
 ZERO_OK = {"seed", "eval_interval", "checkpoint_interval", "keep_checkpoints", "min_lr", "warmup_fraction",
            "weight_decay", "beta1", "beta2"}  # 0 means something for these (README: Training)
 
@@ -99,7 +100,8 @@ def refusal(argv, world=1):
 
 
 def test_every_numeric_setting_refuses_zero_minus_one_and_wrong_types(good):
-    """Through the command line's parser: 0, -1, a string, a bool, an infinity; one line naming the setting."""
+    """Through the command line's parser: 0, -1, a string, a bool, an infinity; one line naming the
+    setting."""
     assert refusal([good]) is None
     tried = 0
     for key in NUMERIC:

@@ -6,7 +6,8 @@ from model import LlamaConfig
 
 
 def test_peak_flops_table(monkeypatch):
-    """PCIe and NVL parts get their own peaks; fp32 is not divided by the bf16 peak; an unknown GPU gets none."""
+    """PCIe and NVL parts get their own peaks; fp32 is not divided by the bf16 peak; an unknown GPU gets
+    none."""
     cuda = torch.device("cuda", 0)
     monkeypatch.setattr(torch, "get_float32_matmul_precision", lambda: "highest")
     for name, dtype, expected in (("NVIDIA H100 80GB HBM3", torch.bfloat16, 989e12),
@@ -25,8 +26,8 @@ def test_peak_flops_table(monkeypatch):
 
 
 def test_step_flops_count_matmuls_per_token_and_attention_per_document_square():
-    """6 FLOPs per parameter per token for the matmuls, and causal attention growing with each document's square:
-    one 64-token document costs the matmuls of 64 tokens plus 6 x head_dim x heads x layers x 64^2."""
+    """6 FLOPs per parameter per token for the matmuls, and causal attention growing with each document's
+    square: one 64-token document costs the matmuls of 64 tokens plus 6 x head_dim x heads x layers x 64^2."""
     c = LlamaConfig.tiny(vocab_size=1000)
     params = sum(p.numel() for n, p in __import__("model").Llama(c).named_parameters()
                  if "embed" not in n and "norm" not in n)  # the head counts, the lookup and the norms do not

@@ -29,9 +29,11 @@ def run(args, nproc=1, check=True, **kwargs):
     """train.py (or a worker) as a real process: torchrun when nproc > 1."""
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] \
         if nproc > 1 else [sys.executable]
-    proc = subprocess.run(launcher + args, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600, **kwargs)
+    proc = subprocess.run(launcher + args, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600,
+                          **kwargs)
     if check and proc.returncode != 0:
-        raise AssertionError(f"{args} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+        raise AssertionError(f"{args} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n"
+                             f"{proc.stderr[-3000:]}")
     return proc
 
 
@@ -39,7 +41,8 @@ def run(args, nproc=1, check=True, **kwargs):
 def domains(tmp_path_factory):
     """Real text tokenised with the real Llama-3 tokenizer: stdlib modules for training, others held out."""
     root = tmp_path_factory.mktemp("domains")
-    files = sorted(glob.glob(os.path.join(STDLIB, "json", "*.py")) + glob.glob(os.path.join(STDLIB, "email", "*.py")))
+    files = sorted(glob.glob(os.path.join(STDLIB, "json", "*.py"))
+                   + glob.glob(os.path.join(STDLIB, "email", "*.py")))
     held_out = sorted(glob.glob(os.path.join(STDLIB, "http", "*.py")))
     for name, paths in (("code", files), ("val", held_out)):
         docs = [(p, [open(p, encoding="utf-8").read()]) for p in paths]
@@ -51,8 +54,8 @@ def tiny_config(tmp_path, domains, **overrides):
     settings = dict(out_dir=str(tmp_path / "run"), data_root=str(domains),
                     mixture=[{"path": "code", "proportion": 0.7, "length": 128, "mode": "chunk"},
                              {"path": "code", "proportion": 0.3, "length": 64, "mode": "pack"}],
-                    seq_len=128, tokens_per_step=256, max_steps=10, lr=3e-3, min_lr=3e-4, compute_dtype="float32",
-                    model_overrides={"num_hidden_layers": 1})
+                    seq_len=128, tokens_per_step=256, max_steps=10, lr=3e-3, min_lr=3e-4,
+                    compute_dtype="float32", model_overrides={"num_hidden_layers": 1})
     settings.update(overrides)
     os.makedirs(tmp_path, exist_ok=True)
     path = tmp_path / "config.py"
@@ -64,7 +67,7 @@ def metrics(run_dir):
     return [json.loads(line) for line in open(os.path.join(run_dir, "metrics.jsonl"))]
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------
 
 
 @pytest.mark.slow
@@ -95,9 +98,9 @@ def test_loss_and_gradients_are_exact_for_any_world_size(tmp_path):
 
 
 def kill_tree(pid):
-    """SIGKILL a process and all its descendants, and wait until they are gone. torchrun starts every worker in a
-    session of its own (torch/distributed/elastic/multiprocessing/subprocess_handler), so killing the launcher's
-    process group leaves the workers training on, racing the run that resumes."""
+    """SIGKILL a process and all its descendants, and wait until they are gone. torchrun starts every worker
+    in a session of its own (torch/distributed/elastic/multiprocessing/subprocess_handler), so killing the
+    launcher's process group leaves the workers training on, racing the run that resumes."""
     parent_of = {}
     for entry in filter(str.isdigit, os.listdir("/proc")):
         try:
@@ -145,7 +148,7 @@ def test_resume_after_sigkill_is_exact(tmp_path, domains):
     run(["train.py", interrupted, "--resume=True"], nproc=2)
 
     a, b = metrics(tmp_path / "a" / "run"), metrics(run_b)
-    assert [m["step"] for m in b if "loss" in m] == list(range(1, 11))  # the killed run's extra lines are gone
+    assert [m["step"] for m in b if "loss" in m] == list(range(1, 11))  # the killed run's extra lines went
     assert [m["loss"] for m in a if "loss" in m] == [m["loss"] for m in b if "loss" in m]
     final_a = Llama.from_pretrained(str(tmp_path / "a" / "run" / "step_0000010")).state_dict()
     final_b = Llama.from_pretrained(str(run_b / "step_0000010")).state_dict()
@@ -188,23 +191,25 @@ def test_kill_while_saving_keeps_the_previous_checkpoint(tmp_path, domains):
 
 @pytest.mark.slow
 def test_training_lowers_held_out_loss(tmp_path, domains):
-    config = tiny_config(tmp_path, domains, max_steps=20, lr=5e-3, min_lr=5e-4, eval_interval=10, val_sequences=4,
-                         tokens_per_step=512,
+    config = tiny_config(tmp_path, domains, max_steps=20, lr=5e-3, min_lr=5e-4, eval_interval=10,
+                         val_sequences=4, tokens_per_step=512,
                          val_mixture=[{"path": "val", "proportion": 1.0, "length": 128, "mode": "pack"}])
     proc = run(["train.py", config])
     val = [m["val_loss"] for m in metrics(tmp_path / "run") if "val_loss" in m]
     assert len(val) == 3 and "ETA" in proc.stdout and "MFU" in proc.stdout
-    assert val[0] > 11 and val[0] > val[1] > val[2] and val[2] < val[0] - 1.5, val  # from ~ln(128256), on unseen text
+    # from ~ln(128256), on unseen text
+    assert val[0] > 11 and val[0] > val[1] > val[2] and val[2] < val[0] - 1.5, val
     saved = tmp_path / "run" / "step_0000020"
-    assert data.load_tokenizer(str(saved)).sha256 == data.LLAMA3_SHA256  # the checkpoint carries its tokenizer
+    assert data.load_tokenizer(str(saved)).sha256 == data.LLAMA3_SHA256  # the checkpoint has its tokenizer
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------
 # the recipe configs
 
 
 def recipe_domains(root, config):
-    """Each domain the recipe names, as a copy of one small real domain: the names and structure are the recipe's."""
+    """Each domain the recipe names, as a copy of one small real domain: the names and structure are the
+    recipe's."""
     cfg = train.load_config([config])
     source = None
     for comp in cfg["mixture"]:
@@ -219,8 +224,8 @@ def recipe_domains(root, config):
     return cfg
 
 
-@pytest.mark.parametrize("name,seq_len,tokens,steps,theta,sp", [("prolong_64k", 65536, 4 * 2**20, 5000, 8e6, 1),
-                                                                  ("prolong_512k", 524288, 8 * 2**20, 2500, 1.28e8, 8)])
+@pytest.mark.parametrize("name,seq_len,tokens,steps,theta,sp", [
+    ("prolong_64k", 65536, 4 * 2**20, 5000, 8e6, 1), ("prolong_512k", 524288, 8 * 2**20, 2500, 1.28e8, 8)])
 def test_recipe_configs_validate(tmp_path, name, seq_len, tokens, steps, theta, sp):
     config = os.path.join(ROOT, "configs", f"{name}.py")
     cfg = recipe_domains(tmp_path, config)
@@ -246,14 +251,16 @@ init_from, load_optimizer, model, model_overrides = None, False, "tiny", {{"num_
 seq_len //= {scale}
 mixture = [dict(c, length=c["length"] // {scale}) for c in mixture]
 tokens_per_step //= {scale} * {fewer}
-data_root, out_dir, max_steps, compute_dtype, sp_size, hf_weights = {root!r}, {out!r}, 1, "float32", {sp}, False
+data_root, out_dir, max_steps, compute_dtype = {root!r}, {out!r}, 1, "float32"
+sp_size, hf_weights = {sp}, False
 """
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name,scale,fewer,sp", [("prolong_64k", 512, 8, 1), ("prolong_512k", 512, 8, 2)])
 def test_recipe_config_dry_run(tmp_path, name, scale, fewer, sp):
-    """The 512K stage runs with real sequence parallelism: 2 processes in one Ulysses group (8 in the recipe)."""
+    """The 512K stage runs with real sequence parallelism: 2 processes in one Ulysses group (8 in the
+    recipe)."""
     config = os.path.join(ROOT, "configs", f"{name}.py")
     recipe_domains(tmp_path, config)
     dry = tmp_path / "dry.py"
@@ -261,10 +268,11 @@ def test_recipe_config_dry_run(tmp_path, name, scale, fewer, sp):
                                   out=str(tmp_path / "run"), sp=sp))
     proc = run(["train.py", str(dry), "--allow_repeat=True"], nproc=sp)
     assert f"(dp 1 x sp {sp})" in proc.stdout
-    assert "step      1/1" in proc.stdout and os.path.exists(tmp_path / "run" / "step_0000001" / "train_state.json")
+    assert "step      1/1" in proc.stdout
+    assert os.path.exists(tmp_path / "run" / "step_0000001" / "train_state.json")
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------
 # configuration errors: one clear line, before any work, nothing written
 
 
@@ -274,7 +282,8 @@ def test_bad_settings_are_caught_before_any_work(tmp_path, domains):
              (["--max_step=5"], "did you mean 'max_steps'"),
              (["--max_steps=ten"], "must be int"),
              (["--tokens_per_step=300"], "not a multiple of seq_len"),
-             (["--mixture=[{'path': 'code', 'proportion': 0.5, 'length': 128, 'mode': 'chunk'}]"], "sum to 0.5"),
+             (["--mixture=[{'path': 'code', 'proportion': 0.5, 'length': 128, 'mode': 'chunk'}]"],
+              "sum to 0.5"),
              (["--data_root=/nonexistent"], "not found"),
              (["--sp_size=3"], "sp_size 3 does not divide")]
     for overrides, message in cases:
@@ -295,7 +304,8 @@ def test_bad_settings_through_the_command_line(tmp_path, domains):
     (tmp_path / "afile").write_text("x")
     for override, word in (("--lr=-1", "'lr'"), ("--seq_len=0", "'seq_len'"), ("--sp_size=0", "'sp_size'"),
                            ("--micro_batch_sequences=0", "'micro_batch_sequences'"),
-                           ("--log_interval=0", "'log_interval'"), ("--tokens_per_step=0", "'tokens_per_step'"),
+                           ("--log_interval=0", "'log_interval'"),
+                           ("--tokens_per_step=0", "'tokens_per_step'"),
                            ("--min_lr=-5.0", "'min_lr'"), ("--compute_dtype=float33", "'compute_dtype'"),
                            (f"--out_dir={tmp_path / 'afile'}", "is a file"), ("--out_dir=", "'out_dir'")):
         proc = run(["train.py", good, override], check=False)
@@ -307,12 +317,12 @@ def test_bad_settings_through_the_command_line(tmp_path, domains):
 
 @pytest.mark.slow
 def test_ctrl_c_at_any_moment_of_the_start_is_one_line_and_130(tmp_path, domains):
-    """While torch imports, the process group starts, the data opens or the model builds: never a traceback, an
-    ImportError, or an interrupt swallowed into a finished run."""
+    """While torch imports, the process group starts, the data opens or the model builds: never a traceback,
+    an ImportError, or an interrupt swallowed into a finished run."""
     config = tiny_config(tmp_path, domains, max_steps=50)
     for delay in (0.3, 0.8, 1.5, 2.5, 4.0):
-        proc = subprocess.Popen([sys.executable, "train.py", config], cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen([sys.executable, "train.py", config], cwd=ROOT, env=ENV,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         time.sleep(delay)
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=120)
@@ -338,14 +348,14 @@ def test_learning_rate_schedule():
     assert lrs[0] == pytest.approx(1e-6) and lrs[4] == pytest.approx(5e-6) and lrs[9] == pytest.approx(1e-5)
     assert lrs[10] == pytest.approx(1e-5)  # decay starts after the 10 warmup steps
     # progress 1/4, 1/2, 3/4 and 1 of the decay: min + (max - min) (1 + cos(pi p)) / 2
-    for step, expected in ((35, 1e-6 + 9e-6 * (1 + 2 ** -0.5) / 2), (60, 5.5e-6), (85, 1e-6 + 9e-6 * (1 - 2 ** -0.5) / 2),
-                           (110, 1e-6)):
+    for step, expected in ((35, 1e-6 + 9e-6 * (1 + 2 ** -0.5) / 2), (60, 5.5e-6),
+                           (85, 1e-6 + 9e-6 * (1 - 2 ** -0.5) / 2), (110, 1e-6)):
         assert lrs[step] == pytest.approx(expected, rel=1e-12), step
 
 
 def test_train_step_clips_and_decays_only_matrices():
-    """Two optimizer steps against AdamW written out by hand in float64: the gradient is clipped to grad_clip by its
-    global norm, and weight decay touches matrices but not the RMSNorm weights."""
+    """Two optimizer steps against AdamW written out by hand in float64: the gradient is clipped to grad_clip
+    by its global norm, and weight decay touches matrices but not the RMSNorm weights."""
     import torch.distributed as dist
     from tests.train_worker import VOCAB, global_batch
     started = not dist.is_initialized()
@@ -372,10 +382,10 @@ def test_train_step_clips_and_decays_only_matrices():
             grads = dict(zip(ref, torch.autograd.grad(loss, list(shadow.parameters()))))
             norm = torch.sqrt(sum((g ** 2).sum() for g in grads.values()))
             scale = min(1.0, grad_clip / (norm.item() + 1e-6))
-            got_loss, got_norm = train.train_step(model, optimizer, train.micro_batches(batch, 1), torch.device("cpu"),
-                                                  grad_clip)
-            assert got_loss == pytest.approx(loss.item(), rel=1e-12) and got_norm == pytest.approx(norm.item(),
-                                                                                                   rel=1e-10)
+            got_loss, got_norm = train.train_step(model, optimizer, train.micro_batches(batch, 1),
+                                                  torch.device("cpu"), grad_clip)
+            assert got_loss == pytest.approx(loss.item(), rel=1e-12)
+            assert got_norm == pytest.approx(norm.item(), rel=1e-10)
             for n, p in ref.items():
                 g = grads[n] * scale
                 m[n] = 0.9 * m[n] + 0.1 * g

@@ -1,4 +1,5 @@
-"""Launched by tests/test_train.py under torchrun: one step's loss and full gradients for a fixed global batch.
+"""Launched by tests/test_train.py under torchrun: one step's loss and full gradients for a fixed global
+batch.
 
 usage: torchrun --nproc_per_node N tests/train_worker.py OUT.pt
 Rank r of N takes sequences [r * 4/N, (r+1) * 4/N) of the same four-sequence global batch and accumulates over
