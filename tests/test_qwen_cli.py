@@ -147,3 +147,20 @@ def test_evaluate_on_qwen_starts_without_bos_and_stops_at_its_end_tokens(tmp_pat
     docs = evaluate.read_documents(str(text), tok, 3, 64)
     assert evaluate.bos_ids(tok) == [] and [len(d) for d in docs] == [64, 64, 64]
     assert docs[0].tolist() == tok.encode(text.read_text())[:64]  # the text itself, no BOS first
+
+
+@pytest.mark.slow
+def test_sequence_parallel_loss_and_gradients_equal_one_process(tmp_path):
+    """Ulysses (sp 4, and dp 2 x sp 2) on 4 processes in float64 against one unsharded model: the biases, the q/k
+    norms and a head_dim of its own go through the exchange exactly."""
+    out = tmp_path / "qwen_seqpar.json"
+    run([os.path.join("tests", "qwen_seqpar_worker.py"), out], nproc=4)
+    result = json.loads(out.read_text())
+    extra = {"qwen2": "q_proj.bias", "qwen3": "q_norm.weight"}
+    for family, runs in result.items():
+        assert [(r["dp"], r["sp"]) for r in runs] == [(1, 4), (2, 2)]
+        for r in runs:
+            assert r["ulysses"] == r["sp"] and abs(r["loss"] - r["ref_loss"]) <= 1e-10, (family, r)
+            assert any(name.endswith(extra[family]) for name in r["max_grad_err"]), family
+            for name, err in r["max_grad_err"].items():
+                assert r["ref_grad_max"][name] > 0 and err <= 1e-10, (family, r["dp"], r["sp"], name, err)
