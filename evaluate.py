@@ -45,11 +45,9 @@ def load_checkpoint(ckpt, tokenizer=None, device="cpu", dtype=torch.float32):
     read_json(os.path.join(path, "config.json"), dict)  # a JSONDecodeError from model.py would not name the file
     model = Llama.from_pretrained(path, dtype=dtype, device=device).eval()  # after the tokenizer: fail fast
     gen_config = os.path.join(path, "generation_config.json")
-    if os.path.exists(gen_config):  # HELMET stops at the generation config's eos ids (e.g. Instruct's eot, eom)
-        extra = read_json(gen_config, dict).get("eos_token_id") or []
-        ours = model.config.eos_token_id
-        model.config.eos_token_id = sorted({*(ours if isinstance(ours, list) else [ours]),
-                                            *(extra if isinstance(extra, list) else [extra])} - {None})
+    if os.path.exists(gen_config):  # HELMET stops at model.generation_config.eos_token_id: transformers reads it
+        # from generation_config.json when there is one (Instruct's lists eot and eom), else from config.json
+        model.config.eos_token_id = read_json(gen_config, dict).get("eos_token_id") or model.config.eos_token_id
     if tok.n_vocab > model.config.vocab_size:
         raise UserError(f"tokenizer has {tok.n_vocab} tokens but the model's vocabulary is "
                         f"{model.config.vocab_size}: pass the checkpoint's own tokenizer with --tokenizer")
@@ -60,8 +58,9 @@ def load_checkpoint(ckpt, tokenizer=None, device="cpu", dtype=torch.float32):
 
 
 def stop_tokens(tok, model, newline):
+    """HELMET's stop set: the model's eos ids and nothing else (a base model does not stop at <|eot_id|>)."""
     eos = model.config.eos_token_id
-    stops = {tok.eos_id, tok.eot_id} | set(eos if isinstance(eos, (list, tuple)) else [eos])
+    stops = set(eos if isinstance(eos, (list, tuple)) else [eos]) - {None} or {tok.eos_id}
     if newline:  # HELMET's stop_newline: the tokens that are exactly "\n" and "\n\n"
         stops |= {ids[0] for ids in (tok.encode("\n"), tok.encode("\n\n")) if len(ids) == 1}
     return tuple(sorted(s for s in stops if s is not None))

@@ -233,7 +233,8 @@ def fit_context(task, fields, tok, budget, chat=False):
             raise UserError(f"{task.name}: the prompt without its context is {len(ids) - len(ctx)} tokens, over the "
                             f"{budget} tokens left after generation")
         kept = tok.decode(ctx[:len(ctx) - excess])
-        # the kept tokens' text is the context's prefix, except where a cut splits a multi-byte character
-        fields = dict(fields, context=context[:len(kept)] if context.startswith(kept) else kept)
+        # the kept tokens' text is the context's prefix, except where the first dropped token starts inside a
+        # multi-byte character: its start offset is that character's start, so HELMET's cut drops the character
+        fields = dict(fields, context=context[:len(os.path.commonprefix([kept, context]))])
         ids = encode_prompt(task, fields, tok, chat)
     return ids, fields

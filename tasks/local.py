@@ -24,8 +24,10 @@ import hashlib
 import json
 import os
 
+import numpy as np
+
 from common import UserError, log
-from tasks.common import Task, sha_seed, shuffle_order
+from tasks.common import Task, shuffle_order
 
 LAYOUT = {
     "trec": "DIR/icl/trec/{train,test}.jsonl|.parquet with text, coarse_label, fine_label (HF CogComp/trec)",
@@ -107,9 +109,23 @@ def keypoints(data_dir, rel, field, task):
     return {str(d["id"]): d[field] for d in Jsonl(path)}
 
 
-def train_demos(pool, rec_id, seed, shots):
-    """NarrativeQA / Multi-LexSum demos: `pool` shuffled with the sample's own seed (HELMET's shuffle is unseeded)."""
-    return [pool[j] for j in shuffle_order(len(pool), sha_seed(str(rec_id), seed))[:shots]]
+def unseeded_shuffle_seeds(seed, count):
+    """The seeds of HELMET's first `count` unseeded `Dataset.shuffle()` calls, in order. datasets takes the seed from
+    numpy's global Mersenne state (the word at its position, the first word when the position is 624, as right after
+    seeding) and steps it by one np.random.random(); HELMET's state is np.random.seed(seed), which
+    transformers.set_seed(seed) runs when the model loads, before any task. Replayed on a private RandomState."""
+    state, seeds = np.random.RandomState(seed), []
+    for _ in range(count):
+        _, key, pos, *_ = state.get_state()
+        seeds.append(int(key[pos] if pos < 624 else key[0]))
+        state.random_sample()
+    return seeds
+
+
+def train_demos(pool, shuffle_seed, shots):
+    """NarrativeQA / Multi-LexSum demos: the first `shots` of `pool` after an unseeded train.shuffle() that drew
+    `shuffle_seed` (unseeded_shuffle_seeds)."""
+    return [pool[j] for j in shuffle_order(len(pool), shuffle_seed)[:shots]]
 
 
 class Lengths:
@@ -136,7 +152,9 @@ class Lengths:
             return text
         cut = self.tok.decode(ids[:max(0, max_length - 1 - len(self.ids(OMITTED)))])
         if not text.startswith(cut):  # a token ends inside a character, or the decoder drops a leading space
-            cut = os.path.commonprefix([cut, text])
+            kept = os.path.commonprefix([cut, text])
+            # a last token ending inside a character: its end offset is that character's end, which HELMET keeps
+            cut = text[:len(kept) + 1] if cut.endswith("\ufffd") and len(cut) > len(kept) else kept
         return text[:len(cut)] + OMITTED
 
 

@@ -6,14 +6,16 @@ shuffles with `seed`, takes the first `samples`, and cuts each document to lengt
 ... [the rest of the text is omitted]". NarrativeQA is judged by GPT-4o (tasks/judge.py); InfBench QA scores
 ROUGE-L F1 and choice exact match, each the better of the raw and the parsed output (HELMET's post-processing).
 Kept from HELMET on purpose: in choice, normalize_answer("A") is "" (the article goes), so an output that
-normalises to "" exactly matches the gold letter A. Deviation: NarrativeQA's demos come from an unseeded shuffle in
-HELMET; here train is shuffled with the sample's own seed, (int(sha256(str(id))) + seed) % 2**31.
+normalises to "" exactly matches the gold letter A. NarrativeQA's demos come from HELMET's unseeded
+train.shuffle(), one per filtered test row, replayed from numpy's global state after set_seed(seed)
+(tasks/local.py's unseeded_shuffle_seeds).
 """
 import os
 
 from tasks import judge
 from tasks.common import best, calculate_metrics, parse_output, shuffle_order
-from tasks.local import LAYOUT, MIN_TOKENS, Jsonl, document_task, keypoints, rows, split_path, train_demos
+from tasks.local import (LAYOUT, MIN_TOKENS, Jsonl, document_task, keypoints, rows, split_path, train_demos,
+                         unseeded_shuffle_seeds)
 
 NARRATIVEQA = ("You are given a story, which can be either a novel or a movie script, and a question. Answer the "
                "question as concisely as you can, using a single phrase if possible.\n\n{demo}{context}\n\n"
@@ -35,8 +37,9 @@ def narrativeqa_files(data_dir):
 def narrativeqa_records(run, shots, keep, count):
     train_path, test_path = narrativeqa_files(run.data_dir)
     test = rows(test_path)
-    pool = None
-    out = []
+    pool, out = None, []
+    # HELMET's demo map draws one unseeded train.shuffle() per row of the filtered, shuffled test set, in order
+    seeds = unseeded_shuffle_seeds(run.seed, len(test) if run.samples is None else run.samples) if shots else []
     for i in shuffle_order(len(test), run.seed):
         if run.samples is not None and len(out) >= run.samples:
             break
@@ -48,7 +51,7 @@ def narrativeqa_records(run, shots, keep, count):
         if shots:
             if pool is None:
                 pool = rows(train_path, ["question", "answers"])
-            demos = train_demos(pool, i, run.seed, shots)
+            demos = train_demos(pool, seeds[len(out)], shots)
             demo = "For example:\n\n" + "\n\n".join(f"Question: {d['question']['text']}\nAnswer: "
                                                       f"{d['answers'][0]['text']}" for d in demos) + \
                 "\n\nNow, use the following story to answer the question:\n\n"

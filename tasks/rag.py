@@ -144,6 +144,12 @@ def ndcg_at_k(results, qrels, k=10):
     return dcg / idcg if idcg > 0 else 0.0
 
 
+def rerank_score(output, qrels):
+    """HELMET's NDCG@10 of a sample: calculate_retrieval_metrics runs on one query at a time and rounds its mean,
+    that one value, to 5 decimals (utils.py)."""
+    return round(ndcg_at_k(parse_rankings(output), qrels, k=10), 5)
+
+
 def fields(rec):
     return {"context": rec["context"], "question": rec["question"], "demos": rec.get("demos", "")}
 
@@ -164,4 +170,4 @@ kilt_hotpotqa = kilt("kilt_hotpotqa", "hotpotqa-dev-multikilt_1000_k{k}_dep3", "
 kilt_popqa = kilt("kilt_popqa_3", "popqa_test_1000_k{k}_dep6", "popqa_test_1000_k3_dep6")
 msmarco = file_task("msmarco_rerank_psg", msmarco_select, category="Re-rank", templates=RERANK, gen_len=200,
                     stop_newline=True, metric="NDCG@10", files=msmarco_files, prompt=fields,
-                    score=lambda output, rec: {"NDCG@10": ndcg_at_k(parse_rankings(output), rec["qrels"], k=10)})
+                    score=lambda output, rec: {"NDCG@10": rerank_score(output, rec["qrels"])})

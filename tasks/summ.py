@@ -4,13 +4,14 @@ copies of their datasets (tasks/local.py's layout), with the key points that HEL
 The one idea: the score that counts is the judge's, fluency x the F1 of key-point recall and sentence precision
 (tasks/judge.py); without a judge the runner reports ROUGE-L and leaves the task out of the averages. Multi-LexSum
 keeps validation cases with a short summary and at least 65536 Llama-2 tokens of sources, shuffled with `seed` and
-cut to `samples` only when there are more, and its sources are cut to length - 700 tokens. Deviation: its demos
-come from an unseeded shuffle in HELMET; here train is shuffled with the sample's own seed.
+cut to `samples` only when there are more, and its sources are cut to length - 700 tokens. Its demos come from
+HELMET's unseeded train.shuffle(), replayed from numpy's global state after set_seed(seed) (tasks/local.py).
 """
 from common import UserError
 from tasks import judge
 from tasks.common import shuffle_order
-from tasks.local import LAYOUT, MIN_TOKENS, document_task, keypoints, rows, split_path, train_demos
+from tasks.local import (LAYOUT, MIN_TOKENS, document_task, keypoints, rows, split_path, train_demos,
+                         unseeded_shuffle_seeds)
 from tasks.longqa import infbench_files, infbench_records, post_process
 
 INFBENCH_SUM = ("You are given a book and you are tasked to summarize it. Write a summary of about 1000 to 1200 words. "
@@ -32,22 +33,27 @@ def multi_lexsum_files(data_dir):
 
 def multi_lexsum_records(run, shots, keep, count):
     train_path, val_path = multi_lexsum_files(run.data_dir)
-    val, test = rows(val_path), []
+    val, test, rank = rows(val_path), [], {}
     for i, r in enumerate(val):  # all_data.filter(summary/short is not None), then filter_length on the sources
-        if r["summary/short"] is not None and count("\n\n".join(r["sources"])) >= MIN_TOKENS["multi_lexsum"]:
-            test.append(i)  # the sources are read again for the chosen cases only
+        if r["summary/short"] is not None:
+            rank[i] = len(rank)  # its place among the filtered rows, which HELMET's demo draws follow
+            if count("\n\n".join(r["sources"])) >= MIN_TOKENS["multi_lexsum"]:
+                test.append(i)  # the sources are read again for the chosen cases only
     if run.samples is not None and len(test) > run.samples:
         test = [test[j] for j in shuffle_order(len(test), run.seed)[:run.samples]]
     pool = [r["summary/short"] for r in rows(train_path, ["summary/short"]) if r["summary/short"] is not None] \
         if shots else []
     points, out = keypoints(run.data_dir, *KEYPOINTS["multi_lexsum"], "multi_lexsum"), []
+    # HELMET's demo map runs over the DatasetDict, train first: each train row, then each validation row with a
+    # short summary, draws one unseeded train.shuffle(); validation row i draws number len(train) + its rank
+    seeds = unseeded_shuffle_seeds(run.seed, len(pool) + len(rank)) if shots else []
     for i in test:
         r = val[i]
         rec = {"id": r["id"], "context": count.truncate("\n\n".join(r["sources"]), keep), "question": "", "demo": "",
                "answer": r["summary/short"], "summary/long": r["summary/long"]}  # the judge's expert summary
         if shots:
             rec["demo"] = "Example summaries:\n\n" + "\n\n".join(
-                "Summary: {}".format(d) for d in train_demos(pool, rec["id"], run.seed, shots)) + \
+                "Summary: {}".format(d) for d in train_demos(pool, seeds[len(pool) + rank[i]], shots)) + \
                 "\n\nNow, write a summary of the following legal documents.\n"
         if points is not None and str(rec["id"]) in points:
             rec["keypoints"] = points[str(rec["id"])]

@@ -6,7 +6,7 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from tasks import TASKS  # noqa: E402
+from tasks import TASKS, local  # noqa: E402
 from tests.test_tasks_local import (DATA, SEED, WordTok, completion_prompt, long_enough, read, records,  # noqa: E402
                                     ref_shuffle, sha_seed, small, truncated)  # noqa: F401
 
@@ -22,8 +22,10 @@ def test_multi_lexsum_selection(small):
     recs = records("multi_lexsum", 1100, DATA, 3, SEED, WordTok())
     chosen = [test[j] for j in ref_shuffle(len(test), SEED)[:3]]
     assert [r["id"] for r in recs] == [r["id"] for r in chosen]
+    summarized = [r["id"] for r in val if r["summary/short"] is not None]  # train's draws, then these rows'
+    draws = local.unseeded_shuffle_seeds(SEED, len(pool) + len(summarized))  # = `datasets`': test_helmet_exact.py
     for rec, row in zip(recs, chosen):
-        demos = [pool[j] for j in ref_shuffle(len(pool), sha_seed(row["id"], SEED))[:2]]
+        demos = [pool[j] for j in ref_shuffle(len(pool), draws[len(pool) + summarized.index(row["id"])])[:2]]
         assert rec["demo"] == ("Example summaries:\n\n" + "\n\n".join(f"Summary: {d['summary/short']}" for d in demos)
                                + "\n\nNow, write a summary of the following legal documents.\n")
         assert rec["context"] == truncated("\n\n".join(row["sources"]), 400)
