@@ -394,6 +394,8 @@ def run(args):
     window = model.config.max_position_embeddings
     if lengths is None:
         lengths = default_lengths(window)
+        import memory  # the longest default length's KV cache may not fit beside the weights (512K: 64 GiB)
+        lengths = memory.eval_lengths_that_fit(lengths, model, log)
         log(f"lengths {','.join(map(str, lengths))}: " + (
             f"HELMET's (8192 to 131072, then powers of two) up to the checkpoint's max_position_embeddings {window}"
             if window >= 8192 else "the checkpoint's max_position_embeddings, under HELMET's main 8192")

@@ -244,21 +244,44 @@ def table(rows, info):
     return "\n".join(lines)
 
 
-def check_fits(cfg, world, device, log):
-    """train.py at start-up: log the estimate; stop in one line when it exceeds the GPU's memory."""
+def check_fits(cfg, world, device, log, have=None):
+    """train.py at start-up on a GPU: log the estimate; stop in one line (a UserError) when it exceeds the GPU's
+    memory. An estimate that cannot be made (a shape it cannot tell) is said and does not stop the run."""
     import torch
-    rows, _ = estimate(cfg, world)
+    try:
+        rows, _ = estimate(cfg, world)
+    except Exception as e:  # the estimate is advice: never the reason a run does not start
+        log(f"memory estimate: n/a ({type(e).__name__}: {(str(e).splitlines() or [''])[0][:160]})")
+        return None
     peak = peak_bytes(rows)
-    if device.type != "cuda":
-        log(f"memory estimate: {peak / GiB:.1f} GiB per GPU on a GPU (bench.py memory)")
-        return peak
-    have = torch.cuda.get_device_properties(device).total_memory
+    if have is None:
+        have = torch.cuda.get_device_properties(device).total_memory
     log(f"memory estimate: {peak / GiB:.1f} GiB per GPU of {have / GiB:.1f} GiB (bench.py memory)")
     if peak > have:
         raise UserError(f"the estimated peak of {peak / GiB:.1f} GiB per GPU exceeds this GPU's {have / GiB:.1f} GiB "
                         f"(python bench.py memory CONFIG --gpus N shows the phases): use more GPUs, a larger sp_size "
                         f"or a shorter seq_len")
     return peak
+
+
+def eval_lengths_that_fit(lengths, model, log, free_bytes=None, margin=2 * GiB):
+    """evaluate.py's default lengths, those whose KV cache (one sequence, generation.KVCache) fits in what the GPU
+    has free next to the weights, less `margin` for prefill activations; one line says what was left out. On the
+    CPU all are kept (memory there is the machine's)."""
+    import torch
+    device = model.head_weight.device
+    if free_bytes is None:
+        if device.type != "cuda":
+            return lengths
+        free_bytes = torch.cuda.mem_get_info(device)[0]
+    c = model.config
+    per_token = 2 * c.num_hidden_layers * c.num_key_value_heads * c.head_dim * model.head_weight.element_size()
+    kept = [L for L in lengths if L * per_token <= free_bytes - margin] or sorted(lengths)[:1]
+    if len(kept) < len(lengths):
+        cut = min(L for L in lengths if L not in kept)
+        log(f"lengths from {cut:,} left out: their KV cache needs {cut * per_token / GiB:.1f} GiB and the GPU has "
+            f"{free_bytes / GiB:.1f} GiB free next to the weights; --lengths runs them anyway")
+    return kept
 
 
 def main(argv):
