@@ -24,6 +24,14 @@ says so.
 
     python checkpoint.py export RUN/step_0000500 OUT [--dtype bfloat16]   # HF weights from train_state/
 """
+import signal
+import sys
+
+import common
+
+if __name__ == "__main__":
+    common.exit_on_interrupt()  # Ctrl-C while torch imports: one line and 130, not a traceback
+
 import argparse
 import errno
 import json
@@ -31,7 +39,6 @@ import logging
 import os
 import re
 import shutil
-import sys
 
 import torch
 import torch.distributed as dist
@@ -163,14 +170,20 @@ def save(model, optimizer, out_dir, step, train_state, tokenizer=None, keep=2, h
                               + (f"{previous} is still the latest" if previous else
                                  "no earlier checkpoint exists"))
     if rank == 0:
-        shutil.rmtree(final, ignore_errors=True)  # a stale one from a run that crashed after this step
-        os.replace(tmp, final)
-        atomic_write(os.path.join(out_dir, "latest"), name + "\n")
-        kept = sorted(d for d in os.listdir(out_dir) if STEP_DIR.match(d))
-        for old in kept[:-keep] if keep > 0 else []:
-            shutil.rmtree(os.path.join(out_dir, old))
+        _publish(tmp, final, keep)
     dist.barrier()
     return final
+
+
+def _publish(tmp, final, keep):
+    """The whole checkpoint takes its name, then `latest` names it, then all but the `keep` newest go."""
+    out_dir, name = os.path.split(final)
+    shutil.rmtree(final, ignore_errors=True)  # a stale one from a run that crashed after this step
+    os.replace(tmp, final)
+    atomic_write(os.path.join(out_dir, "latest"), name + "\n")
+    kept = sorted(d for d in os.listdir(out_dir) if STEP_DIR.match(d))
+    for old in kept[:-keep] if keep > 0 else []:
+        shutil.rmtree(os.path.join(out_dir, old))
 
 
 def _write_json(path, obj):
@@ -278,6 +291,8 @@ def read_train_state(path):
               f"{TRAIN_STATE[wrong[0]].__name__}" if wrong else None
         if why is None and not all(isinstance(b, int) and 0 <= b < 256 for b in meta["rng"]):
             why = "'rng' is not a list of bytes (torch.get_rng_state())"
+        if why is None and meta["param_dtype"] not in ("float32", "bfloat16", "float16", "float64"):
+            why = f"'param_dtype' is {meta['param_dtype'][:20]!r}, not a dtype"
     if why:
         raise CheckpointError(f"{file} is damaged: {why}" + _previous_hint(out_dir, name))
     return meta
@@ -398,12 +413,19 @@ def main(argv=None):
     e.add_argument("--dtype", choices=["float32", "bfloat16", "float16", "float64"], default=None,
                    help="default: the master weights' dtype")
     args = p.parse_args(argv)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # imports done: Ctrl-C raises KeyboardInterrupt
     try:
         if not os.path.isdir(args.checkpoint):
             raise CheckpointError(f"no checkpoint directory at {args.checkpoint}")
         out = export(args.checkpoint, args.out, args.dtype)
     except (CheckpointError, ValueError, OSError) as err:
-        sys.exit(f"error: {describe(err) if isinstance(err, OSError) else err}")
+        sys.exit(f"error: {describe(err, args.out) if isinstance(err, OSError) else err}")
+    except KeyboardInterrupt:  # the weights' shards are renamed into place only when all are written
+        common.fail(f"interrupted; no partial weights were left in {args.out}", 130)
+    except Exception as err:  # safetensors' own error type, for a full disk among others
+        if type(err).__module__.split(".")[0] != "safetensors":
+            raise
+        sys.exit(f"error: {describe(err, args.out)}")
     print(f"wrote {out}")
 
 

@@ -1,6 +1,6 @@
 """
-A training run's settings: train.py's DEFAULTS, overridden by config files, overridden by `--key=value`, and
-every check that can be made on them before any model is built or data read.
+A training run's settings: DEFAULTS, overridden by config files, overridden by `--key=value`, and every check
+that can be made on them before any model is built or data read.
 
 A config file is plain Python assignments run with one helper in scope: `include("base.py")` runs another
 config file, named relative to the including file, into the same names, so that an experiment states only what
@@ -69,7 +69,7 @@ DEFAULTS = dict(
     log_interval=1,
     eval_interval=0,  # 0: validate only at the start and the end
     checkpoint_interval=0,  # 0: only at the end
-    keep_checkpoints=2,
+    keep_checkpoints=2,  # the newest checkpoints kept; 0: all
     hf_weights=True,  # also write HF safetensors in every checkpoint (else: python checkpoint.py export)
     hf_dtype=None,  # dtype of those safetensors, e.g. "bfloat16"; None: the master weights' dtype
     resume=False,  # continue from out_dir/latest (from scratch, said in the log, when there is none yet)
@@ -211,11 +211,8 @@ RULES = dict(
     max_steps=COUNT, lr=POSITIVE, min_lr=NONNEGATIVE,
     warmup_fraction=_number(lambda v: 0 <= v <= 1, "a number in [0, 1]"), weight_decay=NONNEGATIVE,
     beta1=BETA, beta2=BETA, grad_clip=POSITIVE, param_dtype=_one_of(*DTYPES), compute_dtype=_one_of(*DTYPES),
-    activation_checkpointing=FLAG,
-    compile=FLAG, sp_size=COUNT, seed=COUNT0, log_interval=COUNT,
-    eval_interval=COUNT0,  # 0: validate only at the start and the end
-    checkpoint_interval=COUNT0,  # 0: only at the end
-    keep_checkpoints=COUNT0,  # 0: keep them all
+    activation_checkpointing=FLAG, compile=FLAG, sp_size=COUNT, seed=COUNT0, log_interval=COUNT,
+    eval_interval=COUNT0, checkpoint_interval=COUNT0, keep_checkpoints=COUNT0,  # 0 means something: DEFAULTS
     hf_weights=FLAG, hf_dtype=_optional(_one_of(*DTYPES)), resume=FLAG, load_optimizer=FLAG,
     peak_flops=_optional(POSITIVE),
 )

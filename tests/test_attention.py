@@ -313,3 +313,28 @@ def test_attention_ops_can_be_swapped_and_restored():
     assert len(calls) == model.config.num_hidden_layers
     model.attention_ops = default
     assert all(layer.self_attn.ops is default for layer in model.model.layers)
+
+
+def test_kernels_are_chosen_once_at_start_up_not_inside_a_forward():
+    """activate() is the one place that changes aten's flash kernels (process-wide); prepare() only checks."""
+    assert attention.activate("cpu") == "sdpa" and attention.activate("cpu", "flex") == "flex"
+    for backend, words in (("fa3", "CUDA"), ("fast", "unknown attention backend")):
+        with pytest.raises(ValueError) as info:
+            attention.activate("cpu", backend)
+        assert words in str(info.value) and "\n" not in str(info.value)
+    assert attention._flash_impl is None  # nothing was routed on a CPU
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="routes aten's flash kernels on a CUDA device")
+def test_fa3_needs_activation_and_varlen_its_undoing():
+    cu, dev = torch.tensor([0, 5, 12], dtype=torch.int32), torch.device("cuda")
+    attention.activate(dev, "varlen")
+    with pytest.raises(ValueError, match="needs attention.activate"):
+        attention.prepare(cu, 12, dev, backend="fa3")
+    assert attention.default_backend(dev) != "fa3"  # never picked while aten runs FA2
+    if attention.unavailable("fa3", dev) is None:
+        attention.activate(dev, "fa3")
+        assert attention.prepare(cu, 12, dev).backend == "fa3"
+        with pytest.raises(ValueError, match="needs attention.activate"):
+            attention.prepare(cu, 12, dev, backend="varlen")
+        attention.activate(dev, "varlen")
