@@ -20,7 +20,6 @@ Conventions the rest of the repository relies on:
 - Sequence parallelism wraps the two attention entry points `prepare`/`attend` (`model.attention_ops`); the model
   does not know whether it is distributed.
 """
-import difflib
 import json
 import math
 import os
@@ -32,7 +31,8 @@ import torch.nn.functional as F
 
 import attention
 import generation
-from hf_checkpoint import read_safetensors, resolve_checkpoint, save_safetensors, write_hf_config
+from hf_checkpoint import (FAMILY_NAMES, checked_rope_scaling, read_hf_config, read_safetensors, resolve_checkpoint,
+                           rope_type, save_safetensors, write_hf_config)
 from loss import chunked_cross_entropy, fused_cross_entropy  # noqa: F401 (tests import them from here)
 
 
@@ -66,14 +66,14 @@ class LlamaConfig:
 
     def __post_init__(self):
         if self.model_type not in _FAMILIES:
-            raise ValueError(f"model_type {self.model_type!r} is not implemented (only {_FAMILY_NAMES})")
+            raise ValueError(f"model_type {self.model_type!r} is not implemented (only {FAMILY_NAMES})")
         implied = _FAMILIES[self.model_type]
         self.attention_bias, self.qk_norm = (i if g is None else g for g, i in
                                              zip((self.attention_bias, self.qk_norm), implied))
         if (self.attention_bias, self.qk_norm) != implied:
             raise ValueError(f"model_type {self.model_type!r} means attention_bias={implied[0]} and qk_norm="
                              f"{implied[1]}; got {self.attention_bias} and {self.qk_norm} (set model_type to the "
-                             f"family you mean: {_FAMILY_NAMES})")
+                             f"family you mean: {FAMILY_NAMES})")
         if self.head_dim is None:
             self.head_dim = self.hidden_size // self.num_attention_heads
         if self.num_attention_heads % self.num_key_value_heads:
@@ -81,7 +81,7 @@ class LlamaConfig:
                              f"num_key_value_heads ({self.num_key_value_heads})")
         if self.head_dim % 2:
             raise ValueError(f"head_dim must be even for RoPE, got {self.head_dim}")
-        self.rope_scaling = _checked_rope_scaling(self.rope_scaling, "rope_scaling")
+        self.rope_scaling = checked_rope_scaling(self.rope_scaling, "rope_scaling")
 
     # Presets. Llama-3-8B is the recipe's starting point; Llama-3.2-1B a small real model; tiny runs in seconds.
     @classmethod
@@ -104,58 +104,10 @@ class LlamaConfig:
 
     @classmethod
     def from_hf_dict(cls, d, source="config.json"):
-        """Read a checkpoint's config.json (`source` names it in errors) the way Hugging Face reads it.
-
-        Metadata (`_is_hf_metadata`) is ignored. A setting that changes the computation and is not implemented here
-        (`_HF_REQUIREMENTS`, a RoPE type or parameter, a sliding window that is switched on), or a key nobody
-        listed, is refused in one line naming the key and its value: a new math-changing key must never be silently
-        ignored. A value of the wrong type ("hidden_size": "64") is refused naming the key and `source`. Absent keys
-        take HF's defaults for that model_type, not our presets', because those are what the checkpoint was trained
-        and saved with."""
-        d = dict(d)
-        family = d.pop("model_type", "llama")
-        if family not in _FAMILIES:
-            raise ValueError(f"{source} has model_type={family!r}, which is not implemented here "
-                             f"(only {_FAMILY_NAMES})")
-        if family != "llama":
-            _check_no_sliding_window(d, family, source)
-        if family == "qwen2":
-            d.pop("attention_bias", None)  # Qwen2's q/k/v projections always have a bias: HF never reads the key
-        # RoPE has two spellings: `rope_theta` + `rope_scaling` (transformers 4), and `rope_parameters` holding both
-        # (transformers 5). Like transformers 5, a non-empty `rope_scaling` wins, and a theta inside the dict wins.
-        params = d.pop("rope_parameters", None)
-        for key, value in (("rope_scaling", d.get("rope_scaling")), ("rope_parameters", params)):
-            if value is not None and not isinstance(value, dict):
-                raise ValueError(f"{source}: {key} must be an object or null, got {json.dumps(value)}")
-        spelling = "rope_scaling" if d.get("rope_scaling") else "rope_parameters"
-        scaling = d.get("rope_scaling") or params
-        if scaling is not None:
-            scaling = dict(scaling)
-            if "rope_theta" in scaling:
-                d["rope_theta"] = scaling.pop("rope_theta")
-            d["rope_scaling"] = _checked_rope_scaling(scaling, spelling)
-        if d.get("num_key_value_heads") is None:  # Llama-1/2 configs: one KV head per query head
-            d["num_key_value_heads"] = d.get("num_attention_heads", _HF_DEFAULTS[family]["num_attention_heads"])
-        if d.get("head_dim") is None and family != "qwen3":
-            d.pop("head_dim", None)  # hidden_size // num_attention_heads, as in HF
-        d = {**_HF_DEFAULTS[family], **{k: v for k, v in d.items() if not (k == "head_dim" and v is None)}}
-        _check_types(d, source)
-        ours = {f.name for f in fields(cls)} - _DERIVED
-        requirements = {**_HF_REQUIREMENTS, **_FAMILY_REQUIREMENTS[family]}
-        for key, value in d.items():
-            if key in ours or _is_hf_metadata(key) or (family != "llama" and key in _QWEN_WINDOW_KEYS):
-                continue
-            if key in requirements:
-                ok = requirements[key]
-                if value == ok and isinstance(value, bool) == isinstance(ok, bool):  # 1 == True, but not here
-                    continue
-                raise ValueError(f"{source} has {key}={value!r}, which is not implemented here "
-                                 f"(this {family} model supports only {key}={ok!r})")
-            close = difflib.get_close_matches(key, ours | set(requirements), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ValueError(f"unknown config key {key!r}={value!r}{hint}: not implemented here, and it may change "
-                             f"the model; if it is metadata, add it to model._HF_METADATA")
-        return cls(**{k: v for k, v in d.items() if k in ours}, model_type=family)
+        """Read a checkpoint's config.json (`source` names it in errors) as Hugging Face reads it: what is
+        refused and which defaults apply is hf_checkpoint.read_hf_config's."""
+        d, family = read_hf_config(d, {f.name for f in fields(cls)} - _DERIVED, source)
+        return cls(**d, model_type=family)
 
     def to_hf_dict(self):
         # The older spelling (rope_theta + rope_scaling) loads in every transformers version, 4.x and 5.x.
@@ -176,125 +128,6 @@ class LlamaConfig:
 _FAMILIES = {"llama": (False, False), "qwen2": (True, False), "qwen3": (False, True)}
 _ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}
 _DERIVED = {"attention_bias", "qk_norm"}  # fields that model_type implies
-_FAMILY_NAMES = "llama, qwen2 (Qwen2 and Qwen2.5: q/k/v bias), qwen3 (q/k norm)"
-
-
-# What transformers assumes for a key that config.json leaves out: LlamaConfig's (Llama-2-7B's values), and
-# Qwen2Config's and Qwen3Config's (Qwen3's head_dim is 128 whatever hidden_size / heads is; no bos or eos id).
-_LLAMA_DEFAULTS = {"vocab_size": 32000, "hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32,
-                   "num_attention_heads": 32, "max_position_embeddings": 2048, "rms_norm_eps": 1e-6,
-                   "tie_word_embeddings": False, "rope_theta": 10000.0, "rope_scaling": None,
-                   "initializer_range": 0.02, "bos_token_id": 1, "eos_token_id": 2}
-_QWEN_DEFAULTS = {**_LLAMA_DEFAULTS, "vocab_size": 151936, "intermediate_size": 22016,
-                  "max_position_embeddings": 32768, "bos_token_id": None, "eos_token_id": None}
-_HF_DEFAULTS = {"llama": _LLAMA_DEFAULTS, "qwen2": _QWEN_DEFAULTS, "qwen3": {**_QWEN_DEFAULTS, "head_dim": 128}}
-# Keys that change the computation, with the one value this model implements (for every family, then per family).
-_HF_REQUIREMENTS = {"hidden_act": "silu", "attention_dropout": 0.0,
-                    "rope_interleaved": False}  # nanotron's flag: True pairs dims (2i, 2i+1), not (i, i + d/2)
-_FAMILY_REQUIREMENTS = {
-    "llama": {"attention_bias": False, "mlp_bias": False, "pretraining_tp": 1, "sliding_window": None,
-              "use_sliding_window": False},
-    "qwen2": {"use_mrope": False},  # multimodal RoPE (Qwen2-VL's sections of head_dim)
-    "qwen3": {"attention_bias": False},  # Qwen3's attention_bias would also put a bias on o_proj
-}
-# Qwen's sliding-window keys: read by _check_no_sliding_window, harmless when the window is off.
-_QWEN_WINDOW_KEYS = {"use_sliding_window", "sliding_window", "max_window_layers", "layer_types"}
-# Keys that do not change the computation: HF bookkeeping, generation defaults, tokenizer and hub metadata, and
-# what other tools add (nanotron: is_llama_config; transformers.js; early LLaMA conversions: max_sequence_length,
-# which HF never reads). `quantization_config` may be ignored because a still-quantised checkpoint is refused by its
-# tensors (packed weights, or scale tensors beside float8 ones, which a Llama does not have): only a dequantised
-# one loads.
-_HF_METADATA = {
-    "architectures", "auto_map", "torch_dtype", "dtype", "transformers_version", "use_cache", "quantization_config",
-    "is_llama_config", "transformers.js_config", "max_sequence_length",
-    # Qwen2.5-*-1M: Dual Chunk Attention for inference past 256K in vLLM; transformers' Qwen2 ignores it and
-    # attends over the whole context, as this model does
-    "dual_chunk_attention_config",
-    "output_attentions", "output_hidden_states", "return_dict", "torchscript", "use_bfloat16", "tf_legacy_loss",
-    "pruned_heads", "chunk_size_feed_forward", "is_encoder_decoder", "is_decoder", "add_cross_attention",
-    "cross_attention_hidden_size", "tie_encoder_decoder", "finetuning_task", "id2label", "label2id", "num_labels",
-    "problem_type", "tokenizer_class", "prefix", "task_specific_params",
-    # generation defaults that transformers 4 kept in config.json
-    "max_length", "min_length", "do_sample", "early_stopping", "num_beams", "num_beam_groups", "diversity_penalty",
-    "temperature", "top_k", "top_p", "typical_p", "repetition_penalty", "length_penalty", "no_repeat_ngram_size",
-    "encoder_no_repeat_ngram_size", "bad_words_ids", "num_return_sequences", "output_scores",
-    "return_dict_in_generate", "remove_invalid_values", "exponential_decay_length_penalty", "suppress_tokens",
-    "begin_suppress_tokens", "forced_decoder_ids"}
-
-
-def _check_no_sliding_window(d, family, source):
-    """Refuse a Qwen config whose sliding window is actually used. As in HF: the window exists only with
-    `use_sliding_window: true` and a `sliding_window` size, and applies to the layers `layer_types` marks (by
-    default those from `max_window_layers` on), so Qwen2.5's `sliding_window: 131072` with the switch off is
-    plain attention."""
-    types = d.get("layer_types")
-    if types is not None and not (isinstance(types, list) and set(types) <= {"full_attention", "sliding_attention"}):
-        raise ValueError(f"{source} has layer_types={types!r}: only full_attention layers are implemented here")
-    if not d.get("use_sliding_window") or d.get("sliding_window") is None:
-        return
-    layers, first = d.get("num_hidden_layers", 32), d.get("max_window_layers", 28)  # Qwen2Config's defaults
-    types = types or ["sliding_attention" if i >= first else "full_attention" for i in range(layers)]
-    if "sliding_attention" in types:
-        raise ValueError(f"{source} has use_sliding_window=true with sliding_window={d['sliding_window']!r} on "
-                         f"{types.count('sliding_attention')} of {len(types)} layers: sliding-window attention is "
-                         f"not implemented here (only full attention, as with use_sliding_window=false)")
-
-
-# The types config.json values must have: a string "64" would otherwise fail deep inside torch, or not at all.
-_INT_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "intermediate_size",
-             "vocab_size", "max_position_embeddings", "head_dim")
-_FLOAT_KEYS = ("rope_theta", "rms_norm_eps", "initializer_range")
-
-
-def _check_types(d, source):
-    def is_int(v):
-        return isinstance(v, int) and not isinstance(v, bool)
-
-    def is_number(v):
-        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
-
-    eos = d.get("eos_token_id")
-    checks = [(k, is_int(d[k]) and d[k] > 0, "a positive integer") for k in _INT_KEYS if k in d] + \
-        [(k, is_number(d[k]) and (d[k] > 0 or k == "initializer_range"), "a positive number")
-         for k in _FLOAT_KEYS if k in d] + \
-        [("tie_word_embeddings", isinstance(d.get("tie_word_embeddings", False), bool), "true or false"),
-         ("bos_token_id", d.get("bos_token_id") is None or is_int(d["bos_token_id"]), "an integer token id or null"),
-         ("eos_token_id", eos is None or is_int(eos) or isinstance(eos, list) and eos and all(map(is_int, eos)),
-          "an integer token id, a list of them, or null")]
-    for key, ok, what in checks:
-        if not ok:
-            raise ValueError(f"{source}: {key} must be {what}, got {json.dumps(d[key])}")
-
-
-def _is_hf_metadata(key):
-    # `_name_or_path`, `_commit_hash`, `_attn_implementation_autoset` ...: HF's private bookkeeping; and token ids
-    # other than bos/eos (pad, unk, sep, decoder_start ...) only matter to a tokenizer or to generation.
-    return key in _HF_METADATA or key.startswith("_") or key.endswith("_token_id")
-
-
-# The RoPE types rope_inv_freq implements, with the keys each needs besides rope_type.
-_ROPE_KEYS = {"default": set(), "linear": {"factor"},
-              "llama3": {"factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"}}
-
-
-def _checked_rope_scaling(scaling, key):
-    """`scaling` if rope_inv_freq implements exactly that, None for plain RoPE, else a one-line refusal naming `key`."""
-    kind = rope_type(scaling)
-    if kind not in _ROPE_KEYS:
-        raise ValueError(f"{key} {scaling!r}: rope type {kind!r} is not implemented (only {', '.join(_ROPE_KEYS)})")
-    # A missing key would fail deep inside rope_inv_freq; an extra one (partial_rotary_factor, mscale ...) would
-    # change the angles without anyone noticing.
-    given = set(scaling or {}) - {"rope_type", "type"}
-    if given != _ROPE_KEYS[kind]:
-        raise ValueError(f"{key} {scaling!r}: {sorted(given ^ _ROPE_KEYS[kind])} missing or not implemented "
-                         f"({kind!r} RoPE takes exactly {sorted(_ROPE_KEYS[kind])})")
-    return None if kind == "default" else scaling  # one spelling of "no scaling": configs compare and round-trip
-
-
-def rope_type(scaling):
-    if not scaling:
-        return "default"
-    return scaling.get("rope_type", scaling.get("type", "default"))
 
 
 # ----------------------------------------------------------------------------------------------------------------
