@@ -24,7 +24,9 @@ import torch
 
 from common import UserError, atomic_open, log, one_line_errors, read_json
 from tokenizer import DataError, load_tokenizer
-from tasks import PAPER_CATEGORIES, SYNTHETIC, TASKS, Run, category_averages, check_helmet_data
+from tasks import (GENERATED, PAPER_CATEGORIES, RULER, RULER_CATEGORIES, SYNTHETIC, TASKS, Run,
+                   category_averages, check_helmet_data)
+from tasks.ruler import ruler_scores
 from tasks.common import fit_context
 from tasks.judge import Judge, judged_mean
 
@@ -305,13 +307,16 @@ def parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--ckpt", required=True, help="checkpoint directory or hub id (HF-format Llama)")
     p.add_argument("--tokenizer", default=None, help="tokenizer spec when the checkpoint has none (data.py)")
-    p.add_argument("--tasks", default=None, help=f"comma list from {', '.join(TASKS)}, or none; default: the "
-                   "synthetic recall tasks, plus every task whose files --helmet-data holds")
+    p.add_argument("--tasks", default=None, help=f"comma list from {', '.join(TASKS)}, or ruler (RULER's 13 "
+                   "tasks), or none; default: the synthetic recall tasks, plus every task whose files --helmet-data "
+                   "holds")
     p.add_argument("--lengths", default=None, help="comma list of token lengths, 8k = 8192 (default: HELMET's "
                    "8k-128k, then powers of two, up to the checkpoint's max_position_embeddings, else that)")
     p.add_argument("--samples", type=int, default=None, help="samples per task and length (HELMET: 100; ICL 500)")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--helmet-data", default=None, help="HELMET's data/ folder: read the published files")
+    p.add_argument("--ruler-qa", default=None, help="RULER's scripts/data/synthetic/json/ folder (squad.json, "
+                   "hotpotqa.json from its download_qa_dataset.sh): generate ruler_qa_1/2 offline")
     p.add_argument("--stop-newline", action="store_true", help="stop RAG, re-rank and ICL at a newline as HELMET's "
                    "configs ask and its later refactor does; by default generate the full budget, as HELMET's "
                    "code at 4526dfb did (its --stop_newline flag never received the configs' stop_new_line), which "
@@ -365,11 +370,12 @@ def default_lengths(window):
 def choose_tasks(args):
     """The tasks to run: --tasks, else the synthetic ones plus every task whose files --helmet-data holds."""
     if args.tasks:
-        tasks = [] if args.tasks == "none" else args.tasks.split(",")
+        tasks = [] if args.tasks == "none" else [x for t in args.tasks.split(",") for x in
+                                                 (RULER if t == "ruler" else [t])]
         unknown = [t for t in tasks if t not in TASKS]
         if unknown:
             raise UserError(f"unknown task(s) {unknown}; choose from {list(TASKS)}")
-        need_files = [t for t in tasks if t not in SYNTHETIC]
+        need_files = [t for t in tasks if t not in GENERATED]
         if need_files and not args.helmet_data:
             raise UserError(f"{','.join(need_files)}: these tasks read HELMET's data files: pass --helmet-data DIR")
         return tasks
@@ -438,7 +444,7 @@ def run(args):
     for task in tasks:
         spec = TASKS[task]
         setup = Run(args.helmet_data, args.samples or spec.samples, args.seed, tok, length_tok,  # HELMET's samples
-                    judged=judge is not None)
+                    judged=judge is not None, ruler_qa=args.ruler_qa)
         for length in lengths:
             records, source = spec.records(length, setup)
             if records is None:
@@ -454,15 +460,24 @@ def run(args):
                                                             "seconds": time.time() - start}
             if "missing" not in summary:  # a judged task without its judge stays out of the category averages
                 scores.setdefault(task, {})[length] = summary["score"]
+            if task in RULER:  # RULER's own score of the same outputs, for RULER's table
+                report["tasks"][task][length]["ruler_score"] = ruler_scores(task, results)
             save()
     samples_file.close()
     report["averages"] = category_averages(scores)
     report["paper_averages"] = category_averages(scores, PAPER_CATEGORIES)
+    ruler = {t: {L: r["ruler_score"] for L, r in by_len.items()} for t, by_len in report["tasks"].items()
+             if t in RULER}
+    report["ruler_average"] = category_averages(ruler, RULER_CATEGORIES)
     table = {t: {L: r["score"] for L, r in by_len.items()} for t, by_len in report["tasks"].items()}
     if table:
         print(format_table(table, report["averages"], lengths, title="HELMET's categories"))
         print()
         print(format_table({}, report["paper_averages"], lengths, title="the ProLong paper's categories (Table 13)"))
+        if ruler:
+            print()
+            print(format_table(ruler, report["ruler_average"], lengths, title="RULER's own scores (string_match_all;"
+                               " _part for QA) and its average (the paper's Table 27)"))
         unjudged = sorted({f"{t} ({r['metric']} shown; {r['missing']} needs --judge-url)"
                            for t, by_len in report["tasks"].items() for r in by_len.values() if "missing" in r})
         if unjudged:

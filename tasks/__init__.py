@@ -1,16 +1,16 @@
-"""HELMET's tasks, one registry: every task evaluate.py can run, by name, in the order it runs them, and the two
-ways of averaging them into categories.
+"""HELMET's tasks, one registry: every task evaluate.py can run, by name, in the order it runs them, and the ways
+of averaging them into tables (HELMET's categories, the paper's, RULER's average).
 
 The one idea: a task is a `Task` record (tasks/common.py) defined in its family's file (recall.py, rag.py, icl.py,
-longqa.py, summ.py); adding one is its definition there plus one line here. The runner loops over this registry and
-asks nothing else: not which file a task comes from, not what its name starts with.
+longqa.py, summ.py, ruler.py); adding one is its definition there plus one line here. The runner loops over this
+registry and asks nothing else: not which file a task comes from, not what its name starts with.
 """
 import os
 
 import numpy as np
 
 from common import UserError
-from tasks import icl, longqa, rag, recall, summ
+from tasks import icl, longqa, rag, recall, ruler, summ
 from tasks.common import Run, Task  # noqa: F401  (what a caller of the registry needs)
 
 TASKS = {t.name: t for t in [
@@ -19,8 +19,12 @@ TASKS = {t.name: t for t in [
     icl.trec_coarse, icl.trec_fine, icl.banking77, icl.clinic150, icl.nlu,
     longqa.narrativeqa, longqa.infbench_qa, longqa.infbench_choice,
     summ.infbench_sum, summ.multi_lexsum,
+    ruler.niah_s_1, ruler.niah_s_2, ruler.niah_s_3, ruler.niah_mk_1, ruler.niah_mq, ruler.cwe, ruler.fwe,
+    ruler.qa_1, ruler.qa_2,
 ]}
-SYNTHETIC = [name for name, t in TASKS.items() if t.synthetic]  # what runs without --helmet-data
+GENERATED = [name for name, t in TASKS.items() if t.synthetic]  # what can run without --helmet-data
+SYNTHETIC = [name for name in GENERATED if name not in ruler.ONLY_HERE]  # what runs then by default
+RULER = ruler.RULER  # --tasks ruler: RULER's 13 tasks, as HELMET's configs/ruler.yaml lists them
 
 # Two ways to average tasks into categories: HELMET's (scripts/collect_results.py custom_avgs), and the ProLong
 # paper's own (its Table 13), which keeps fewer tasks per category.
@@ -40,6 +44,9 @@ PAPER_CATEGORIES = {
     "QA": ["narrativeqa"],
     "Summ": ["multi_lexsum"],
 }
+# A third table: RULER's own average of its 13 tasks, each scored RULER's way (tasks/ruler.py), as the paper's
+# Table 27 reports it at 128K
+RULER_CATEGORIES = {"RULER": RULER}
 
 
 def category_averages(scores, categories=CATEGORIES):

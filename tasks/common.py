@@ -57,6 +57,7 @@ class Run:
     length_tok: object = None
     shots: Optional[int] = None
     judged: bool = False  # a judge will score the outputs: Summ needs its key points
+    ruler_qa: Optional[str] = None  # RULER's json/ folder (squad.json, hotpotqa.json): its QA tasks offline
 
 # ----------------------------------------------------------------------------------------------------------------
 # HELMET's metrics (utils.py), values in [0, 1]

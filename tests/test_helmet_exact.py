@@ -44,7 +44,8 @@ def helmet_narrativeqa_demos(test, train, keep, shots, seed):
     train = datasets.Dataset.from_list(train)
     data = data.map(lambda ex: {"demo": "For example:\n\n" + "\n\n".join(
         f"Question: {d['question']['text']}\nAnswer: {d['answers'][0]['text']}"
-        for d in train.shuffle().select(range(shots))) + "\n\nNow, use the following story to answer the question:\n\n"})
+        for d in train.shuffle().select(range(shots)))
+        + "\n\nNow, use the following story to answer the question:\n\n"})
     return data["demo"]
 
 
