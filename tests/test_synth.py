@@ -1,8 +1,11 @@
-"""synth.py (`sft.py synth`): synthetic long-instruction records. The 40/30/30 split fixed by record index, the prompts
-sent to the model equal the templates (formatted by hand here, compared as messages and as token ids), the records a
-tiny random checkpoint writes through the command line all pass `sft.py prepare`, and a SIGKILL mid-run (plus a
-cut-short last line) followed by a rerun gives exactly N unique ids, identical to an uninterrupted run. Batched
-generation (--batch-size) changes how prompts are grouped, never the records: the same bytes as batch size 1."""
+"""synth.py (`sft.py synth`): synthetic long-instruction records. The QA prompt is the paper's Table 16 and the
+question prompts its Table 17 (pinned by hand here, and against ../shared/paper/SYNTHETIC_PROMPTS.md when present);
+the reply parser reads Table 16's Reasoning/Question/Answer format; the 40/30/30 split is fixed by record index; the
+prompts sent to the model equal the templates (formatted by hand, compared as messages and as token ids); the
+records a tiny random checkpoint writes through the command line all pass `sft.py prepare`; a SIGKILL mid-run (plus
+a cut-short last line) or a full disk followed by a rerun gives exactly N unique ids, identical to an uninterrupted
+run; --batch-size changes how prompts are grouped, never the records; every bad setting, output and checkpoint is
+one `error:` line."""
 import collections
 import json
 import os
