@@ -21,7 +21,7 @@ leaves nothing half-written.
 """
 import signal
 
-if __name__ == "__main__":  # first of all: a Ctrl-C from here on waits, blocked, until its handler is in place
+if __name__ == "__main__":  # first of all: a Ctrl-C from here on waits, blocked, until its handler is set
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
 
 import sys  # noqa: E402
@@ -90,17 +90,19 @@ def hub_files(repo_id, split):
     try:
         from huggingface_hub import snapshot_download
         root = snapshot_download(repo_id, repo_type="dataset",
-                                 allow_patterns=[f"*{split}-*.parquet", f"*{split}/*.parquet", f"{split}.parquet"])
+                                 allow_patterns=[f"*{split}-*.parquet", f"*{split}/*.parquet",
+                                                 f"{split}.parquet"])
     except ImportError:
-        raise DataError(f"{repo_id}: fetching a hub dataset needs huggingface-hub: pip install huggingface-hub") \
-            from None
+        raise DataError(f"{repo_id}: fetching a hub dataset needs huggingface-hub: pip install "
+                        f"huggingface-hub") from None
     except Exception as e:  # offline, no such repo, gated, network errors: all end the run in one line
         raise DataError(f"{repo_id}: could not fetch split {split!r} from the hub: "
                         f"{type(e).__name__}: {' '.join(str(e).split())}") from None
-    files = sorted(os.path.join(d, f) for d, _, names in os.walk(root) for f in names if f.endswith(".parquet"))
+    files = sorted(os.path.join(d, f) for d, _, names in os.walk(root) for f in names
+                   if f.endswith(".parquet"))
     if not files:
-        raise DataError(f"{repo_id}: no parquet files for split {split!r} (UltraChat 200k's splits: train_sft, "
-                        f"test_sft, train_gen, test_gen)")
+        raise DataError(f"{repo_id}: no parquet files for split {split!r} (UltraChat 200k's splits: "
+                        f"train_sft, test_sft, train_gen, test_gen)")
     return files
 
 
@@ -140,8 +142,8 @@ def check_outputs(out, holdout_dir, files):
     where = {os.path.realpath(out): out}
     if holdout_dir is not None:
         if os.path.realpath(holdout_dir) in where:
-            raise DataError(f"--holdout-dir {holdout_dir} is the output {out} itself: the held-out conversations "
-                            f"need a directory of their own")
+            raise DataError(f"--holdout-dir {holdout_dir} is the output {out} itself: the held-out "
+                            f"conversations need a directory of their own")
         where[os.path.realpath(holdout_dir)] = holdout_dir
     for f in files:
         if os.path.realpath(f) in where:
@@ -157,7 +159,7 @@ def prepare(out, inputs, tokenizer=None, strict=False, system=None, holdout=0, h
     holdout_dir = holdout_dir or os.path.normpath(out) + "-heldout" if holdout else None
     check_outputs(out, holdout_dir, files)
     held = set()
-    if holdout:  # a first pass, parsing only: which records are usable conversations, so that exactly N are held
+    if holdout:  # a first pass, parsing only: which records are usable, so that exactly N are held out
         usable = []
         for k, (where, messages) in enumerate(conversations(files)):
             try:
@@ -215,9 +217,10 @@ def prepare(out, inputs, tokenizer=None, strict=False, system=None, holdout=0, h
         if not train_writer.documents:
             raise DataError(f"{' '.join(inputs)}: no usable conversations ({len(problems)} malformed, reported "
                             f"above); nothing written")
-        if stats[True]["conversations"] != holdout:  # the first pass and this one disagree: never silently fewer
-            raise DataError(f"{' '.join(inputs)}: the input changed while it was read ({stats[True]['conversations']}"
-                            f" of --holdout {holdout} conversations held out); nothing written")
+        held_out = stats[True]["conversations"]
+        if held_out != holdout:  # the first pass and this one disagree: never silently fewer
+            raise DataError(f"{' '.join(inputs)}: the input changed while it was read ({held_out} of --holdout "
+                            f"{holdout} conversations held out); nothing written")
     if len(problems) > 100:
         log(f"... and {len(problems) - 100} more skipped conversations")
     return dict(train=stats[False], heldout=stats[True] if holdout else None, skipped=len(problems),
@@ -234,8 +237,10 @@ def prepare_parser():
                                               "(e.g. HuggingFaceH4/ultrachat_200k)")
     ap.add_argument("--split", default="train_sft", help="the split of a hub dataset (default train_sft)")
     ap.add_argument("--system", default=None, help="a system message for conversations that have none")
-    ap.add_argument("--strict", action="store_true", help="stop at the first malformed conversation, write nothing")
-    ap.add_argument("--holdout", type=number(int, 0), default=0, help="hold out a seeded random N conversations")
+    ap.add_argument("--strict", action="store_true",
+                    help="stop at the first malformed conversation, write nothing")
+    ap.add_argument("--holdout", type=number(int, 0), default=0,
+                    help="hold out a seeded random N conversations")
     ap.add_argument("--holdout-dir", default=None, help="where they go (default: OUT-heldout)")
     ap.add_argument("--seed", type=number(int, 0), default=0)
     ap.add_argument("--tokenizer", default=None, help="tokenizer.model path, directory or hub id (default: "
@@ -247,9 +252,9 @@ def prepare_parser():
 def prepare_main(argv):
     args = prepare_parser().parse_args(argv)
     with one_line_errors(args.out):
-        signal.signal(signal.SIGINT, signal.default_int_handler)  # imports are done: from here Ctrl-C cleans up
-        r = prepare(args.out, args.inputs, args.tokenizer, args.strict, args.system, args.holdout, args.holdout_dir,
-                    args.seed, args.split, args.threads)
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # imports done: now Ctrl-C cleans up
+        r = prepare(args.out, args.inputs, args.tokenizer, args.strict, args.system, args.holdout,
+                    args.holdout_dir, args.seed, args.split, args.threads)
     line = lambda s: (f"{s['conversations']:,} conversations, {s['tokens']:,} tokens, {s['assistant']:,} assistant "
                       f"tokens ({100 * s['assistant'] / max(s['tokens'], 1):.0f}%)")
     print(f"prepare: {args.out}: {line(r['train'])}" + (f"; {r['holdout_dir']}: {line(r['heldout'])}"

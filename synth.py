@@ -1,14 +1,15 @@
-"""Synthetic long-instruction SFT data (ProLong paper, section 5 and appendix B.5), `python sft.py synth OUT.jsonl
---ckpt CKPT --domain DIR [--n N] [--chunk-tokens 4096] [--context-tokens 64000] [--seed 0] [--batch-size B] ...`:
-records in UltraChat jsonl for `sft.py prepare`, made by any checkpoint model.py loads from the long documents of a
-token domain (books, as the paper does). Three kinds, 40/30/30 as the paper mixes them:
-  qa      the model is shown a random chunk (--chunk-tokens) and asked for a question and its answer (QA_PROMPT); the
-          record's user turn is up to --context-tokens of that document (a window holding the chunk) with the
-          question and one of QUESTION_PROMPTS, laid out by one of QA_TEMPLATES; the assistant turn is the answer.
+"""Synthetic long-instruction SFT data (ProLong paper, section 5 and appendix B.5), `python sft.py synth
+OUT.jsonl --ckpt CKPT --domain DIR [--n N] [--chunk-tokens 4096] [--context-tokens 64000] [--seed 0]
+[--batch-size B] ...`: records in UltraChat jsonl for `sft.py prepare`, made by any checkpoint model.py loads
+from the long documents of a token domain (books, as the paper does). Three kinds, 40/30/30 as the paper mixes:
+  qa      the model is shown a random chunk (--chunk-tokens) and asked for a question and its answer
+          (QA_PROMPT); the record's user turn is up to --context-tokens of that document (a window holding the
+          chunk) with the question and one of QUESTION_PROMPTS, laid out by one of QA_TEMPLATES; the assistant
+          turn is the answer.
   rag     a question-answer pair made the same way, asked over random chunks of the domain shown as retrieved
           passages "Document [k](Title: ...)", the gold chunk among them at a random position.
-  summary a document's chunks are summarised, then groups of consecutive summaries, until one summary is left; the
-          record is the whole text and a request -> that summary.
+  summary a document's chunks are summarised, then groups of consecutive summaries, until one summary is left;
+          the record is the whole text and a request -> that summary.
 
 Which text is the paper's: QA_PROMPT is Table 16 of the paper, word for word as
 ../shared/paper/SYNTHETIC_PROMPTS.md reads it (its reply format "Reasoning: / Question: / Answer:"; the
@@ -38,7 +39,7 @@ from common import ArgumentParser, fail, log, number, one_line_errors
 from tokenfiles import DataError, open_domain
 from tokenizer import chat_ids, load_tokenizer
 
-KIND_CYCLE = ("qa", "rag", "summary", "qa", "rag", "summary", "qa", "rag", "summary", "qa")  # 4 / 3 / 3 per 10
+KIND_CYCLE = ("qa", "rag", "summary", "qa", "rag", "summary", "qa", "rag", "summary", "qa")  # 4/3/3 per 10
 
 # The paper's Table 16, the prompt for generating synthetic QA data (books), sent to Llama-3-8B-Instruct.
 QA_PROMPT = """Given the following snippet of a book, ask a relevant question and provide the answer. The question \
@@ -63,7 +64,7 @@ stick to the following format:
 Reasoning: this snippet is about ...
 Question: ...
 Answer: ..."""
-SNIPPET = "{sampled snippet}"  # QA_PROMPT's slot for the chunk (filled by replace: the text is not a format string)
+SNIPPET = "{sampled snippet}"  # QA_PROMPT's slot for the chunk (filled by replace: not a format string)
 # The paper's Table 17: question prompts, one sampled per synthetic QA record.
 QUESTION_PROMPTS = ("Given the document, please answer the question.",
                     "Here is a piece of text; answer the following question based on it.",
@@ -75,11 +76,11 @@ QA_TEMPLATES = ("{document}\n\n{prompt}\n\nQuestion: {question}",
                 "{prompt}\n\n{document}\n\nQuestion: {question}",
                 "{prompt} {question}\n\n{document}")  # Table 23's example: prompt and question, then the book
 RAG_PASSAGE = "Document [{k}](Title: {title}) {text}"
-RAG_RECORD = ("Write an accurate answer to the question using only the search results below.\n\n{passages}\n\n"
-              "Question: {question}")
+RAG_RECORD = ("Write an accurate answer to the question using only the search results below.\n\n"
+              "{passages}\n\nQuestion: {question}")
 SUMMARY_PROMPT = "Summarize the following part of a long text in a few sentences.\n\n{chunk}"
-MERGE_PROMPT = ("The following are summaries of consecutive parts of a long text, in order. Combine them into one "
-                "summary of the whole text.\n\n{summaries}")
+MERGE_PROMPT = ("The following are summaries of consecutive parts of a long text, in order. Combine them into "
+                "one summary of the whole text.\n\n{summaries}")
 SUMMARY_RECORD = "{text}\n\nSummarize the text above."
 # Table 16's reply, three labelled parts, each label at the start of a line (markdown bold or a heading mark
 # around it allowed); a reply that skips the reasoning still gives its pair
@@ -130,7 +131,8 @@ class Synth:
     def __init__(self, model, tok, domain, chunk_tokens=4096, context_tokens=64000, max_new_tokens=512,
                  temperature=0.0, top_p=1.0, seed=0, retries=3, keep_prompts=False, batch_size=8):
         if chunk_tokens < 1 or context_tokens < chunk_tokens:
-            raise DataError(f"--chunk-tokens {chunk_tokens} must be >= 1 and <= --context-tokens {context_tokens}")
+            raise DataError(f"--chunk-tokens {chunk_tokens} must be >= 1 and <= --context-tokens "
+                            f"{context_tokens}")
         if batch_size < 1:
             raise DataError(f"--batch-size must be >= 1, got {batch_size}")
         self.model, self.tok, self.domain = model, tok, domain
@@ -198,7 +200,8 @@ class Synth:
             if not active:
                 return
             waiting = [(r, k) for r in active for k in range(len(r.replies), len(r.prompts))][:self.batch_size]
-            for (r, _), reply in zip(waiting, self.generate([(r.prompts[k], r.i, r.calls + k) for r, k in waiting])):
+            replies = self.generate([(r.prompts[k], r.i, r.calls + k) for r, k in waiting])
+            for (r, _), reply in zip(waiting, replies):
                 r.replies.append(reply)
             for r in [r for r in active if len(r.replies) == len(r.prompts)]:
                 r.calls += len(r.prompts)
@@ -245,7 +248,7 @@ class Synth:
             end = start + self.chunk
             lo, hi = max(0, end - self.context), min(start, max(0, len(ids) - self.context))
             w = rng.randint(lo, max(lo, hi))
-            prompt, template = rng.choice(QUESTION_PROMPTS), rng.choice(QA_TEMPLATES)  # the paper: one of each
+            prompt, template = rng.choice(QUESTION_PROMPTS), rng.choice(QA_TEMPLATES)  # paper: one of each
             content = template.format(document=self.text(ids[w:w + self.context]), prompt=prompt, question=q)
             source, extra = [d], {"reasoning": reasoning, "question_prompt": QUESTION_PROMPTS.index(prompt),
                                   "template": QA_TEMPLATES.index(template)}
@@ -268,9 +271,10 @@ class Synth:
         else:
             d = rng.choice(self.long_docs)
             ids = self.doc_ids(d)[:self.context]
-            summaries = yield [summary_prompt(self.text(ids[s:s + self.chunk])) for s in range(0, len(ids), self.chunk)]
+            chunks = [self.text(ids[s:s + self.chunk]) for s in range(0, len(ids), self.chunk)]
+            summaries = yield [summary_prompt(c) for c in chunks]
             summaries = [s or "(empty generation)" for s in summaries]
-            while len(summaries) > 1:  # summaries of summaries: groups that fit in one chunk, at least two each
+            while len(summaries) > 1:  # summaries of summaries: groups that fit in a chunk, two at least
                 groups, cur, size = [], [], 0
                 for s in summaries:
                     n = len(self.tok.encode(s))
@@ -318,15 +322,18 @@ def read_done(path, seed):
         except ValueError:
             obj = None
         if not isinstance(obj, dict) or not isinstance(obj.get("id"), int):
-            raise DataError(f"{path}:{n}: not a synth record (invalid JSON or no id); fix or remove that line")
+            raise DataError(f"{path}:{n}: not a synth record (invalid JSON or no id); fix or remove that "
+                            f"line")
         if obj.get("seed", seed) != seed:
-            raise DataError(f"{path}:{n}: written with --seed {obj.get('seed')}, not {seed}; use that seed or "
+            raise DataError(f"{path}:{n}: written with --seed {obj.get('seed')}, not {seed}; use that seed "
+                            f"or "
                             f"another output file")
         if obj["id"] in done:
             raise DataError(f"{path}:{n}: id {obj['id']} appears twice")
         done.add(obj["id"])
     if tail:
-        log(f"synth: {path}:{len(complete) + 1}: dropping a cut-short last line (an interrupted write); that record "
+        log(f"synth: {path}:{len(complete) + 1}: dropping a cut-short last line (an interrupted write); that "
+            f"record "
             f"is generated again")
         with open(path, "r+b") as f:
             f.truncate(len(data) - len(tail))
@@ -343,14 +350,15 @@ def run(out, synth, n, stop_after=None, shard=(0, 1)):
     log(f"synth: {out}: {len(done)} records already there, {len(todo)} to generate"
         + (f" ({len(extra)} with ids outside --n {n} / --shard are kept)" if extra else ""))
     t0, written = time.time(), 0
-    with open(out, "ab", buffering=0) as f:  # unbuffered: nothing of a record waits in memory to be written later
+    with open(out, "ab", buffering=0) as f:  # unbuffered: no part of a record waits in memory to be written
         for rec in synth.records(todo):
-            i, end, line = rec["id"], f.tell(), memoryview((json.dumps(rec, ensure_ascii=False) + "\n").encode())
+            line = memoryview((json.dumps(rec, ensure_ascii=False) + "\n").encode())
+            i, end = rec["id"], f.tell()
             try:
                 while line:
                     line = line[f.write(line):]
                 os.fsync(f.fileno())
-            except BaseException:  # a full disk, Ctrl-C: the file keeps every whole record and no part of this one
+            except BaseException:  # a full disk, Ctrl-C: every whole record stays, no part of this one
                 os.ftruncate(f.fileno(), end)
                 raise
             written += 1
@@ -367,10 +375,13 @@ def parser():
     ap = ArgumentParser(prog="sft.py synth", description="synthetic long-instruction SFT data (QA, RAG, "
                         "recursive summaries, 40/30/30) in UltraChat jsonl format")
     ap.add_argument("out", help="output .jsonl (appended to; existing ids are skipped)")
-    ap.add_argument("--ckpt", required=True, help="HF-format checkpoint directory or hub id (model + tokenizer)")
-    ap.add_argument("--domain", required=True, help="token domain of long documents (data.py tokenize / demo)")
+    ap.add_argument("--ckpt", required=True, help="HF-format checkpoint directory or hub id (model, "
+                    "tokenizer)")
+    ap.add_argument("--domain", required=True, help="token domain of long documents (data.py tokenize, "
+                    "demo)")
     ap.add_argument("--tokenizer", default=None, help="default: the checkpoint's tokenizer")
-    ap.add_argument("--n", type=number(int, 0), default=1000, help="records to have in OUT in all (ids 0..N-1)")
+    ap.add_argument("--n", type=number(int, 0), default=1000, help="records to have in OUT in all (ids "
+                    "0..N-1)")
     ap.add_argument("--chunk-tokens", type=number(int, 1), default=4096)
     ap.add_argument("--context-tokens", type=number(int, 1), default=64000,
                     help="longest document text in one record")
@@ -385,7 +396,7 @@ def parser():
     ap.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     ap.add_argument("--shard", default="0/1", help="K/M: only ids i with i %% M == K (one process per GPU, each "
                     "with its own OUT; concatenate the files afterwards)")
-    ap.add_argument("--stop-after", type=number(int, 1), default=None, help=argparse.SUPPRESS)  # tests: kill -9
+    ap.add_argument("--stop-after", type=number(int, 1), default=None, help=argparse.SUPPRESS)  # tests
     return ap
 
 
@@ -398,7 +409,8 @@ def main(argv):
     except (ValueError, AssertionError):
         ap.error(f"--shard {args.shard}: expected K/M with 0 <= K < M, e.g. 0/8")
     if args.context_tokens < args.chunk_tokens:
-        ap.error(f"--context-tokens {args.context_tokens} must be at least --chunk-tokens {args.chunk_tokens}")
+        ap.error(f"--context-tokens {args.context_tokens} must be at least --chunk-tokens "
+                 f"{args.chunk_tokens}")
     with one_line_errors(args.out):
         signal.signal(signal.SIGINT, signal.default_int_handler)  # sft.py's start-up handler ends here
         check_output(args.out)
@@ -415,7 +427,7 @@ def main(argv):
             raise DataError(f"--device {device}: this machine has no CUDA device (torch sees none)")
         dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
         t0 = time.time()
-        try:  # model.py says what is wrong with a checkpoint, or with a prompt too long for it, as a ValueError
+        try:  # model.py says what is wrong with a checkpoint, or a prompt too long for it, as a ValueError
             model = Llama.from_pretrained(args.ckpt, dtype=dtype, device=device).eval()
             synth = Synth(model, tok, domain, args.chunk_tokens, args.context_tokens, args.max_new_tokens,
                           args.temperature, args.top_p, args.seed, args.retries, batch_size=args.batch_size)
@@ -424,7 +436,8 @@ def main(argv):
             raise DataError(str(e)) from None
         except KeyboardInterrupt:
             fail(f"interrupted; {args.out} holds every finished record (run again to continue)", 130)
-    print(f"synth: {args.out}: wrote {written} records in {time.time() - t0:.1f}s; {args.n} ids in all", flush=True)
+    print(f"synth: {args.out}: wrote {written} records in {time.time() - t0:.1f}s; {args.n} ids in all",
+          flush=True)
 
 
 HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
@@ -433,7 +446,8 @@ HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
 def check_output(out):
     """OUT must be a file this run can append to: refused now, before a model is loaded, if it cannot be."""
     if os.path.isdir(out):
-        raise DataError(f"{out}: is a directory; name the output .jsonl file (e.g. {os.path.join(out, 'synth.jsonl')})")
+        raise DataError(f"{out}: is a directory; name the output .jsonl file (e.g. "
+                        f"{os.path.join(out, 'synth.jsonl')})")
     parent = os.path.dirname(os.path.abspath(out))
     if not os.path.isdir(parent):
         raise DataError(f"{out}: directory {parent} does not exist")
