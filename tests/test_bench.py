@@ -2,6 +2,7 @@
 it), its exit status says FAILED, incomplete or no CUDA, and its time budget stops a section that overruns; bench.py's
 CPU memory meter measures what it says."""
 import os
+import re
 import subprocess
 import sys
 import time
@@ -25,8 +26,9 @@ def table(out):
 @pytest.mark.slow
 def test_gpu_check_runs_every_section_at_cpu_size():
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "bench.py", "gpu", "--cpu-smoke"], cwd=ROOT, env=CPU_ONLY,
-                          capture_output=True, text=True, timeout=300)
+    # a loose budget: a loaded 2-core CI machine must not stop a section (the budget has its own test below)
+    proc = subprocess.run([sys.executable, "bench.py", "gpu", "--cpu-smoke", "--budget", "900"], cwd=ROOT,
+                          env=CPU_ONLY, capture_output=True, text=True, timeout=1000)
     out = proc.stdout
     assert proc.returncode == 0, out + proc.stderr[-3000:]
     assert "FAILED" not in out and "skipped" not in out and out.splitlines()[-1] == "gpu check: passed", out
@@ -44,7 +46,7 @@ def test_gpu_check_runs_every_section_at_cpu_size():
     sdpa64 = results("sdpa", "float64")
     assert len(sdpa64) == 2 and all("dv" in r and "<= 1e-10" in r for r in sdpa64)
     for r in sdpa64 + results("flex", "float64"):
-        errors = [float(tok) for tok in r.split(";")[0].split()[3::2] if tok[0].isdigit()]
+        errors = [float(x) for x in re.findall(r"\b(?:out|dq|dk|dv) ([0-9.e+-]+)", r.split(";")[0])]
         assert errors and max(errors) < 1e-12, r
     # the kernels this machine lacks say why instead of failing
     assert all(r.startswith("n/a (") for r in results("fa3", "float32"))
