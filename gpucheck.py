@@ -381,7 +381,21 @@ class GpuCheck:
         row("train", f"steady step, T={T}", backend, dtype,
             f"loss {loss:.4f}, {T / dt:,.0f} tokens/s, {mfu}, peak memory "
             f"{train.peak_memory_gib(self.device):.2f} GiB, {dt:.2f} s")
+        self._memory_estimate(dict(cfg, seq_len=T), train.peak_memory_gib(self.device))
         del model, optimizer
+
+    def _memory_estimate(self, cfg, measured_gib):
+        """bench.py memory's estimate of this very step against the allocator's peak: an estimate below what
+        the GPU really allocated by more than 15% is a failure (the launch-time check would let an OOM through)."""
+        import memory
+        rows, _ = memory.estimate(cfg, 1)
+        est = memory.peak_bytes(rows) / memory.GiB
+        if self.smoke:  # the CPU has no allocator peak to compare with (max RSS counts the whole process)
+            return row("train", "memory estimate", "meta", cfg["compute_dtype"], f"{est:.2f} GiB estimated")
+        ok = measured_gib <= 1.15 * est
+        (row if ok else self.failed)("train", "memory estimate", "meta", cfg["compute_dtype"],
+                                     f"{est:.2f} GiB estimated, {measured_gib:.2f} GiB allocated at peak "
+                                     f"({measured_gib / est:.2f}x)")
 
     # ------------------------------------------------------------------------------------------------------------
     def mask_memory(self):
