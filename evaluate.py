@@ -24,8 +24,8 @@ import torch
 
 from common import UserError, atomic_open, log, one_line_errors, read_json
 from tokenizer import DataError, load_tokenizer
-from tasks import (GENERATED, PAPER_CATEGORIES, RULER, RULER_CATEGORIES, SYNTHETIC, TASKS, Run,
-                   category_averages, check_helmet_data)
+from tasks import (GENERATED, PAPER_CATEGORIES, RULER, RULER_CATEGORIES, SYNTHETIC, TASKS, VERSIONS, Run,
+                   category_averages, check_helmet_data, use_version)
 from tasks.ruler import ruler_scores
 from tasks.common import fit_context
 from tasks.judge import Judge, judged_mean
@@ -317,6 +317,10 @@ def parser():
     p.add_argument("--helmet-data", default=None, help="HELMET's data/ folder: read the published files")
     p.add_argument("--ruler-qa", default=None, help="RULER's scripts/data/synthetic/json/ folder (squad.json, "
                    "hotpotqa.json from its download_qa_dataset.sh): generate ruler_qa_1/2 offline")
+    p.add_argument("--helmet-version", choices=list(VERSIONS), default="4526dfb", help="HELMET's commit to "
+                   "follow: 4526dfb (its published numbers' code) or 985b73b (2024-10-04, its first public commit, "
+                   "the closest to the ProLong paper's evaluation: ICL on 100 unbalanced samples, no length filters "
+                   "for NarrativeQA / InfBench / Multi-LexSum, niah_mv's singular template, HotpotQA's _dep6 files)")
     p.add_argument("--stop-newline", action="store_true", help="stop RAG, re-rank and ICL at a newline as HELMET's "
                    "configs ask and its later refactor does; by default generate the full budget, as HELMET's "
                    "code at 4526dfb did (its --stop_newline flag never received the configs' stop_new_line), which "
@@ -369,6 +373,7 @@ def default_lengths(window):
 
 def choose_tasks(args):
     """The tasks to run: --tasks, else the synthetic ones plus every task whose files --helmet-data holds."""
+    use_version(args.helmet_version)  # first: the registry as that HELMET commit defines its tasks
     if args.tasks:
         tasks = [] if args.tasks == "none" else [x for t in args.tasks.split(",") for x in
                                                  (RULER if t == "ruler" else [t])]
@@ -431,8 +436,10 @@ def run(args):
         with atomic_open(out) as f:  # never a half-written results file
             json.dump(report, f, indent=1)
 
-    protocol = {"helmet": "princeton-nlp/HELMET at 4526dfb (the code behind the published HELMET and ProLong "
-                          "numbers)",
+    protocol = {"helmet": f"princeton-nlp/HELMET at {args.helmet_version} " + (
+                    "(April 2025: the code behind HELMET's published numbers)" if args.helmet_version == "4526dfb"
+                    else "(2024-10-04, its first public commit: the closest to the ProLong paper's evaluation)"),
+                "helmet_version": args.helmet_version,
                 "stop_newline": "on (as HELMET's configs ask; its later refactor)" if args.stop_newline else
                 "off (HELMET 4526dfb: full generation budget)",
                 "chat_template": "on for LongQA and Summ" if chat else "off", "bos": getattr(tok, "add_bos", True),
@@ -444,7 +451,7 @@ def run(args):
     for task in tasks:
         spec = TASKS[task]
         setup = Run(args.helmet_data, args.samples or spec.samples, args.seed, tok, length_tok,  # HELMET's samples
-                    judged=judge is not None, ruler_qa=args.ruler_qa)
+                    judged=judge is not None, ruler_qa=args.ruler_qa, helmet_version=args.helmet_version)
         for length in lengths:
             records, source = spec.records(length, setup)
             if records is None:

@@ -5,6 +5,7 @@ The one idea: a task is a `Task` record (tasks/common.py) defined in its family'
 longqa.py, summ.py, ruler.py); adding one is its definition there plus one line here. The runner loops over this
 registry and asks nothing else: not which file a task comes from, not what its name starts with.
 """
+import dataclasses
 import os
 
 import numpy as np
@@ -44,6 +45,36 @@ PAPER_CATEGORIES = {
     "QA": ["narrativeqa"],
     "Summ": ["multi_lexsum"],
 }
+# HELMET's commits whose protocol the runner can follow (--helmet-version): 4526dfb (April 2025, the default: the
+# code behind the published HELMET numbers) and 985b73b (2024-10-04, HELMET's first public commit, the closest to
+# the ProLong paper's evaluation). What 985b73b defines differently in a task's record is here; what it does
+# differently inside `records` (no length filters for NarrativeQA, InfBench and Multi-LexSum, ICL's first 100
+# shuffled test rows without label balancing) reads Run.helmet_version. Its RAG / re-rank demos (Python's salted
+# str hash) and ICL demos (the global `random` in forked workers) cannot be replayed: 4526dfb's seeded draws stay.
+VERSIONS = {
+    "4526dfb": {},
+    "985b73b": {
+        # "mv_niah" in "ruler_niah_mv" is False there: the plural templates came with 06526f1 (2025-02-06)
+        "ruler_niah_mv": {"templates": recall.RULER_NIAH}, "ruler_niah_mq": {"templates": recall.RULER_NIAH},
+        **{t.name: {"samples": 100} for t in (icl.trec_coarse, icl.trec_fine, icl.banking77, icl.clinic150,
+                                              icl.nlu)},  # 500 from 0e8a761 (2025-01-17)
+        # HotpotQA's _dep6 files and PopQA's own train demos until 35587b8 (2024-10-07)
+        "kilt_hotpotqa": rag.kilt("kilt_hotpotqa", "hotpotqa-dev-multikilt_1000_k{k}_dep6",
+                                  "hotpotqa-train-multikilt_1000_k3_dep6"),
+        "kilt_popqa_3": rag.kilt("kilt_popqa_3", "popqa_test_1000_k{k}_dep6", "popqa_train_1000_k3_dep6"),
+    },
+}
+_BASE = dict(TASKS)
+
+
+def use_version(version):
+    """Make TASKS the registry of HELMET at `version` (the runner calls it once, before anything reads TASKS)."""
+    TASKS.clear()
+    TASKS.update(_BASE)
+    for name, change in VERSIONS[version].items():
+        TASKS[name] = change if isinstance(change, Task) else dataclasses.replace(_BASE[name], **change)
+
+
 # A third table: RULER's own average of its 13 tasks, each scored RULER's way (tasks/ruler.py), as the paper's
 # Table 27 reports it at 128K
 RULER_CATEGORIES = {"RULER": RULER}

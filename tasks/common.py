@@ -58,6 +58,7 @@ class Run:
     shots: Optional[int] = None
     judged: bool = False  # a judge will score the outputs: Summ needs its key points
     ruler_qa: Optional[str] = None  # RULER's json/ folder (squad.json, hotpotqa.json): its QA tasks offline
+    helmet_version: str = "4526dfb"  # HELMET's commit whose protocol to follow (tasks/__init__.py VERSIONS)
 
 # ----------------------------------------------------------------------------------------------------------------
 # HELMET's metrics (utils.py), values in [0, 1]

@@ -82,7 +82,10 @@ def icl_records(name, folder, train_split, test_split, label, num_labels, length
         train = rows_
         test = [(i, r["text"], int(r[label])) for i, r in enumerate(rows(test_path[0], ["text", label]))]
     if run.samples is not None and len(test) > run.samples:  # HELMET: shuffle(seed), balance_labels(samples, seed)
-        test = balance(by_label([test[i] for i in shuffle_order(len(test), run.seed)]), run.samples, run.seed)
+        test = [test[i] for i in shuffle_order(len(test), run.seed)]
+        # 985b73b: shuffle(seed).select(range(samples)), no balancing (140d684, 2025-01-13, added it)
+        test = test[:run.samples] if run.helmet_version == "985b73b" else balance(by_label(test), run.samples,
+                                                                                    run.seed)
     pools = by_label(train)
     out = []
     for i, text, lab in test:

@@ -45,7 +45,7 @@ def narrativeqa_records(run, shots, keep, count):
             break
         row = test[i]
         text = row["document"]["text"]
-        if count(text) < MIN_TOKENS["narrativeqa"]:
+        if run.helmet_version != "985b73b" and count(text) < MIN_TOKENS["narrativeqa"]:  # 985b73b: no filter
             continue
         demo = ""
         if shots:
@@ -83,7 +83,7 @@ def infbench_records(name, points_file=None):
                            answer=[letter, f"{letter}. {answer[0]}"])
             rows_.append(rec)
         # filter_length runs after the demos were added, so demos may come from rows the filter drops
-        chosen = [r for r in rows_ if r["long"]]
+        chosen = [r for r in rows_ if r["long"] or run.helmet_version == "985b73b"]  # 985b73b: no filter
         if run.samples is not None:
             chosen = [chosen[j] for j in shuffle_order(len(chosen), run.seed)[:run.samples]]
         if name == "infbench_qa_eng":

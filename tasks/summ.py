@@ -37,7 +37,7 @@ def multi_lexsum_records(run, shots, keep, count):
     for i, r in enumerate(val):  # all_data.filter(summary/short is not None), then filter_length on the sources
         if r["summary/short"] is not None:
             rank[i] = len(rank)  # its place among the filtered rows, which HELMET's demo draws follow
-            if count("\n\n".join(r["sources"])) >= MIN_TOKENS["multi_lexsum"]:
+            if run.helmet_version == "985b73b" or count("\n\n".join(r["sources"])) >= MIN_TOKENS["multi_lexsum"]:
                 test.append(i)  # the sources are read again for the chosen cases only
     if run.samples is not None and len(test) > run.samples:
         test = [test[j] for j in shuffle_order(len(test), run.seed)[:run.samples]]
