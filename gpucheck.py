@@ -1,23 +1,23 @@
 """
-The one-shot GPU check, `python bench.py gpu [--cpu-smoke] [--budget 280]` (`make gpu-check`): everything that needs
-a GPU, in one table and under 5 minutes on one H100/H200, with an exit status a script can trust.
+The one-shot GPU check, `python bench.py gpu [--cpu-smoke] [--budget 280]` (`make gpu-check`): everything that
+needs a GPU, in one table and under 5 minutes on one H100/H200, with an exit status a script can trust.
 
-Sections, in this order: attention in the training dtype (every backend against a float64 reference, forward and
-backward, median time, on a pack of documents and on one 64K document, plus generation's cached attention); an
-inductor-compiled transformer block on three packings (graphs and breaks counted); one FSDP2 training step of the
-Llama-3.2-1B shape on a 64K pack (loss, tokens/s, MFU, peak memory); the flex BlockMask's memory at 64K and 512K;
-then the fp32 attention rows, last because fp32 flex on one 64K document is the slowest thing here and must not eat
-the compile's time.
+Sections, in this order: attention in the training dtype (every backend against a float64 reference, forward
+and backward, median time, on a pack of documents and on one 64K document, plus generation's cached
+attention); an inductor-compiled transformer block on three packings (graphs and breaks counted); one FSDP2
+training step of the Llama-3.2-1B shape on a 64K pack (loss, tokens/s, MFU, peak memory); the flex BlockMask's
+memory at 64K and 512K; then the fp32 attention rows, last because fp32 flex on one 64K document is the
+slowest thing here and must not eat the compile's time.
 
-The one idea: each section runs in a child process with its own share of the time budget, and the parent kills it
-(its whole process group, compile workers included) when that share is spent. A budget that only decided whether a
-section *starts* let one slow row run the check to 6-7 minutes. Inside a section rows are skipped, not started,
-when its share is nearly spent, and timings take fewer repetitions when one call is slow.
+The one idea: each section runs in a child process with its own share of the time budget, and the parent kills
+it (its whole process group, compile workers included) when that share is spent. A budget that only decided
+whether a section *starts* let one slow row run the check to 6-7 minutes. Inside a section rows are skipped,
+not started, when its share is nearly spent, and timings take fewer repetitions when one call is slow.
 
-Exit status: 0 when every row passed; 1 when a row FAILED (an exception, or an error above TOLERANCE, or a loss
-that is not finite or far from ln V for a fresh model); 3 when nothing failed but something was skipped or stopped
-for time (the check is incomplete); 2 without CUDA unless --cpu-smoke (then every section runs at toy size on the
-CPU backends, so that the script cannot rot before a GPU sees it).
+Exit status: 0 when every row passed; 1 when a row FAILED (an exception, or an error above TOLERANCE, or a
+loss that is not finite or far from ln V for a fresh model); 3 when nothing failed but something was skipped
+or stopped for time (the check is incomplete); 2 without CUDA unless --cpu-smoke (then every section runs at
+toy size on the CPU backends, so that the script cannot rot before a GPU sees it).
 """
 import argparse
 import contextlib
@@ -33,8 +33,9 @@ import warnings
 
 from common import fail
 
-# max |ours - float64 reference| / max |reference|, per tensor (out, dq, dk, dv), by the dtype computed in. bf16
-# keeps 8 mantissa bits (rounding alone is 2^-9 relative) and the kernels accumulate in fp32; fp32 allows TF32.
+# max |ours - float64 reference| / max |reference|, per tensor (out, dq, dk, dv), by the dtype computed in.
+# bf16 keeps 8 mantissa bits (rounding alone is 2^-9 relative) and the kernels accumulate in fp32; fp32 allows
+# TF32.
 TOLERANCE = {"float64": 1e-10, "float32": 2e-3, "float16": 1e-2, "bfloat16": 5e-2}
 # each section's share of the budget, by weight; time a section leaves unused passes to the later ones
 SECTIONS = (("attention", 3), ("compile", 3), ("train", 2), ("mask", 1), ("attn-fp32", 3))
@@ -426,8 +427,8 @@ class GpuCheck:
 
 def reference_attention(q, k, v, dout, bounds, budget=2**28):
     """float64 out, dq, dk, dv of document-causal attention written out with explicit formulas, per document and
-    per chunk of queries so that no (heads x chunk x keys) tensor exceeds `budget` elements (a 64K document on a
-    GPU never holds its 64K x 64K score matrix at once). Backward: dS = P * (dP - rowsum(dO * O))."""
+    per chunk of queries so that no (heads x chunk x keys) tensor exceeds `budget` elements (a 64K document on
+    a GPU never holds its 64K x 64K score matrix at once). Backward: dS = P * (dP - rowsum(dO * O))."""
     import torch
     q, k, v, dout = (x.double() for x in (q, k, v, dout))
     T, H, D = q.shape

@@ -1,22 +1,24 @@
 """
-Per-GPU memory of a config's training step, known before launch: `python bench.py memory CONFIG [--gpus N] [--sp N]
-[--model PRESET]`, and train.py's start-up check (`check_fits`).
+Per-GPU memory of a config's training step, known before launch: `python bench.py memory CONFIG [--gpus N]
+[--sp N] [--model PRESET]`, and train.py's start-up check (`check_fits`).
 
-The one idea: the model runs one training step's forward and backward on the `meta` device (shapes, no data, no
-GPU, a second for Llama-3-8B at 64K) exactly as train.py runs it on a GPU (the config's compute dtype, activation
-checkpointing per block, the chunked/fused loss, torch's varlen attention kernel for half precision, and Ulysses
-sequence parallelism with `sp` ranks: each rank's slice of the tokens, the whole sequence for 1/sp of the heads),
-while bench.TensorMemory counts the bytes of every live tensor storage: activations, recomputation, the loss's
-buffers, the attention kernel's outputs and log-sum-exps, the all-to-all buffers. The exchange itself is stood in
-for by an empty buffer of the received shape (`_no_exchange`): memory, not data, is what is measured.
+The one idea: the model runs one training step's forward and backward on the `meta` device (shapes, no data,
+no GPU, a second for Llama-3-8B at 64K) exactly as train.py runs it on a GPU (the config's compute dtype,
+activation checkpointing per block, the chunked/fused loss, torch's varlen attention kernel for half
+precision, and Ulysses sequence parallelism with `sp` ranks: each rank's slice of the tokens, the whole
+sequence for 1/sp of the heads), while bench.TensorMemory counts the bytes of every live tensor storage:
+activations, recomputation, the loss's buffers, the attention kernel's outputs and log-sum-exps, the
+all-to-all buffers. The exchange itself is stood in for by an empty buffer of the received shape
+(`_no_exchange`): memory, not data, is what is measured.
 
 What lives outside that run is added by formula, per GPU (FSDP2 shards over all GPUs, train.py's fsdp mesh):
 - model states: master weights, gradients and AdamW's two moments, each `param_dtype`, sharded over all GPUs;
-- FSDP buffers: unsharded compute-dtype parameters of the root module (embedding, head, final norm: FSDP2 keeps
-  the root's unsharded through forward and backward) and of two blocks (the one computing and the one prefetched);
-  in backward also the head's unsharded gradient (it waits for the root's reduce-scatter) and one block's unsharded
-  gradient with its fp32 reduce-scatter input; at the end of backward the root's own;
-- the optimizer step: AdamW (foreach) run on meta shards of the parameters, its transient peak measured the same way.
+- FSDP buffers: unsharded compute-dtype parameters of the root module (embedding, head, final norm: FSDP2
+  keeps the root's unsharded through forward and backward) and of two blocks (the one computing and the one
+  prefetched); in backward also the head's unsharded gradient (it waits for the root's reduce-scatter) and one
+  block's unsharded gradient with its fp32 reduce-scatter input; at the end of backward the root's own;
+- the optimizer step: AdamW (foreach) run on meta shards of the parameters, its transient peak measured the
+  same way.
 Not counted: the CUDA context and NCCL's buffers (~1-3 GiB), allocator fragmentation, torch.compile's graphs.
 The estimate is checked against real CPU steps in tests/test_memory.py: within 1% of autograd's saved tensors,
 within 2% of the same step's live storages on the CPU, peaks included.
@@ -110,8 +112,9 @@ class _Attention:
 
         import attention
         if q.device.type == "meta" and docs.backend == "sdpa":
-            # SDPA's kernel choice on meta is the math one (a saved T x T score matrix); the fused kernels a real
-            # device picks keep the output and a log-sum-exp, as aten's CPU flash kernel does (GQA included)
+            # SDPA's kernel choice on meta is the math one (a saved T x T score matrix); the fused kernels a
+            # real device picks keep the output and a log-sum-exp, as aten's CPU flash kernel does (GQA
+            # included)
             qb, kb, vb = (x.transpose(0, 1)[None] for x in (q, k, v))
             out, _ = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(qb, kb, vb, 0.0, True)
             return out[0].transpose(0, 1)
@@ -266,8 +269,8 @@ def check_fits(cfg, world, device, log, have=None):
 
 def eval_lengths_that_fit(lengths, model, log, free_bytes=None, margin=2 * GiB):
     """evaluate.py's default lengths, those whose KV cache (one sequence, generation.KVCache) fits in what the GPU
-    has free next to the weights, less `margin` for prefill activations; one line says what was left out. On the
-    CPU all are kept (memory there is the machine's)."""
+    has free next to the weights, less `margin` for prefill activations; one line says what was left out. On
+    the CPU all are kept (memory there is the machine's)."""
     import torch
     device = model.head_weight.device
     if free_bytes is None:

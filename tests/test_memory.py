@@ -1,6 +1,6 @@
 """memory.py: the meta-device estimate of a training step's activation memory agrees with what a real CPU step holds
-(autograd's saved tensors, counted through saved-tensor hooks, and the live storages of the same step run on the
-CPU), and `bench.py memory` prints the per-GPU table for a config."""
+(autograd's saved tensors, counted through saved-tensor hooks, and the live storages of the same step run on
+the CPU), and `bench.py memory` prints the per-GPU table for a config."""
 import os
 import subprocess
 import sys
