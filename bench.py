@@ -279,5 +279,8 @@ if __name__ == "__main__":
     elif sys.argv[1:2] == ["extend"]:  # a real model's context extended on one GPU: extend.py
         import extend
         extend.main(sys.argv[2:])
+    elif sys.argv[1:2] == ["balance"]:  # paper ordering against balanced steps for a config's mixture: balance.py
+        import balance
+        balance.main(sys.argv[2:])
     else:
         main()

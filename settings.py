@@ -49,6 +49,9 @@ DEFAULTS = dict(
     seq_len=2048,
     micro_batch_sequences=1,  # sequences packed into one micro-batch
     sort_microbatches=True,  # order each rank's micro-batches by sum of squared document lengths (paper B.3)
+    # spread each step's sequences over (rank, micro-step) so that every micro-step's ranks carry equal cost
+    # (data.balance_step; then sort_microbatches has no say); False: each rank its own sequences, as the paper
+    balance_steps=True,
     tokens_per_step=16384,
     # optimisation
     max_steps=100,
@@ -62,6 +65,9 @@ DEFAULTS = dict(
     param_dtype="float32",  # master weights and optimizer state
     compute_dtype="bfloat16",  # forward/backward (FSDP MixedPrecisionPolicy)
     activation_checkpointing=True,
+    # the loss's gradients made in its forward pass (loss.py): one vocab matmul fewer; False: recomputed in
+    # backward, without the (vocab x hidden) float32 buffer held from forward to backward
+    fused_loss=True,
     compile=False,
     sp_size=1,  # sequence-parallel group size (Ulysses)
     seed=0,
@@ -116,6 +122,50 @@ def read_file(path):
     _run_file(os.path.normpath(path), namespace, ())
     namespace.pop("include", None)
     return namespace
+
+
+def given_settings(argv):
+    """The names that the config files of argv, or its --key=value, set (the others keep DEFAULTS')."""
+    names = {a[2:].partition("=")[0] for a in argv if a.startswith("--")}
+    for path in (a for a in argv if not a.startswith("--")):
+        names |= {k for k in read_file(path) if not k.startswith("_")}
+    return names
+
+
+def cpu_compute_dtype(cfg, argv, log, slowdown=None):
+    """The dtype a run on CPU computes in: compute_dtype, unless a matmul in it is more than twice slower than
+    in float32 on this CPU (bf16 without AVX-512-BF16 or AMX: ~9x; fp16 on most CPUs: worse), in which case
+    float32, said in one line, unless the config or the command line set compute_dtype itself."""
+    wanted = cfg["compute_dtype"]
+    if wanted in ("float32", "float64"):
+        return wanted
+    slower = (slowdown or matmul_slowdown)(wanted)
+    if slower <= 2:
+        return wanted
+    if "compute_dtype" in given_settings(argv):
+        log(f"warning: compute_dtype={wanted!r} runs matmuls {slower:.0f}x slower than float32 on this CPU; "
+            f"kept, as the settings ask for it")
+        return wanted
+    log(f"compute_dtype: {wanted} matmuls are {slower:.0f}x slower than float32 on this CPU, so this run computes "
+        f"in float32 (set compute_dtype={wanted!r} to insist)")
+    return "float32"
+
+
+def matmul_slowdown(dtype_name, seconds=0.2):
+    """How many times slower a (256 x 512) @ (512 x 2048) matmul runs in dtype_name than in float32 here."""
+    import time
+
+    import torch
+    rates = []
+    for dtype in (torch.float32, getattr(torch, dtype_name)):
+        a, b = torch.randn(256, 512).to(dtype), torch.randn(512, 2048).to(dtype)
+        a @ b  # warm-up
+        n, t0 = 0, time.perf_counter()
+        while n < 2 or time.perf_counter() - t0 < seconds:
+            a @ b
+            n += 1
+        rates.append(n / (time.perf_counter() - t0))
+    return rates[0] / rates[1]
 
 
 class _IncludeError(Exception):
@@ -207,7 +257,7 @@ RULES = dict(
     rope_theta=_optional(POSITIVE), tokenizer=_optional(TEXT), cross_document=FLAG,
     cross_document_labels=_optional(FLAG), attention_backend=_optional(_one_of(*attention.BACKENDS)),
     data_root=TEXT, mixture=MIXTURE, val_mixture=_optional(MIXTURE), val_sequences=COUNT, allow_repeat=FLAG,
-    seq_len=COUNT, micro_batch_sequences=COUNT, sort_microbatches=FLAG, tokens_per_step=COUNT,
+    seq_len=COUNT, micro_batch_sequences=COUNT, sort_microbatches=FLAG, balance_steps=FLAG, fused_loss=FLAG, tokens_per_step=COUNT,
     max_steps=COUNT, lr=POSITIVE, min_lr=NONNEGATIVE,
     warmup_fraction=_number(lambda v: 0 <= v <= 1, "a number in [0, 1]"), weight_decay=NONNEGATIVE,
     beta1=BETA, beta2=BETA, grad_clip=POSITIVE, param_dtype=_one_of(*DTYPES), compute_dtype=_one_of(*DTYPES),

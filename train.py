@@ -39,6 +39,7 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
 import attention
+import balance
 import checkpoint
 import data
 import settings
@@ -112,6 +113,7 @@ def build_model(cfg, mesh, device, log):
     with torch.device("meta"):
         model = Llama(config, cross_document=cfg["cross_document"]).to(param_dtype)
     model.attention_backend = cfg["attention_backend"]
+    model.fused_loss = cfg["fused_loss"]
     blocks = model.model.layers
     for i, block in enumerate(blocks):
         if cfg["compile"]:
@@ -197,6 +199,18 @@ def micro_batches(sequences, per_micro_batch, sort=True):
     return data.order_microbatches(batches) if sort else batches
 
 
+def step_batches(r, cost):
+    """This rank's micro-batches of the next step. balance_steps: the whole step's sequences (all ranks') spread
+    by `cost` so that each micro-step's ranks carry equal work (data.balance_step); else this rank's own
+    sequences, sorted (sort_microbatches) as the paper does. The same global sequences either way."""
+    per_micro = r.cfg["micro_batch_sequences"]
+    if r.cfg["balance_steps"]:
+        sequences = r.train_data.balanced_step(r.sequences_per_rank, per_micro, cost)
+        return micro_batches([as_tensors(s) for s in sequences], per_micro, sort=False)
+    sequences = [as_tensors(next(r.train_data)) for _ in range(r.sequences_per_rank)]
+    return micro_batches(sequences, per_micro, r.cfg["sort_microbatches"])
+
+
 def accumulate_gradients(model, batches, device, split=None):
     """Forward and backward over this rank's micro-batches of one step. Returns the mean loss over the
     valid tokens of the step on all ranks. `split` (seqpar) first cuts each batch down to this rank's slice
@@ -280,6 +294,8 @@ def main(argv=None):
         log = (lambda msg: print(msg, flush=True)) if rank == 0 else (lambda msg: None)
         cfg = load_config(argv)
         dp, accumulation = validate(cfg, world)
+        if device.type == "cpu":  # decided on rank 0 for all: a timing probe's noise must not split the ranks
+            cfg["compute_dtype"] = broadcast_object(settings.cpu_compute_dtype(cfg, argv, log) if rank == 0 else 0)
         settings.check_init_from(cfg["init_from"])
         train(setup(cfg, rank, world, dp, accumulation, device, log))
     except (UserError, OSError) as e:  # an OSError: a full disk while writing metrics.jsonl, say
@@ -416,11 +432,10 @@ def train(r):
     peak, source = throughput.mfu_peak(cfg["peak_flops"], r.device, getattr(torch, cfg["compute_dtype"]))
     r.log(f"MFU against {peak / 1e12:,.3f} TFLOP/s per device ({source})" if peak else
           f"MFU not shown: {source}")
-    step_times = []
+    step_times, cost = [], balance.flop_cost(r.model.config)
     while r.step < steps:
         t0 = time.perf_counter()
-        sequences = [as_tensors(next(r.train_data)) for _ in range(r.sequences_per_rank)]
-        batches = micro_batches(sequences, cfg["micro_batch_sequences"], cfg["sort_microbatches"])
+        batches = step_batches(r, cost)
         lr = lr_at(r.step, cfg)
         for group in r.optimizer.param_groups:
             group["lr"] = lr

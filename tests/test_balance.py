@@ -1,6 +1,7 @@
 """Balanced steps (data.balance_step, Mixture.balanced_step): every sequence of a step exactly once, the same
 assignment on every rank, never slower than the paper's ordering; the step's global batch is unchanged."""
 import itertools
+import os
 import random
 
 import numpy as np
@@ -8,6 +9,8 @@ import pytest
 
 import data
 from test_tokenfiles import conversations, write_domain
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def check_slots(slots, n, dp, per_micro):
@@ -96,3 +99,114 @@ def test_balanced_step_covers_the_steps_sequences_and_moves_the_cursor_alike(mix
         paper = [sum(sorted([seqs[k:k + per_micro] for k in range(0, per_rank, per_micro)],
                             key=lambda m: -sum(cost(np.diff(s.cu_seqlens)) for s in m)), []) for seqs in mine]
         assert time(got) <= time(paper)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the simulator (balance.py, `python bench.py balance CONFIG`)
+
+
+def test_table_lengths_fill_every_sequence_as_the_modes_cut():
+    import balance
+    mixture = [dict(path="x/book-65536", proportion=0.6, length=512, mode="chunk"),
+               dict(path="x/short", proportion=0.4, length=128, mode="pack")]
+    lengths = balance.table_lengths(mixture, 512, 400)
+    assert all(int(x.sum()) == 512 for x in lengths)
+    single = [x for x in lengths if len(x) == 1]
+    assert all(x.tolist() == [512] for x in single) and 0.5 < len(single) / 400 < 0.7
+
+
+def test_simulator_reads_the_domains_on_disk_and_prints_the_ratio(mixture_spec, tmp_path, capsys):
+    import balance
+    root = os.path.dirname(mixture_spec[0]["path"])
+    config = tmp_path / "config.py"
+    config.write_text(f"data_root = {root!r}\nseq_len = 128\ntokens_per_step = 128 * 8\nmixture = "
+                      f"{[dict(c, path=os.path.basename(c['path'])) for c in mixture_spec]!r}\n")
+    balance.main([str(config), "--dp", "2", "4", "3", "--steps", "20", "--model", "tiny"])
+    out = capsys.readouterr().out
+    assert "from the domains on disk" in out
+    rows = {line.split()[0]: line.split() for line in out.splitlines()[2:]}
+    assert rows["3"][1] == "n/a"
+    # the same figures computed here from the sequences train.py would read
+    from model import LlamaConfig
+    mix = data.Mixture(mixture_spec, 128, seed=0, allow_repeat=True)
+    cost = balance.flop_cost(LlamaConfig.tiny())
+    lengths = [mix.sequence_lengths(g) for g in range(160)]
+    for dp in (2, 4):
+        paper, balanced, _ = balance.simulate(lengths, 8, dp, 1, cost)
+        assert float(rows[str(dp)][-1].rstrip("x")) == pytest.approx(paper / balanced, abs=1e-3)
+        assert paper >= balanced
+
+
+@pytest.mark.parametrize("name", ["prolong_64k", "prolong_512k"])
+def test_simulator_on_the_recipe_configs_without_their_data(name, capsys):
+    import balance
+    balance.main([os.path.join(ROOT, "configs", f"{name}.py"), "--steps", "40"])
+    out = capsys.readouterr().out
+    assert "LENGTH_TABLE" in out
+    ratios = [float(line.split()[-1].rstrip("x")) for line in out.splitlines()[2:] if line.split()[1] != "n/a"]
+    assert ratios and all(r >= 1.0 for r in ratios) and max(ratios) > 1.05
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# train.py with balance_steps on and off: the same update (real torchrun/gloo process groups, float64)
+
+ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
+
+
+def worker(tmp_path, name, nproc, steps=2, resume_at=None, **overrides):
+    """Losses and gradients of `steps` steps of train.py's setup and step functions: rows 0-1999 of the
+    vocabulary matrices (every token the domains hold) and their column sums, every other parameter whole."""
+    import subprocess
+    import sys
+    settings = dict(out_dir=str(tmp_path / name), data_root=str(tmp_path.parent / "domains"), seq_len=128,
+                    mixture=[dict(path="long", proportion=0.4, length=128, mode="chunk"),
+                             dict(path="short", proportion=0.3, length=64, mode="pack"),
+                             dict(path="chat", proportion=0.3, length=128, mode="sft")],
+                    tokens_per_step=128 * 8, max_steps=steps, param_dtype="float64", compute_dtype="float64",
+                    model_overrides={"num_hidden_layers": 2, "initializer_range": 0.2}, allow_repeat=True)
+    settings.update(overrides)
+    config = tmp_path / f"{name}.py"
+    config.write_text("".join(f"{k} = {v!r}\n" for k, v in settings.items()))
+    out = tmp_path / f"{name}.pt"
+    args = ["tests/balance_worker.py", str(config), str(out), str(steps)] + ([str(resume_at)] if resume_at else [])
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           f"--nproc_per_node={nproc}"] + args, cwd=ROOT, env=ENV, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    import torch
+    results = torch.load(out, weights_only=True)
+    for r in results:
+        r["grads"] = {k: (g if g.shape[0] < 100000 else torch.cat([g[:2000], g.sum(0, keepdim=True)]))
+                      for k, g in r["grads"].items()}
+    return results
+
+
+def assert_same(a, b, what):
+    assert len(a) == len(b)
+    for step, (x, y) in enumerate(zip(a, b)):
+        assert abs(x["loss"] - y["loss"]) <= 1e-10, (what, step, x["loss"], y["loss"])
+        assert x["grads"].keys() == y["grads"].keys()
+        worst = max((x["grads"][k] - y["grads"][k]).abs().max().item() for k in x["grads"])
+        assert worst <= 1e-10, (what, step, worst)
+
+
+@pytest.mark.slow
+def test_balanced_steps_give_the_same_losses_and_gradients_float64(tmp_path_factory):
+    """World sizes 2 and 4, an SP group of 2, two sequences per micro-batch, SFT masks in the mixture, and a
+    data stream reopened mid-run: balance_steps on equals off (<= 1e-10), and every layout equals every other."""
+    pytest.importorskip("llama_models", reason="pip install --no-deps llama-models (the Llama-3 tokenizer file)")
+    base = tmp_path_factory.mktemp("train")
+    domains = base / "domains"
+    rng = np.random.default_rng(5)
+    write_domain(domains / "long", [rng.integers(0, 2000, int(k)) for k in rng.integers(130, 300, 30)])
+    write_domain(domains / "short", [rng.integers(0, 2000, int(k)) for k in rng.integers(3, 60, 200)])
+    write_domain(domains / "chat", conversations(200, seed=5), with_mask=True)
+    tmp = base / "runs"
+    tmp.mkdir()
+    reference = worker(tmp, "paper2", 2, balance_steps=False)
+    assert reference[0]["loss"] > 5  # a fresh model: near ln(vocab)
+    assert_same(worker(tmp, "balanced2", 2), reference, "2 ranks")
+    assert_same(worker(tmp, "balanced4", 4), reference, "4 ranks")
+    assert_same(worker(tmp, "balanced4sp2", 4, sp_size=2), reference, "4 ranks, SP 2")
+    assert_same(worker(tmp, "balanced2x2", 2, micro_batch_sequences=2), reference, "2 sequences per micro-batch")
+    assert_same(worker(tmp, "resumed", 2, resume_at=1), reference, "data reopened after step 1")
