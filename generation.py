@@ -1,13 +1,14 @@
 """
-Generation with a KV cache, for Llama (model.py): `generate` continues one prompt, `generate_batch` several prompts
-of any lengths at once. Llama.generate and Llama.generate_batch call these.
+Generation with a KV cache, for Llama (model.py): `generate` continues one prompt, `generate_batch` several
+prompts of any lengths at once. Llama.generate and Llama.generate_batch call these.
 
-- The prompt is prefilled through the cache `prefill_chunk` tokens at a time, so that activations stay bounded at
-  long context; only the last position's logits are ever computed.
-- A cache is the model's view of the past: `positions` (the RoPE positions of the new tokens), `attend` (store the
-  new keys and values, attend to all of them) and `advance`. model.py's attention calls only these three, so it
-  does not know which cache it runs with.
-- Greedy when temperature == 0; else temperature and nucleus (top_p) sampling with an optional torch.Generator.
+- The prompt is prefilled through the cache `prefill_chunk` tokens at a time, so that activations stay bounded
+  at long context; only the last position's logits are ever computed.
+- A cache is the model's view of the past: `positions` (the RoPE positions of the new tokens), `attend` (store
+  the new keys and values, attend to all of them) and `advance`. model.py's attention calls only these three,
+  so it does not know which cache it runs with.
+- Greedy when temperature == 0; else temperature and nucleus (top_p) sampling with an optional
+  torch.Generator.
 """
 import torch
 import torch.nn.functional as F
@@ -49,9 +50,10 @@ def generate_batch(model, prompts, max_new_tokens, temperature=0.0, top_p=1.0, s
     compute-bound: batching it gains little). Decoding is where a batch pays, one forward reading the weights
     once for all rows: a step feeds one token per unfinished row at the row's own position (no left padding,
     so RoPE sees generate's positions), attending to the row's own keys through a key-padding mask; a row that
-    draws a stop token leaves the batch. Greedy output equals `generate` token for token (tests, float64; in low
-    precision a near-tie may break either way). `generator`: one torch.Generator that the rows share (they draw
-    in turn: deterministic, not generate's draws), or one per prompt, each drawing what generate would draw."""
+    draws a stop token leaves the batch. Greedy output equals `generate` token for token (tests, float64; in
+    low precision a near-tie may break either way). `generator`: one torch.Generator that the rows share (they
+    draw in turn: deterministic, not generate's draws), or one per prompt, each drawing what generate would
+    draw."""
     param = model.head_weight
     prompts = [torch.as_tensor(p, dtype=torch.long, device=param.device).reshape(-1) for p in prompts]
     generators = list(generator) if isinstance(generator, (list, tuple)) else [generator] * len(prompts)
@@ -88,7 +90,8 @@ def generate_batch(model, prompts, max_new_tokens, temperature=0.0, top_p=1.0, s
 
 
 class KVCache:
-    """Keys and values of every layer for one sequence, preallocated to the longest length generation reaches."""
+    """Keys and values of every layer for one sequence, preallocated to the longest length generation
+    reaches."""
 
     def __init__(self, config, max_len, dtype, device):
         shape = (config.num_hidden_layers, max_len, config.num_key_value_heads, config.head_dim)
@@ -106,8 +109,9 @@ class KVCache:
         return self.k[layer, :end], self.v[layer, :end]
 
     def positions(self, num_tokens, device):
-        # Once per forward pass, what every layer's attention shares: the varlen kernel's boundaries of c new queries
-        # over L keys, copied to the device here rather than twice per layer (a host-to-device copy each)
+        # Once per forward pass, what every layer's attention shares: the varlen kernel's boundaries of c new
+        # queries over L keys, copied to the device here rather than twice per layer (a host-to-device copy
+        # each)
         end = self.length + num_tokens
         self._cu = tuple(torch.tensor([0, n], dtype=torch.int32).to(device, non_blocking=True)
                          for n in (num_tokens, end))
@@ -123,8 +127,9 @@ class KVCache:
 
 class BatchKVCache:
     """Several sequences decoded together, one new token each per forward pass (`generate_batch`). Row b holds
-    sequence b's keys at its own positions 0 .. lengths[b]-1, right-padded up to the longest row, so a new token's
-    position (its RoPE angle) is lengths[b], as in a KVCache of its own; `keep` drops finished rows."""
+    sequence b's keys at its own positions 0 .. lengths[b]-1, right-padded up to the longest row, so a new
+    token's position (its RoPE angle) is lengths[b], as in a KVCache of its own; `keep` drops finished
+    rows."""
 
     def __init__(self, config, rows, max_len, dtype, device):
         shape = (config.num_hidden_layers, rows, max_len, config.num_key_value_heads, config.head_dim)
@@ -140,7 +145,8 @@ class BatchKVCache:
         return row
 
     def keep(self, rows):
-        """Keep only `rows` (ascending), moved up in place: row rows[i] >= i, so none is overwritten unread."""
+        """Keep only `rows` (ascending), moved up in place: row rows[i] >= i, so none is overwritten
+        unread."""
         for new, old in enumerate(rows):
             if new != old:
                 n = self.lengths[old]
@@ -150,7 +156,8 @@ class BatchKVCache:
         self.lengths = [self.lengths[r] for r in rows]
 
     def positions(self, num_tokens, device):
-        # one new token per row; built once per forward pass (one host-to-device copy), every layer reuses them
+        # one new token per row; built once per forward pass (one host-to-device copy), every layer reuses
+        # them
         self._positions = torch.tensor(self.lengths, device=device)
         self._rows = torch.arange(len(self.lengths), device=device)
         self._filled = self._positions + 1  # keys each row attends to, its new one included

@@ -45,15 +45,16 @@ PASSED, FAILED, INCOMPLETE, NO_CUDA = 0, 1, 3, 2
 
 def gpu_check(argv):
     ap = argparse.ArgumentParser(prog="bench.py gpu", description="the one-shot GPU check (see gpucheck.py)")
-    ap.add_argument("--cpu-smoke", action="store_true", help="toy sizes on the CPU (without it, no CUDA is an error)")
+    ap.add_argument("--cpu-smoke", action="store_true",
+                    help="toy sizes on the CPU (without it, no CUDA is an error)")
     ap.add_argument("--budget", type=float, default=280.0, help="seconds for all sections together (default 280)")
     ap.add_argument("--section", help=argparse.SUPPRESS)  # the child's side: run one section
     ap.add_argument("--seconds", type=float, default=None, help=argparse.SUPPRESS)  # the child's share
     args = ap.parse_args(argv)
     import torch
     if not args.cpu_smoke and not torch.cuda.is_available():
-        fail(f"no CUDA device (torch {torch.__version__}, built for CUDA {torch.version.cuda}): the GPU check needs "
-             f"one; `python bench.py gpu --cpu-smoke` runs it at toy size on the CPU", NO_CUDA)
+        fail(f"no CUDA device (torch {torch.__version__}, built for CUDA {torch.version.cuda}): the GPU check "
+             f"needs one; `python bench.py gpu --cpu-smoke` runs it at toy size on the CPU", NO_CUDA)
     if args.section:
         sys.exit(run_section(args.section, args.cpu_smoke, args.seconds))
     device = "CPU" if args.cpu_smoke else torch.cuda.get_device_name()
@@ -62,14 +63,16 @@ def gpu_check(argv):
           f", budget {args.budget:g} s", flush=True)
     row("section", "case", "backend", "dtype", "result")
     here = os.path.abspath(__file__)
-    command = lambda name, share: [sys.executable, here, "--section", name, "--seconds", f"{share:.1f}"] + (  # noqa
-        ["--cpu-smoke"] if args.cpu_smoke else [])
+    def command(name, share):
+        smoke = ["--cpu-smoke"] if args.cpu_smoke else []
+        return [sys.executable, here, "--section", name, "--seconds", f"{share:.1f}"] + smoke
     sys.exit(run_sections(SECTIONS, args.budget, command))
 
 
 def run_sections(sections, budget, command):
-    """Run each (name, weight) section as `command(name, share)` in its own process group, killed when its share
-    of what is left of `budget` is spent. Returns the exit status of the whole check (see the module docstring)."""
+    """Run each (name, weight) section as `command(name, share)` in its own process group, killed when its
+    share of what is left of `budget` is spent. Returns the exit status of the whole check (see the module
+    docstring)."""
     deadline = time.perf_counter() + budget
     statuses = {}
     for i, (name, weight) in enumerate(sections):
@@ -139,7 +142,8 @@ def judge(errors, dtype, names=("out", "dq", "dk", "dv")):
     tol = TOLERANCE[str(dtype).replace("torch.", "")]
     text = " ".join(f"{n} {e:.1e}" for n, e in zip(names, errors))
     bad = [n for n, e in zip(names, errors) if not e <= tol]  # NaN fails too
-    return not bad, f"rel err {text}" + (f" above tolerance {tol:g} ({', '.join(bad)})" if bad else f" <= {tol:g}")
+    verdict = f" above tolerance {tol:g} ({', '.join(bad)})" if bad else f" <= {tol:g}"
+    return not bad, f"rel err {text}{verdict}"
 
 
 class GpuCheck:
@@ -170,8 +174,9 @@ class GpuCheck:
             self.torch.cuda.synchronize()
 
     def timed(self, fn, first_s):
-        """Median ms of a few calls of `fn` (already warmed up: its first call took `first_s`): five when a call is
-        quick, fewer when it is slow, none past what the section has left (then the first call's time)."""
+        """Median ms of a few calls of `fn` (already warmed up: its first call took `first_s`): five when a
+        call is quick, fewer when it is slow, none past what the section has left (then the first call's
+        time)."""
         reps = max(0, min(5, int(min(2.0, self.left() / 4) / max(first_s, 1e-6))))
         times = [first_s]
         for _ in range(reps):
@@ -182,10 +187,10 @@ class GpuCheck:
             times.append(time.perf_counter() - t0)
         return 1000 * statistics.median(times[1:] or times)
 
-    # ------------------------------------------------------------------------------------------------------------
+    # --------------------------------------------------------------------------------------------------------
     def attention(self, which):
-        """Every backend against a float64 reference, forward and backward, on a pack and on one long document,
-        in self.dtypes[which]."""
+        """Every backend against a float64 reference, forward and backward, on a pack and on one long
+        document, in self.dtypes[which]."""
         torch = self.torch
         import attention
         dtype = self.dtypes[which]
@@ -260,13 +265,15 @@ class GpuCheck:
         return ok, f"{text}; {what} {ms:.2f} ms"
 
     def _cached_attention(self):
-        """Generation's bottom-right causal alignment with the kernel this device uses, against the c x L mask."""
+        """Generation's bottom-right causal alignment with the kernel this device uses, against the c x L
+        mask."""
         torch = self.torch
         import attention
         c, L = 5, 1000
         dtype = self.dtypes[0]
         g = torch.Generator(device="cpu").manual_seed(1)
-        q, k, v = (torch.randn(n, h, 64, generator=g).to(dtype).to(self.device) for n, h in ((c, 8), (L, 2), (L, 2)))
+        q, k, v = (torch.randn(n, h, 64, generator=g).to(dtype).to(self.device)
+                   for n, h in ((c, 8), (L, 2), (L, 2)))
         mask = torch.ones(c, L, dtype=torch.bool, device=self.device).tril(diagonal=L - c)
         qb, kb, vb = (x.double().transpose(0, 1)[None] for x in (q, k, v))
         ref = torch.nn.functional.scaled_dot_product_attention(qb, kb, vb, attn_mask=mask, enable_gqa=True)
@@ -275,16 +282,18 @@ class GpuCheck:
         ok, text = judge(relative_errors([out], [ref[0].transpose(0, 1)]), dtype, names=("out",))
         (row if ok else self.failed)("attention", f"cached c={c} L={L}", "auto", dtype, f"{text} vs c x L mask")
 
-    # ------------------------------------------------------------------------------------------------------------
+    # --------------------------------------------------------------------------------------------------------
     def compiled_block(self):
-        """Two compiled transformer blocks (train.py's per-block compile) on three packings: graphs, breaks."""
+        """Two compiled transformer blocks (train.py's per-block compile) on three packings: graphs,
+        breaks."""
         torch = self.torch
         import attention
         from torch._dynamo.utils import counters
         from model import Llama, LlamaConfig
         torch._dynamo.reset()
         if self.smoke:
-            config, dtype, sizes, compile_backend = LlamaConfig.tiny(), torch.float32, (128, 128, 192), "aot_eager"
+            config, dtype = LlamaConfig.tiny(), torch.float32
+            sizes, compile_backend = (128, 128, 192), "aot_eager"
         else:
             config = LlamaConfig.llama3_2_1b(num_hidden_layers=2)
             dtype, sizes, compile_backend = torch.bfloat16, (8192, 8192, 12288), "inductor"
@@ -319,7 +328,7 @@ class GpuCheck:
         for r in reasons[:5]:
             row("compile", "graph break reason", "-", "-", r[:160])
 
-    # ------------------------------------------------------------------------------------------------------------
+    # --------------------------------------------------------------------------------------------------------
     def train_step(self):
         """One FSDP2 step of the Llama-3.2-1B shape on a 64K pack: bf16 compute, activation checkpointing, the
         fastest attention backend, a world of one process, through train.py's own functions."""
@@ -398,7 +407,7 @@ class GpuCheck:
                                      f"{est:.2f} GiB estimated, {measured_gib:.2f} GiB allocated at peak "
                                      f"({measured_gib / est:.2f}x)")
 
-    # ------------------------------------------------------------------------------------------------------------
+    # --------------------------------------------------------------------------------------------------------
     def mask_memory(self):
         """The flex BlockMask built from cu_seqlens: bytes held and peak while building, 64K and 512K."""
         torch = self.torch
@@ -426,9 +435,10 @@ class GpuCheck:
 
 
 def reference_attention(q, k, v, dout, bounds, budget=2**28):
-    """float64 out, dq, dk, dv of document-causal attention written out with explicit formulas, per document and
-    per chunk of queries so that no (heads x chunk x keys) tensor exceeds `budget` elements (a 64K document on
-    a GPU never holds its 64K x 64K score matrix at once). Backward: dS = P * (dP - rowsum(dO * O))."""
+    """float64 out, dq, dk, dv of document-causal attention written out with explicit formulas, per document
+    and per chunk of queries so that no (heads x chunk x keys) tensor exceeds `budget` elements (a 64K
+    document on a GPU never holds its 64K x 64K score matrix at once). Backward: dS = P * (dP - rowsum(dO *
+    O))."""
     import torch
     q, k, v, dout = (x.double() for x in (q, k, v, dout))
     T, H, D = q.shape

@@ -42,9 +42,11 @@ KNOWN_HUB_IDS = {"meta-llama/Meta-Llama-3-8B-Instruct": "llama3_8b", "meta-llama
 
 
 def model_config(cfg, preset=None):
-    """The LlamaConfig a run of `cfg` trains: init_from's config.json, a known hub id's preset, or `preset`."""
+    """The LlamaConfig a run of `cfg` trains: init_from's config.json, a known hub id's preset, or
+    `preset`."""
     from model import LlamaConfig
-    presets = {"tiny": LlamaConfig.tiny, "llama3_2_1b": LlamaConfig.llama3_2_1b, "llama3_8b": LlamaConfig.llama3_8b}
+    presets = {"tiny": LlamaConfig.tiny, "llama3_2_1b": LlamaConfig.llama3_2_1b,
+               "llama3_8b": LlamaConfig.llama3_8b}
     name = preset or (None if cfg["init_from"] else cfg["model"])
     init = cfg["init_from"]
     if name is None and os.path.isfile(os.path.join(init, "config.json")):
@@ -69,8 +71,8 @@ def _no_exchange():
 
 @contextlib.contextmanager
 def _all_chunks_valid():
-    """On meta, labels have no values: the loss counts every chunk as holding valid labels (pretraining's case, the
-    most it can hold). On a real device the labels say."""
+    """On meta, labels have no values: the loss counts every chunk as holding valid labels (pretraining's
+    case, the most it can hold). On a real device the labels say."""
     import loss
 
     def counts(labels, chunk_size):
@@ -83,8 +85,8 @@ def _all_chunks_valid():
 
 
 class _Attention:
-    """The model's attention entry points for the measured step: one document of the whole (global) sequence, the
-    kernel train.py would use, and Ulysses' exchange around it when sp > 1."""
+    """The model's attention entry points for the measured step: one document of the whole (global) sequence,
+    the kernel train.py would use, and Ulysses' exchange around it when sp > 1."""
 
     def __init__(self, backend, sp):
         self.backend, self.sp = backend, sp
@@ -248,8 +250,9 @@ def table(rows, info):
 
 
 def check_fits(cfg, world, device, log, have=None):
-    """train.py at start-up on a GPU: log the estimate; stop in one line (a UserError) when it exceeds the GPU's
-    memory. An estimate that cannot be made (a shape it cannot tell) is said and does not stop the run."""
+    """train.py at start-up on a GPU: log the estimate; stop in one line (a UserError) when it exceeds the
+    GPU's memory. An estimate that cannot be made (a shape it cannot tell) is said and does not stop the
+    run."""
     import torch
     try:
         rows, _ = estimate(cfg, world)
@@ -261,16 +264,16 @@ def check_fits(cfg, world, device, log, have=None):
         have = torch.cuda.get_device_properties(device).total_memory
     log(f"memory estimate: {peak / GiB:.1f} GiB per GPU of {have / GiB:.1f} GiB (bench.py memory)")
     if peak > have:
-        raise UserError(f"the estimated peak of {peak / GiB:.1f} GiB per GPU exceeds this GPU's {have / GiB:.1f} GiB "
-                        f"(python bench.py memory CONFIG --gpus N shows the phases): use more GPUs, a larger sp_size "
-                        f"or a shorter seq_len")
+        raise UserError(f"the estimated peak of {peak / GiB:.1f} GiB per GPU exceeds this GPU's "
+                        f"{have / GiB:.1f} GiB (python bench.py memory CONFIG --gpus N shows the phases): use "
+                        f"more GPUs, a larger sp_size or a shorter seq_len")
     return peak
 
 
 def eval_lengths_that_fit(lengths, model, log, free_bytes=None, margin=2 * GiB):
-    """evaluate.py's default lengths, those whose KV cache (one sequence, generation.KVCache) fits in what the GPU
-    has free next to the weights, less `margin` for prefill activations; one line says what was left out. On
-    the CPU all are kept (memory there is the machine's)."""
+    """evaluate.py's default lengths, those whose KV cache (one sequence, generation.KVCache) fits in what the
+    GPU has free next to the weights, less `margin` for prefill activations; one line says what was left out.
+    On the CPU all are kept (memory there is the machine's)."""
     import torch
     device = model.head_weight.device
     if free_bytes is None:
@@ -282,17 +285,18 @@ def eval_lengths_that_fit(lengths, model, log, free_bytes=None, margin=2 * GiB):
     kept = [L for L in lengths if L * per_token <= free_bytes - margin] or sorted(lengths)[:1]
     if len(kept) < len(lengths):
         cut = min(L for L in lengths if L not in kept)
-        log(f"lengths from {cut:,} left out: their KV cache needs {cut * per_token / GiB:.1f} GiB and the GPU has "
-            f"{free_bytes / GiB:.1f} GiB free next to the weights; --lengths runs them anyway")
+        log(f"lengths from {cut:,} left out: their KV cache needs {cut * per_token / GiB:.1f} GiB and the GPU "
+            f"has {free_bytes / GiB:.1f} GiB free next to the weights; --lengths runs them anyway")
     return kept
 
 
 def main(argv):
-    ap = argparse.ArgumentParser(prog="bench.py memory", description="per-GPU memory of a config's training step, "
-                                 "from a run on the meta device (see memory.py)")
+    ap = argparse.ArgumentParser(prog="bench.py memory", description="per-GPU memory of a config's training "
+                                 "step, from a run on the meta device (see memory.py)")
     ap.add_argument("config", help="a config file, as train.py takes it")
     ap.add_argument("--gpus", type=int, default=8, help="GPUs in the run (FSDP shards over all of them)")
-    ap.add_argument("--sp", type=int, default=None, help="sequence-parallel size (default: the config's sp_size)")
+    ap.add_argument("--sp", type=int, default=None,
+                    help="sequence-parallel size (default: the config's sp_size)")
     ap.add_argument("--model", default=None, help="the model's shape when init_from has no config.json here")
     args = ap.parse_args(argv)
     with one_line_errors():

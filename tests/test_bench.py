@@ -1,6 +1,6 @@
-"""bench.py gpu (gpucheck.py): the one-shot GPU check runs end to end at CPU size (so it cannot rot before a GPU sees
-it), its exit status says FAILED, incomplete or no CUDA, and its time budget stops a section that overruns;
-bench.py's CPU memory meter measures what it says."""
+"""bench.py gpu (gpucheck.py): the one-shot GPU check runs end to end at CPU size (so it cannot rot before a
+GPU sees it), its exit status says FAILED, incomplete or no CUDA, and its time budget stops a section that
+overruns; bench.py's CPU memory meter measures what it says."""
 import os
 import re
 import subprocess
@@ -67,7 +67,8 @@ def test_gpu_check_without_cuda_is_an_error_not_a_cpu_run():
 
 
 def run(*bodies, budget):
-    """gpucheck.run_sections over sections of equal weight that run the Python `bodies` instead of the check."""
+    """gpucheck.run_sections over sections of equal weight that run the Python `bodies` instead of the
+    check."""
     names = [(f"s{i}", 1) for i in range(len(bodies))]
     return gpucheck.run_sections(names, budget, lambda name, share: [sys.executable, "-c", bodies[int(name[1:])]])
 

@@ -1,7 +1,7 @@
-"""extend.py: the GGUF -> HF conversion agrees with transformers' own GGUF loader (a tiny llama GGUF written here with
-the gguf package, quantised tensors included; and SmolLM2-135M itself, slow), the rebuilt tokenizer splits as
-llama.cpp's "smollm" pre-tokenizer does, and `bench.py extend --cpu-smoke` runs the whole pipeline at toy
-size."""
+"""extend.py: the GGUF -> HF conversion agrees with transformers' own GGUF loader (a tiny llama GGUF written
+here with the gguf package, quantised tensors included; and SmolLM2-135M itself, slow), the rebuilt tokenizer
+splits as llama.cpp's "smollm" pre-tokenizer does, and `bench.py extend --cpu-smoke` runs the whole pipeline
+at toy size."""
 import glob
 import json
 import os
@@ -86,7 +86,8 @@ def write_gguf(path, model, quantised=("blk.0.ffn_up.weight",)):
 
 
 def transformers_gguf_model(path):
-    """transformers' own reading of a GGUF file (its config parsing, dequantisation and q/k un-permutation)."""
+    """transformers' own reading of a GGUF file (its config parsing, dequantisation and q/k
+    un-permutation)."""
     import transformers
     from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
     config = load_gguf_checkpoint(path)["config"]

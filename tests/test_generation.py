@@ -1,5 +1,6 @@
-"""generation.py: what the caches build, they build once per forward pass, not once per layer: on a GPU each small
-tensor made on the host is a host-to-device copy, and per layer per decoded token those add up (issue 19)."""
+"""generation.py: what the caches build, they build once per forward pass, not once per layer: on a GPU each
+small tensor made on the host is a host-to-device copy, and per layer per decoded token those add up (issue
+19)."""
 import torch
 from torch.overrides import TorchFunctionMode
 
@@ -34,8 +35,8 @@ def test_decoding_builds_its_small_tensors_once_per_forward_not_per_layer():
 
 
 def test_the_varlen_boundaries_reach_every_layer_built_once(monkeypatch):
-    """On a GPU attend_cached hands (cu_q, cu_k) to the varlen kernel; the cache builds them in `positions`, once per
-    forward, and every layer receives the same two tensors, [0, c] and [0, L]."""
+    """On a GPU attend_cached hands (cu_q, cu_k) to the varlen kernel; the cache builds them in `positions`,
+    once per forward, and every layer receives the same two tensors, [0, c] and [0, L]."""
     seen = []
     real = attention.attend_cached
 

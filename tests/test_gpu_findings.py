@@ -1,8 +1,8 @@
-"""The first-GPU audit's findings that live in train.py, attention.py and evaluate.py (issue 19), each shown on the
-CPU: the process group's timeout covers rank 0's first load, fp32 attention off the CPU repeats K/V rather
-than ask SDPA for a GQA kernel it may not have, flex chooses compiled or eager per call's device, cu_seqlens
-reaches the model as a host array that FSDP's root does not move, and evaluation's default lengths fit the
-GPU."""
+"""The first-GPU audit's findings that live in train.py, attention.py and evaluate.py (issue 19), each shown
+on the CPU: the process group's timeout covers rank 0's first load, fp32 attention off the CPU repeats K/V
+rather than ask SDPA for a GQA kernel it may not have, flex chooses compiled or eager per call's device,
+cu_seqlens reaches the model as a host array that FSDP's root does not move, and evaluation's default lengths
+fit the GPU."""
 import datetime
 
 import pytest
@@ -82,9 +82,9 @@ def test_flex_stays_eager_on_the_cpu_after_a_gpu_compiled_it(monkeypatch):
 
 
 def test_cu_seqlens_reaches_the_model_as_a_host_array_that_fsdp_does_not_move():
-    """train.forward passes cu_seqlens as numpy: FSDP2's root pre-forward (torch.distributed.utils._to_kwargs, as
-    DDP) moves every tensor argument to the GPU, after which attention.prepare would copy it back, a sync per
-    micro-batch. The model gives the same loss for either form."""
+    """train.forward passes cu_seqlens as numpy: FSDP2's root pre-forward (torch.distributed.utils._to_kwargs,
+    as DDP) moves every tensor argument to the GPU, after which attention.prepare would copy it back, a sync
+    per micro-batch. The model gives the same loss for either form."""
     from types import SimpleNamespace
     seen = {}
 
@@ -106,8 +106,8 @@ def test_cu_seqlens_reaches_the_model_as_a_host_array_that_fsdp_does_not_move():
 
 
 def test_evaluation_default_lengths_fit_the_gpu():
-    """Llama-3-8B trained at 512K: its KV cache is 128 KiB a token in bf16, 64 GiB at 524,288, beside 15 GiB of
-    weights on an 80 GiB GPU: the longest default length is left out, in one line."""
+    """Llama-3-8B trained at 512K: its KV cache is 128 KiB a token in bf16, 64 GiB at 524,288, beside 15 GiB
+    of weights on an 80 GiB GPU: the longest default length is left out, in one line."""
     with torch.device("meta"):
         model = Llama(LlamaConfig.llama3_8b(max_position_embeddings=524288)).to(torch.bfloat16)
     lines = []

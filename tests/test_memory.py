@@ -1,6 +1,6 @@
-"""memory.py: the meta-device estimate of a training step's activation memory agrees with what a real CPU step holds
-(autograd's saved tensors, counted through saved-tensor hooks, and the live storages of the same step run on
-the CPU), and `bench.py memory` prints the per-GPU table for a config."""
+"""memory.py: the meta-device estimate of a training step's activation memory agrees with what a real CPU step
+holds (autograd's saved tensors, counted through saved-tensor hooks, and the live storages of the same step
+run on the CPU), and `bench.py memory` prints the per-GPU table for a config."""
 import os
 import subprocess
 import sys
@@ -19,8 +19,8 @@ T = 1024
 
 
 def saved_tensor_bytes(config, tokens, fused_loss):
-    """Bytes of the distinct storages autograd saves in one real CPU forward (parameters excluded): what a step
-    holds between forward and backward, measured independently of memory.py's counting."""
+    """Bytes of the distinct storages autograd saves in one real CPU forward (parameters excluded): what a
+    step holds between forward and backward, measured independently of memory.py's counting."""
     model = Llama(config)
     model.fused_loss = fused_loss
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
@@ -39,16 +39,17 @@ def saved_tensor_bytes(config, tokens, fused_loss):
 
 
 def test_meta_activations_match_the_tensors_a_real_forward_saves():
-    """No checkpointing and the chunked loss (which keeps nothing outside autograd's saved tensors): what stays live
-    after forward on meta is what autograd saved, within 1% (the loss and its count are the rest)."""
+    """No checkpointing and the chunked loss (which keeps nothing outside autograd's saved tensors): what
+    stays live after forward on meta is what autograd saved, within 1% (the loss and its count are the
+    rest)."""
     est = memory.measure_step(CONFIG, T, torch.float32, checkpointing=False, fused_loss=False)
     real = saved_tensor_bytes(CONFIG, T, fused_loss=False)
     assert abs(est["after_forward"] - real) <= 0.01 * real, (est, real)
 
 
 def test_meta_step_matches_the_same_step_run_on_the_cpu():
-    """Forward peak, what forward leaves, backward peak: meta against real CPU tensors, within 2%, with and without
-    checkpointing and with the fused loss (whose buffers live outside autograd)."""
+    """Forward peak, what forward leaves, backward peak: meta against real CPU tensors, within 2%, with and
+    without checkpointing and with the fused loss (whose buffers live outside autograd)."""
     labels = torch.randint(0, CONFIG.vocab_size, (T,))
     for checkpointing in (False, True):
         meta = memory.measure_step(CONFIG, T, torch.float32, checkpointing)
@@ -62,7 +63,8 @@ def test_meta_step_matches_the_same_step_run_on_the_cpu():
 
 
 def test_sequence_parallel_ranks_hold_their_share():
-    """sp 2: each rank holds half the tokens' activations (attention over the whole sequence for half the heads)."""
+    """sp 2: each rank holds half the tokens' activations (attention over the whole sequence for half the
+    heads)."""
     one = memory.measure_step(CONFIG, T, torch.float32, False, sp=1, fused_loss=False)
     two = memory.measure_step(CONFIG, T // 2, torch.float32, False, sp=2, fused_loss=False)
     assert 0.45 < two["after_forward"] / one["after_forward"] < 0.55, (one, two)
