@@ -145,9 +145,9 @@ def input_documents(inputs=(), repos=(), text_field="text", seed=0, max_file_byt
 def tokenize(documents, out, tokenizer=None, threads=None, strict=False, prefix="part", shard_tokens=1 << 28,
              source="", batch_chars=1 << 22):
     """Tokenise (where, blocks-or-problem) documents into a domain directory as <|begin_of_text|> text
-    <|end_of_text|> each, streaming: memory holds two batches of about `batch_chars` characters (plus the
-    largest single jsonl line), whatever the input size; one worker thread encodes a batch while the next
-    is read."""
+    <|end_of_text|> each (a tokenizer without BOS: text then its end-of-text, Qwen's layout), streaming:
+    memory holds two batches of about `batch_chars` characters (plus the largest single jsonl line), whatever
+    the input size; one worker thread encodes a batch while the next is read."""
     tok = load_tokenizer(tokenizer)
     threads = threads or os.cpu_count()
     problems, t0, last = [], time.time(), [time.time()]
@@ -157,8 +157,8 @@ def tokenize(documents, out, tokenizer=None, threads=None, strict=False, prefix=
         for kind, x in batch:
             if kind == "piece":
                 writer.add(next(encoded))
-            elif kind == "begin":
-                writer.add([tok.bos_id])
+            elif kind == "begin":  # no BOS where the tokenizer has none (Qwen: text <|endoftext|>, as it pretrains)
+                writer.add([tok.bos_id] if tok.add_bos else [])
             elif kind == "end":
                 writer.add([tok.eos_id])
                 writer.end_document()

@@ -141,7 +141,7 @@ class Synth:
         self.batch_size = batch_size
         self.specials = {tok.bos_id, tok.eos_id}
         self.stop = {tok.eot_id, tok.eos_id}
-        lengths = domain.lengths - 2  # tokenize stores BOS text EOS
+        lengths = domain.lengths - 1 - tok.add_bos  # tokenize stores BOS text EOS, or text EOS (Qwen: no BOS)
         self.long_docs = [int(d) for d in range(len(domain)) if lengths[d] >= chunk_tokens]
         if not self.long_docs:
             raise DataError(f"{domain.path}: no document has --chunk-tokens {chunk_tokens} tokens (longest: "
