@@ -207,7 +207,7 @@ def lm_eval_adapter(model, tok, LM):
                 ctx, cont = r.args
                 spaces = len(ctx) - len(ctx.rstrip())  # lm-eval's convention: context whitespace goes with the
                 ctx, cont = ctx[:len(ctx) - spaces], ctx[len(ctx) - spaces:] + cont  # continuation
-                bos = bos_ids(tok) or ([] if ctx else [tok.bos_id])  # no BOS: lm-eval's prefix for no context
+                bos = bos_ids(tok) or ([] if ctx else [tok.prefix_id])  # no BOS: lm-eval's prefix for no context
                 ctx_ids = bos + tok.encode(ctx)
                 whole = bos + tok.encode(ctx + cont)
                 out.append(logprobs(ctx_ids, whole[len(ctx_ids):]))
@@ -216,7 +216,7 @@ def lm_eval_adapter(model, tok, LM):
         def loglikelihood_rolling(self, requests):
             out = []
             for r in requests:
-                ids = [tok.bos_id] + tok.encode(r.args[0])
+                ids = [tok.prefix_id] + tok.encode(r.args[0])  # lm-eval's prefix_token_id: BOS, else eos_token
                 total = 0.0
                 for s in range(1, len(ids), window - 1):  # lm-eval's disjoint windows with one token of context
                     total += logprobs(ids[s - 1:s], ids[s:s + window - 1])[0]

@@ -108,6 +108,9 @@ class Tokenizer:
         self._encode_many, self._decode, self.splits_safely = encode_many, decode, splits_safely
         self.bos_id, self.eos_id, self.eot_id = special_tokens[bos], special_tokens[eos], special_tokens[eot]
         self.add_bos = True  # whether the tokenizer's own default encoding starts with BOS (HELMET follows it)
+        # what lm-eval's HF adapter conditions a text without context on (its prefix_token_id: the HF tokenizer's
+        # bos_token, else its eos_token); Qwen's tiktoken file has no config: <|endoftext|>, a base model's eos
+        self.prefix_id = self.bos_id
         # "chatml" (Qwen) or "llama3": which chat format chat_ids writes; and the system message a conversation
         # without one gets (Qwen2.5's template has one)
         self.chat_format = "chatml" if "<|im_start|>" in special_tokens else "llama3"
@@ -210,6 +213,8 @@ def _hf_tokenizer(directory):
                      pick("bos_token", "<|begin_of_text|>", "<s>") or eos, eos,
                      pick("eot_token", "<|eot_id|>", "<|im_end|>") or eos, splits_safely=False)
     tok.add_bos = hf.encode("a", add_special_tokens=True).ids[:1] == [tok.bos_id]  # its post-processor's choice
+    named = [special.get(content(cfg.get(k))) for k in ("bos_token", "eos_token")]  # Qwen Instruct: None, <|im_end|>
+    tok.prefix_id = next((i for i in named if i is not None), tok.bos_id)
     if QWEN2_5_SYSTEM in str(cfg.get("chat_template")) and tok.chat_format == "chatml":
         tok.default_system = QWEN2_5_SYSTEM
     return tok
