@@ -360,8 +360,8 @@ def setup(cfg, rank, world, dp, accumulation, device, log):
     # FSDP shards over all ranks; the (dp, sp) mesh says which ranks share a sequence
     mesh = init_device_mesh(device.type, (dp, sp), mesh_dim_names=("dp", "sp"))
     fsdp_mesh = init_device_mesh(device.type, (world,), mesh_dim_names=("fsdp",))
-    tokenizer = data.load_tokenizer(cfg["tokenizer"] or (cfg["init_from"] if cfg["init_from"] and
-                                                         os.path.isdir(cfg["init_from"]) else None))
+    # the init checkpoint's own tokenizer, a local directory or a hub id (Qwen's is not Llama-3's); neither: Llama-3's
+    tokenizer = data.load_tokenizer(cfg["tokenizer"] or cfg["init_from"])
     r.tokenizer = tokenizer
     open_data(r, mesh.get_local_rank("dp"))
     if device.type == "cuda":  # before the slow model build: a config that cannot fit stops here, in one line
@@ -369,6 +369,8 @@ def setup(cfg, rank, world, dp, accumulation, device, log):
         memory.check_fits(cfg, world, device, log)
     model = r.model = build_model(cfg, fsdp_mesh, device, log)
     model.attention_backend = backend
+    if not cfg["init_from"]:  # a fresh model's config.json names its tokenizer's ids, not the Llama-3 defaults
+        model.config.bos_token_id, model.config.eos_token_id = tokenizer.bos_id, tokenizer.eos_id
     if model.config.vocab_size < tokenizer.n_vocab:
         raise ConfigError(f"tokenizer {tokenizer.name} has {tokenizer.n_vocab} ids but the model's "
                           f"vocabulary is {model.config.vocab_size}")

@@ -21,6 +21,6 @@
 include("prolong_64k.py")
 out_dir = "runs/qwen2.5-7b-64k"
 init_from = "Qwen/Qwen2.5-7B-Instruct"
-tokenizer = "Qwen/Qwen2.5-7B-Instruct"  # its tokenizer.json (train.py would take Llama-3's for a hub init_from)
+tokenizer = "Qwen/Qwen2.5-7B-Instruct"  # its tokenizer.json (what train.py takes from init_from anyway)
 rope_theta = 4e6
 data_root = "data/qwen2.5-64K"

@@ -18,6 +18,6 @@
 include("prolong_64k.py")
 out_dir = "runs/qwen3-8b-64k"
 init_from = "Qwen/Qwen3-8B"
-tokenizer = "Qwen/Qwen3-8B"  # its tokenizer.json (train.py would take Llama-3's for a hub init_from)
+tokenizer = "Qwen/Qwen3-8B"  # its tokenizer.json (what train.py takes from init_from anyway)
 rope_theta = 4e6
 data_root = "data/qwen3-64K"
