@@ -190,8 +190,13 @@ def fwe_records(length, run):
 QA_FILES = {"ruler_qa_1": "squad.json", "ruler_qa_2": "hotpotqa.json"}
 
 
+def read_json(path):
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
 def read_squad(path):
-    data = json.load(open(path, encoding="utf-8"))
+    data = read_json(path)
     docs = sorted({p["context"] for d in data["data"] for p in d["paragraphs"]})
     index = {c: i for i, c in enumerate(docs)}
     qas = []
@@ -207,7 +212,7 @@ def read_squad(path):
 
 
 def read_hotpotqa(path):
-    data = json.load(open(path, encoding="utf-8"))
+    data = read_json(path)
     docs = sorted({f"{t}\n{''.join(p)}" for d in data for t, p in d["context"]})
     index = {c: i for i, c in enumerate(docs)}
     return [{"query": d["question"], "outputs": [d["answer"]],
