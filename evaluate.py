@@ -12,23 +12,28 @@ document's first `length` tokens, summed per position bucket and over the second
 ProLong paper's "last 32K of 64K" measure).
 """
 
-import argparse
 import json
 import math
 import os
 import re
+import signal
 import time
 
-import numpy as np
-import torch
+import common
 
-from common import UserError, atomic_open, log, one_line_errors, read_json
-from tokenizer import DataError, load_tokenizer
-from tasks import (GENERATED, PAPER_CATEGORIES, RULER, RULER_CATEGORIES, SYNTHETIC, TASKS, VERSIONS, Run,
+if __name__ == "__main__":
+    common.exit_on_interrupt()  # Ctrl-C while torch imports: one line and 130, not a traceback
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from common import ArgumentParser, UserError, atomic_open, log, number, one_line_errors, read_json  # noqa: E402
+from tasks import (GENERATED, PAPER_CATEGORIES, RULER, RULER_CATEGORIES, SYNTHETIC, TASKS, VERSIONS, Run,  # noqa: E402
                    category_averages, check_helmet_data, use_version)
-from tasks.ruler import ruler_scores
-from tasks.common import fit_context
-from tasks.judge import Judge, judged_mean
+from tasks.ruler import ruler_scores  # noqa: E402
+from tasks.common import fit_context  # noqa: E402
+from tasks.judge import Judge, judged_mean  # noqa: E402
+from tokenizer import DataError, load_tokenizer  # noqa: E402
 
 # ----------------------------------------------------------------------------------------------------------------
 # the checkpoint
@@ -139,11 +144,21 @@ def read_documents(path, tok, max_docs, length):
             log(f"warning: {path} was tokenized with another tokenizer ({domain.meta.get('tokenizer')}) than the "
                 f"checkpoint's: its perplexity means little")
         return [domain.tokens(i) for i in range(min(len(domain), max_docs))]
-    with open(path, encoding="utf-8") as f:
-        ids = tok.encode(f.read())
+    ids = tok.encode(read_text(path))
     bos = bos_ids(tok)
     return [np.array(bos + ids[i:i + length - len(bos)], dtype=np.int64)
             for i in range(0, len(ids), length - len(bos))][:max_docs]
+
+
+def read_text(path):
+    """A --ppl text file's text; a file that is not UTF-8 is an error naming it and the byte."""
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"--ppl {path}: invalid UTF-8 at byte {e.start}; give a UTF-8 text file or a token domain "
+                        f"directory") from None
 
 
 def bos_ids(tok):
@@ -239,17 +254,39 @@ def lm_eval_adapter(model, tok, LM):
     return ProLongLM()
 
 
-def run_lm_eval(model, tok, tasks, limit=None, include=None):
+def lm_eval_tasks(tasks, include=None):
+    """lm-eval's TaskManager once the task names are known to it, before any model is loaded (an unknown name must
+    not wait for the whole HELMET run); None, with a note, when lm-eval is not installed."""
+    try:
+        from lm_eval.tasks import TaskManager
+    except ImportError:
+        log(f"lm-eval-harness is not installed, so the short-context tasks {tasks} will be skipped "
+            f"(pip install lm-eval to run them)")
+        return None
+    if include and not os.path.isdir(include):
+        raise UserError(f"--lm-eval-include {include}: no such directory (a folder of lm-eval task YAMLs)")
+    manager = TaskManager(include_path=include) if include else TaskManager()
+    unknown = [t for t in tasks if t not in set(manager.all_tasks)]
+    if unknown:
+        import difflib
+        near = sorted({m for t in unknown for m in difflib.get_close_matches(t, manager.all_tasks, 3)})
+        raise UserError(f"--lm-eval: no lm-eval task {', '.join(unknown)}" + (f" (close: {', '.join(near)})"
+                                                                             if near else ""))
+    return manager
+
+
+def run_lm_eval(model, tok, tasks, limit=None, include=None, manager=None):
     """lm-eval-harness tasks by name; `include` is a folder of task YAMLs of one's own (lm-eval's include_path)."""
     try:
         import lm_eval
         from lm_eval.api.model import LM
-        from lm_eval.tasks import TaskManager
     except ImportError:
         log(f"lm-eval-harness is not installed, so the short-context tasks {tasks} are skipped "
             f"(pip install lm-eval to run them)")
         return None
-    manager = TaskManager(include_path=include) if include else None
+    if manager is None and include:
+        from lm_eval.tasks import TaskManager
+        manager = TaskManager(include_path=include)
     res = lm_eval.simple_evaluate(model=lm_eval_adapter(model, tok, LM), tasks=tasks, limit=limit,
                                   task_manager=manager)
     return res["results"]
@@ -295,7 +332,8 @@ def heatmap(results, path):
     fig.colorbar(im, ax=ax, label="SubEM")
     ax.set_title("JSON KV")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with atomic_open(path, "wb") as f:  # never a half-written picture
+        fig.savefig(f, format="png", dpi=120)
     plt.close(fig)
     return path
 
@@ -304,7 +342,9 @@ def heatmap(results, path):
 
 
 def parser():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    import argparse
+    p = ArgumentParser(prog="evaluate.py", description=__doc__.split("\n\n")[0],
+                       formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--ckpt", required=True, help="checkpoint directory or hub id (HF-format Llama)")
     p.add_argument("--tokenizer", default=None, help="tokenizer spec when the checkpoint has none (data.py)")
     p.add_argument("--tasks", default=None, help=f"comma list from {', '.join(TASKS)}, or ruler (RULER's 13 "
@@ -312,8 +352,9 @@ def parser():
                    "holds")
     p.add_argument("--lengths", default=None, help="comma list of token lengths, 8k = 8192 (default: HELMET's "
                    "8k-128k, then powers of two, up to the checkpoint's max_position_embeddings, else that)")
-    p.add_argument("--samples", type=int, default=None, help="samples per task and length (HELMET: 100; ICL 500)")
-    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--samples", type=number(int, 1), default=None, help="samples per task and length (HELMET: 100; "
+                   "ICL 500)")
+    p.add_argument("--seed", type=number(int, 0), default=42)
     p.add_argument("--helmet-data", default=None, help="HELMET's data/ folder: read the published files")
     p.add_argument("--ruler-qa", default=None, help="RULER's scripts/data/synthetic/json/ folder (squad.json, "
                    "hotpotqa.json from its download_qa_dataset.sh): generate ruler_qa_1/2 offline")
@@ -330,15 +371,19 @@ def parser():
     p.add_argument("--judge-url", default=None, help="OpenAI-compatible endpoint for HELMET's judged scores "
                    "(NarrativeQA, Summ), e.g. https://api.openai.com/v1; key from $OPENAI_API_KEY")
     p.add_argument("--judge-model", default="gpt-4o-2024-05-13", help="judge model (HELMET's: gpt-4o-2024-05-13)")
+    p.add_argument("--judge-timeout", type=number(float, 0, above=True), default=120.0, help="seconds one judge "
+                   "request may take, all of it (a silent or trickling endpoint fails then; default 120); a prompt's "
+                   "retries stop at 3x this")
     p.add_argument("--length-tokenizer", default=None, help="tokenizer that sizes LongQA/Summ documents before "
                    "the model's own cut (HELMET: Llama-2's); default: the checkpoint's")
     p.add_argument("--ppl", default=None, help="token domain directory (data.py) or text file for perplexity")
-    p.add_argument("--ppl-length", type=int, default=None, help="tokens per document (default: longest length)")
-    p.add_argument("--ppl-docs", type=int, default=16)
+    p.add_argument("--ppl-length", type=number(int, 2), default=None, help="tokens per document (default: the "
+                   "longest length)")
+    p.add_argument("--ppl-docs", type=number(int, 1), default=16)
     p.add_argument("--lm-eval", default=None, help="comma list of lm-eval-harness tasks (needs lm_eval)")
-    p.add_argument("--lm-eval-limit", type=int, default=None)
+    p.add_argument("--lm-eval-limit", type=number(int, 1), default=None)
     p.add_argument("--lm-eval-include", default=None, help="folder of one's own lm-eval task YAMLs")
-    p.add_argument("--prefill-chunk", type=int, default=4096)
+    p.add_argument("--prefill-chunk", type=number(int, 1), default=4096, help="prompt tokens per forward pass")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
                    help="default: bfloat16 on GPU, float32 on CPU")
@@ -350,6 +395,7 @@ def parser():
 def main(argv=None):
     """The command's one exception boundary: every error a user can cause ends in one `error:` line."""
     args = parser().parse_args(argv)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # imports are done: Ctrl-C unwinds from here
     with one_line_errors():
         try:
             return run(args)
@@ -391,14 +437,14 @@ def choose_tasks(args):
 
 
 def run(args):
-    if args.ppl_docs < 1:
-        raise UserError(f"--ppl-docs {args.ppl_docs}: give a positive number of documents")
-    if args.samples is not None and args.samples < 1:
-        raise UserError(f"--samples {args.samples}: give a positive number of samples per task and length "
-                        f"(HELMET: 100)")
     tasks = choose_tasks(args)
     lengths = parse_lengths(args.lengths) if args.lengths else None
     check_helmet_data(args.helmet_data, tasks, lengths)  # before loading the model
+    if args.ppl and not os.path.exists(args.ppl):
+        raise UserError(f"--ppl {args.ppl}: no such file or directory (a token domain directory or a text file)")
+    if args.ppl and not os.path.isdir(args.ppl):
+        read_text(args.ppl)  # not UTF-8: fail now, not after the whole run
+    manager = lm_eval_tasks(args.lm_eval.split(","), args.lm_eval_include) if args.lm_eval else None
     dtype = getattr(torch, args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32"))
     model, tok = load_checkpoint(args.ckpt, args.tokenizer, args.device, dtype)
     length_tok = load_length_tokenizer(args.length_tokenizer, tok)
@@ -419,21 +465,25 @@ def run(args):
     chat = args.chat == "on" or (args.chat == "auto" and is_instruct(model, tok))
     judge = None
     if args.judge_url:
-        judge = Judge(args.judge_url, args.judge_model, cache_path=None)
+        judge = Judge(args.judge_url, args.judge_model, cache_path=None, timeout=args.judge_timeout)
     out = args.out or (os.path.join(args.ckpt, "eval_results.json") if os.path.isdir(args.ckpt)
                        else os.path.join("runs", "eval", args.ckpt.replace("/", "__") + ".json"))
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    samples_path = os.path.splitext(out)[0] + "_samples.jsonl"
+    stem = os.path.splitext(out)[0]
+    samples_path = stem + "_samples.jsonl"
     if judge is not None:  # the judge's answers are cached next to the results: a rerun does not pay twice
-        judge.cache_path = os.path.splitext(out)[0] + "_judge_cache.jsonl"
-    samples_file = open(samples_path, "w", encoding="utf-8")
+        judge.cache_path = stem + "_judge_cache.jsonl"
+    # A run writes beside the previous run's files and replaces them only when it has finished: one that fails or
+    # is interrupted leaves them as they were, and what it measured in the .partial files.
+    partial, samples_partial = stem + ".partial.json", stem + "_samples.partial.jsonl"
+    samples_file = open(samples_partial, "w", encoding="utf-8")
 
     def write_sample(result):
         samples_file.write(json.dumps(result, default=lambda x: x.item() if hasattr(x, "item") else str(x)) + "\n")
         samples_file.flush()
 
-    def save():  # after every task and length, so a long run that dies keeps what it measured
-        with atomic_open(out) as f:  # never a half-written results file
+    def save(path=partial):  # after every task and length, so a long run that dies keeps what it measured
+        with atomic_open(path) as f:  # never a half-written results file
             json.dump(report, f, indent=1)
 
     protocol = {"helmet": f"princeton-nlp/HELMET at {args.helmet_version} " + (
@@ -446,7 +496,28 @@ def run(args):
                 "judge": f"{args.judge_model} at {args.judge_url}" if judge else None,
                 "length_tokenizer": getattr(length_tok or tok, "name", None)}
     report = {"ckpt": args.ckpt, "tokenizer": getattr(tok, "name", None), "args": vars(args), "lengths": lengths,
-              "protocol": protocol, "samples_file": samples_path, "tasks": {}, "skipped": []}
+              "protocol": protocol, "samples_file": samples_partial, "tasks": {}, "skipped": [], "warnings": []}
+    try:
+        measure(args, model, tok, length_tok, tasks, lengths, chat, judge, manager, report, write_sample, save, stem)
+    except BaseException:
+        samples_file.close()
+        if not os.path.getsize(samples_partial):
+            os.remove(samples_partial)
+        kept = [f for f in (partial, samples_partial) if os.path.exists(f)]
+        log(f"{out} and {samples_path} are as they were" + (f"; what this run measured is in {' and '.join(kept)}"
+                                                            if kept else ""))
+        raise
+    samples_file.close()
+    os.replace(samples_partial, samples_path)
+    report["samples_file"] = samples_path
+    save(out)
+    os.remove(partial)
+    log(f"results written to {out}; per-sample outputs in {samples_path}")
+    return report
+
+
+def measure(args, model, tok, length_tok, tasks, lengths, chat, judge, manager, report, write_sample, save, stem):
+    """Every task at every length, the tables, perplexity and lm-eval, into `report`."""
     scores = {}
     for task in tasks:
         spec = TASKS[task]
@@ -458,19 +529,25 @@ def run(args):
                 log(f"skip {source}")
                 report["skipped"].append(source)
                 continue
+            if not records:  # never a NaN score in the averages
+                raise UserError(f"{task} @ {length}: no sample to score in {source}")
+            if spec.count(records) < setup.samples:  # HELMET runs what there is; say so, and keep it in the results
+                short = f"{task} @ {length}: {spec.count(records)} samples, fewer than the {setup.samples} asked " \
+                        f"({source} holds no more)"
+                log(f"warning: {short}")
+                report["warnings"].append(short)
             start = time.time()
             opts = {"chat": chat, "stop_newline": args.stop_newline, "judge": judge,
                     "prefill_chunk": args.prefill_chunk}
             results = run_task(model, tok, task, records, length, opts, write_sample)
             summary = summarize(results, spec.metric)
-            report["tasks"].setdefault(task, {})[length] = {**summary, "source": source,
+            report["tasks"].setdefault(task, {})[length] = {**summary, "source": source, "samples_asked": setup.samples,
                                                             "seconds": time.time() - start}
             if "missing" not in summary:  # a judged task without its judge stays out of the category averages
                 scores.setdefault(task, {})[length] = summary["score"]
             if task in RULER:  # RULER's own score of the same outputs, for RULER's table
                 report["tasks"][task][length]["ruler_score"] = ruler_scores(task, results)
             save()
-    samples_file.close()
     report["averages"] = category_averages(scores)
     report["paper_averages"] = category_averages(scores, PAPER_CATEGORIES)
     ruler = {t: {L: r["ruler_score"] for L, r in by_len.items()} for t, by_len in report["tasks"].items()
@@ -506,13 +583,9 @@ def run(args):
         print(f"second half of each document: loss {ppl['second_half_loss']:.4f}  ppl {ppl['second_half_ppl']:.2f}")
     if args.lm_eval:
         report["lm_eval"] = run_lm_eval(model, tok, args.lm_eval.split(","), args.lm_eval_limit,
-                                        args.lm_eval_include)
-
+                                        args.lm_eval_include, manager)
     if kv_depths:
-        report["heatmap"] = heatmap(kv_depths, os.path.splitext(out)[0] + "_json_kv.png")
-    save()
-    log(f"results written to {out}; per-sample outputs in {samples_path}")
-    return report
+        report["heatmap"] = heatmap(kv_depths, stem + "_json_kv.png")
 
 
 def load_length_tokenizer(spec, tok):

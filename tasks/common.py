@@ -9,6 +9,7 @@ value the task cannot use) are `UserError`s that name the file and the field.
 """
 import dataclasses
 import hashlib
+import json
 import os
 import re
 import string
@@ -42,6 +43,7 @@ class Task:
     files: Optional[Callable] = None  # (length, data_dir) -> (test, demo file) in HELMET's data/ folder, or None
     read: Optional[Callable] = None  # (test file, demo file, samples, seed) -> records, for tasks with `files`
     check_length: Callable = lambda length, tok: None  # a length too short for a generated prompt: UserError
+    count: Callable = len  # records -> how many samples they hold (KILT and MS MARCO: a row per depth)
     judge: Optional[Callable] = None  # (judge, output, record) -> the judged metrics (NarrativeQA, Summ)
 
 
@@ -148,6 +150,26 @@ def sha_seed(text, seed):
 # HELMET's published .jsonl files (--helmet-data DIR)
 
 
+def expect(row, field, kind, what, where="", empty=False):
+    """row[field], when it is a `kind` and (unless `empty`) not empty; else a ValueError naming the field (a missing
+    field is a KeyError, which the readers turn into "has no field")."""
+    value = row[field]
+    if not isinstance(value, kind) or isinstance(value, bool) or (not empty and isinstance(value, (str, list, dict))
+                                                                   and not value):
+        found = json.dumps(value)[:60] if isinstance(value, (str, int, float, list, dict, type(None))) else value
+        raise ValueError(f"{where}{': ' if where else ''}field {field!r} is {found}: expected {what}")
+    return value
+
+
+def expect_strings(row, field, what, where=""):
+    """A non-empty string or list of non-empty strings (gold answers)."""
+    value = expect(row, field, (str, list), what, where)
+    if isinstance(value, list) and not all(isinstance(v, str) for v in value):
+        raise ValueError(f"{where}{': ' if where else ''}field {field!r} is {json.dumps(value)[:60]}: expected "
+                         f"{what}")
+    return value
+
+
 def read_jsonl(path):
     """Every record of a HELMET .jsonl file, each a JSON object; anything else is an error naming the line."""
     records = []
@@ -163,12 +185,14 @@ def read_jsonl(path):
 PASSAGE_FIELDS = ("id", "title", "text", "label")  # the fields of a passage in a record's `ctxs`
 
 
-def file_task(name, select, offline=None, **spec):
+def file_task(name, select, offline=None, validate=None, **spec):
     """A task read from HELMET's data/ folder: `spec["files"](length, data_dir)` names its (test, demo) files,
     `select(data, demos, samples, seed, shots)` picks the records and fills their fields; without a data folder,
     `offline(length, run)` makes them (JSON KV and RULER). Every picked record is read as the prompt and the score
     will read it, so a missing field fails before any generation, naming the file that lacks it."""
     def checked(rec):
+        if validate:
+            validate(rec)
         fields = spec.get("prompt", dict)(rec)
         for template in spec["templates"]:
             template.format(**fields)
@@ -177,6 +201,8 @@ def file_task(name, select, offline=None, **spec):
 
     def read(test_file, demo_file, samples, seed, shots=2):
         data = read_jsonl(test_file)
+        if not data:
+            raise UserError(f"{test_file}: no records (an empty file), so {name} has nothing to score")
         demos = read_jsonl(demo_file) if demo_file and os.path.exists(demo_file) else []
         try:
             return [checked(r) for r in select(data, demos, samples, seed, shots)]

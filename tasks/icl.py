@@ -11,7 +11,7 @@ import os
 import random
 
 from common import log
-from tasks.common import calculate_metrics, parse_output, sha_seed, shuffle_order
+from tasks.common import calculate_metrics, expect, parse_output, sha_seed, shuffle_order
 from tasks.local import LAYOUT, dataset_task, rows, split_path
 
 # "{{label}}" is HELMET's: after .format the prompt says "label: {label}". Note the space before "\n\n".
@@ -70,7 +70,7 @@ def balance(groups, shots, seed):
 def icl_records(name, folder, train_split, test_split, label, num_labels, length, run):
     train_path, *test_path = icl_files(folder, train_split, test_split)(run.data_dir)
     shots = icl_shots(name, length) if run.shots is None else run.shots
-    rows_ = [(i, r["text"], int(r[label])) for i, r in enumerate(rows(train_path, ["text", label]))]
+    rows_ = [row(i, r, label, train_path) for i, r in enumerate(rows(train_path, ["text", label]))]
     if test_split is None:
         # datasets' train_test_split(test_size=0.1, seed): n_test = ceil(0.1 * n) (that float product), and
         # permutation = default_rng(seed).permutation(n); test = permutation[:n_test], train = the rest, both in
@@ -80,7 +80,10 @@ def icl_records(name, folder, train_split, test_split, label, num_labels, length
         train, test = [rows_[i] for i in perm[n_test:]], [rows_[i] for i in perm[:n_test]]
     else:
         train = rows_
-        test = [(i, r["text"], int(r[label])) for i, r in enumerate(rows(test_path[0], ["text", label]))]
+        test = [row(i, r, label, test_path[0]) for i, r in enumerate(rows(test_path[0], ["text", label]))]
+    for path, split in ((train_path, train), (test_path[0] if test_path else train_path, test)):
+        if not split:  # balance_labels would divide by zero, a score would be NaN
+            raise ValueError(f"{path}: no rows" + (" after the 90/10 split" if test_split is None else ""))
     if run.samples is not None and len(test) > run.samples:  # HELMET: shuffle(seed), balance_labels(samples, seed)
         test = [test[i] for i in shuffle_order(len(test), run.seed)]
         # 985b73b: shuffle(seed).select(range(samples)), no balancing (140d684, 2025-01-13, added it)
@@ -96,6 +99,16 @@ def icl_records(name, folder, train_split, test_split, label, num_labels, length
         context = "\n\n".join(f"{t}\nlabel: {mapping[d]}" for _, t, d in demos)
         out.append({"context": context, "question": text, "answer": str(mapping[lab]), "id": i})
     return out
+
+
+def row(i, r, label, path):
+    """(index, text, label) of a split's row, its fields checked."""
+    where = f"{path}: row {i + 1}"
+    expect(r, "text", str, "the text to classify", where)
+    try:
+        return i, r["text"], int(r[label])
+    except (TypeError, ValueError):
+        raise ValueError(f"{where}: field {label!r} is {r[label]!r}: expected the label's integer id") from None
 
 
 def icl_files(folder, train, test):

@@ -56,6 +56,14 @@ class JudgeError(UserError):
     """The judge endpoint failed for good (after retries, or a 4xx that retrying cannot fix): one line."""
 
 
+def _caught(post, body):
+    """post(body), or the exception it raised (handed to the waiting thread)."""
+    try:
+        return post(body)
+    except BaseException as e:
+        return e
+
+
 def _one_line(text, limit=200):
     return " ".join(str(text).split())[:limit]
 
@@ -70,11 +78,14 @@ class Judge:
     ThreadPoolExecutor over samples)."""
 
     def __init__(self, url, model, api_key=None, cache_path=None, temperature=0.1, max_tokens=4096,
-                 key_env="OPENAI_API_KEY", retries=3, backoff=2.0, timeout=600.0):
+                 key_env="OPENAI_API_KEY", retries=3, backoff=2.0, timeout=120.0, deadline=None):
         self.url, self.model, self.cache_path = url.rstrip("/"), model, cache_path
         self.temperature, self.max_tokens = temperature, max_tokens
         self.api_key = api_key if api_key is not None else os.environ.get(key_env)
+        # `timeout`: the seconds one request may take in all (a trickling answer too); `deadline`: the seconds all
+        # the attempts for one prompt may take (default 3 x timeout), so that no endpoint can hang a run
         self.retries, self.backoff, self.timeout = retries, backoff, timeout
+        self.deadline = 3 * timeout if deadline is None else deadline
         self.requests = 0  # HTTP calls made (cache misses and retries), to report what a run cost
         self._cache, self._cache_read, self._lock = {}, None, threading.Lock()
         try:
@@ -115,6 +126,9 @@ class Judge:
             if key in self._cache:
                 return self._cache[key]
         answer = self._request(prompt, max_tokens or self.max_tokens)
+        if answer is not None and not isinstance(answer, str):  # never cached: a rerun would fail on it again
+            raise JudgeError(f"judge at {self.url} (model {self.model}): the answer's content is "
+                             f"{_one_line(json.dumps(answer), 60)}, not text: not a chat-completions answer")
         if answer is not None:
             with self._lock:
                 self._cache[key] = answer
@@ -129,18 +143,35 @@ class Judge:
         # HELMET's OpenAIModel.generate: one user message, temperature, top_p 0.9, seed 42, max_tokens
         body = {"model": self.model, "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens,
                 "temperature": self.temperature, "top_p": 0.9, "seed": 42}
+        end = time.monotonic() + self.deadline
         for attempt in range(self.retries + 1):
             self.requests += 1
-            status, result = self._post_openai(body) if self._client else self._post_urllib(body)
+            status, result = self._within(min(self.timeout, end - time.monotonic()), body)
             if status == 200:
                 return result
             if status is not None and status != 429 and status < 500:
                 break  # a bad request, key or model name: retrying cannot help
-            if attempt < self.retries:
-                time.sleep(self.backoff * 2 ** attempt)
-        what = f"cannot connect ({result})" if status is None else f"HTTP {status}: {result}"
+            if attempt == self.retries or time.monotonic() + self.backoff * 2 ** attempt >= end:
+                break
+            time.sleep(self.backoff * 2 ** attempt)
+        what = f"HTTP {status}: {result}" if status is not None else result if result.startswith("no complete") \
+            else f"cannot connect ({result})"
         raise JudgeError(_one_line(f"judge at {self.url} (model {self.model}): {what} after {attempt + 1} "
                                    f"attempt(s)", 400))
+
+    def _within(self, seconds, body):
+        """One request that may take `seconds` in all: sockets time out only when silent, so a server that trickles
+        a byte now and then would keep one waiting; the request runs in a thread that is abandoned at the time."""
+        done = []
+        post = self._post_openai if self._client else self._post_urllib
+        worker = threading.Thread(target=lambda: done.append(_caught(post, body)), daemon=True)
+        worker.start()
+        worker.join(max(seconds, 0))
+        if not done:
+            return None, f"no complete answer within {self.timeout:g} s (--judge-timeout)"
+        if isinstance(done[0], BaseException):
+            raise done[0]
+        return done[0]
 
     def _post_openai(self, body):
         """(200, content) or (status, message); status None when no HTTP answer came back."""

@@ -71,9 +71,14 @@ class Jsonl:
 
     def _parse(self, line, i):
         try:
-            return json.loads(line)
+            row = json.loads(line.decode("utf-8"))
+        except UnicodeDecodeError as e:
+            raise UserError(f"{self.path}: row {i + 1}: invalid UTF-8 at byte {e.start} of the line") from None
         except json.JSONDecodeError as e:
             raise UserError(f"{self.path}: row {i + 1}: not a JSON line ({e.msg})") from None
+        if not isinstance(row, dict):
+            raise UserError(f"{self.path}: row {i + 1}: expected a JSON object, found {line[:60].decode('utf-8')}")
+        return row
 
     def __getitem__(self, i):
         with open(self.path, "rb") as f:
@@ -169,6 +174,8 @@ def dataset_task(name, files, layout, read, **spec):
             return read(length, run), f"HELMET's {name} from {run.data_dir}"
         except KeyError as e:
             raise UserError(f"{name}: a row has no {e} field; expected {layout}") from None
+        except ValueError as e:  # a field of the wrong type, an empty split (the message names the file)
+            raise UserError(f"{name}: {e}") from None
 
     return Task(name, records=records, available=lambda d: all(os.path.exists(f) for f in files(d)), **spec)
 

@@ -13,7 +13,7 @@ train.shuffle(), one per filtered test row, replayed from numpy's global state a
 import os
 
 from tasks import judge
-from tasks.common import best, calculate_metrics, parse_output, shuffle_order
+from tasks.common import best, calculate_metrics, expect, expect_strings, parse_output, shuffle_order
 from tasks.local import (LAYOUT, MIN_TOKENS, Jsonl, document_task, keypoints, rows, split_path, train_demos,
                          unseeded_shuffle_seeds)
 
@@ -44,7 +44,14 @@ def narrativeqa_records(run, shots, keep, count):
         if run.samples is not None and len(out) >= run.samples:
             break
         row = test[i]
-        text = row["document"]["text"]
+        where = f"{test_path}: row {i + 1}"
+        text = expect(expect(row, "document", dict, "an object with the story's text", where), "text", str,
+                      "the story", where + ": document")
+        expect(expect(row, "question", dict, "an object {\"text\": ...}", where), "text", str, "text", where)
+        if not all(isinstance(a, dict) and isinstance(a.get("text"), str)
+                   for a in expect(row, "answers", list, "a list of {\"text\": ...}", where)):
+            raise ValueError(f"{where}: field 'answers' is {str(row['answers'])[:60]}: expected a list of "
+                             f"{{\"text\": ...}}")
         if run.helmet_version != "985b73b" and count(text) < MIN_TOKENS["narrativeqa"]:  # 985b73b: no filter
             continue
         demo = ""
@@ -72,10 +79,18 @@ def infbench_records(name, points_file=None):
         path = infbench_files(name)(run.data_dir)[0]
         rows_ = []  # everything but the contexts, which are counted now and re-read for the chosen rows
         for i, r in enumerate(Jsonl(path)):
-            answer = r["answer"] if isinstance(r["answer"], list) else [r["answer"]]
+            where = f"{path}: row {i + 1}"
+            expect(r, "context", str, "the book's text", where)
+            expect(r, "input", str, "the question (text)", where, empty=True)  # sum_eng asks none
+            answer = expect_strings(r, "answer", "the gold answer(s)", where)
+            answer = answer if isinstance(answer, list) else [answer]
             rec = {"id": r["id"], "question": r["input"], "answer": answer, "row": i,
                    "long": count(r["context"]) >= MIN_TOKENS["infbench"]}
             if name == "infbench_choice_eng":
+                options = expect(r, "options", list, "the 4 options A-D", where)
+                if len(options) != 4 or not all(isinstance(o, str) for o in options):
+                    raise ValueError(f"{where}: field 'options' is {str(options)[:60]}: expected the 4 options A-D, "
+                                     f"as text")
                 if answer[0] not in r["options"]:
                     raise ValueError(f"{path}: id {r['id']}: the answer {answer[0]!r} is not among the options")
                 letter = chr(ord("A") + r["options"].index(answer[0]))
@@ -83,6 +98,8 @@ def infbench_records(name, points_file=None):
                            answer=[letter, f"{letter}. {answer[0]}"])
             rows_.append(rec)
         # filter_length runs after the demos were added, so demos may come from rows the filter drops
+        if not rows_:
+            raise ValueError(f"{path}: no rows")
         chosen = [r for r in rows_ if r["long"] or run.helmet_version == "985b73b"]  # 985b73b: no filter
         if run.samples is not None:
             chosen = [chosen[j] for j in shuffle_order(len(chosen), run.seed)[:run.samples]]

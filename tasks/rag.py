@@ -8,12 +8,13 @@ with sha256(key) % 2**31, drops duplicate keys keeping the first and takes two (
 """
 
 import hashlib
+import json
 import math
 import os
 import random
 import re
 
-from tasks.common import file_task, shuffle_order, sub_em
+from tasks.common import expect, expect_strings, file_task, shuffle_order, sub_em
 
 RAG = ("Use the given documents to write a concise and short answer to the question. Write your answer in the "
        "following format:\nAnswer: [answer]\n\n{demos}{context}\n\nQuestion: {question}", "Answer:")
@@ -76,8 +77,27 @@ def long_tail(d):
     return math.log10(d["s_pop"]) < 3
 
 
+def passages(row, fields):
+    """A record's `ctxs`: a non-empty list of passage objects, each with string `fields`."""
+    for c in expect(row, "ctxs", list, "a non-empty list of passages ({\"title\": ..., \"text\": ...})"):
+        if not isinstance(c, dict):
+            raise ValueError(f"field 'ctxs' holds {json.dumps(c)[:60]}: expected passage objects")
+        for f in fields:
+            if f in c and not isinstance(c[f], str):
+                raise ValueError(f"a passage's {f!r} is {json.dumps(c[f])[:60]}: expected text")
+    return row["ctxs"]
+
+
+def kilt_check(row):
+    expect(row, "question", str, "the question")
+    expect_strings(row, "answers", "the gold answers (a list of strings)")
+    passages(row, ("title", "text"))
+
+
 def kilt_select(popqa):
     def select(data, demos, samples, seed, shots):
+        for row in data + demos:
+            kilt_check(row)
         if popqa:
             data, demos = [d for d in data if long_tail(d)], [d for d in demos if long_tail(d)]
         key = "id" if data and "id" in data[0] else "question"  # HELMET: NQ has no id, questions are unique
@@ -95,6 +115,11 @@ def kilt_select(popqa):
 
 
 def msmarco_select(data, demos, samples, seed, shots):
+    for row in data + demos:
+        expect(row, "query", str, "the query")
+        for c in passages(row, ("title", "text")):
+            if not isinstance(c["label"], int) or isinstance(c["label"], bool):
+                raise ValueError(f"a passage's 'label' is {json.dumps(c['label'])[:60]}: expected a relevance 0-3")
     key = "qid" if data and "qid" in data[0] else "query"
     data = sample_keys(data, key, samples, seed)
     if len(demos) > 2 * len(data):  # HELMET: a large demo pool loses every test question once, up front
@@ -160,6 +185,7 @@ def fields(rec):
 def kilt(name, test, demo):
     return file_task(name, kilt_select(name == "kilt_popqa_3"), category="RAG", templates=RAG, gen_len=20,
                      stop_newline=True, metric="substring_exact_match", files=kilt_files(test, demo), prompt=fields,
+                     count=lambda recs: len({(r.get("id"), r["question"]) for r in recs}),  # a row per depth
                      score=lambda output, rec: {"substring_exact_match": sub_em(output, rec["answers"])})
 
 
@@ -170,4 +196,5 @@ kilt_hotpotqa = kilt("kilt_hotpotqa", "hotpotqa-dev-multikilt_1000_k{k}_dep3", "
 kilt_popqa = kilt("kilt_popqa_3", "popqa_test_1000_k{k}_dep6", "popqa_test_1000_k3_dep6")
 msmarco = file_task("msmarco_rerank_psg", msmarco_select, category="Re-rank", templates=RERANK, gen_len=200,
                     stop_newline=True, metric="NDCG@10", files=msmarco_files, prompt=fields,
+                    count=lambda recs: len({(r.get("qid"), r["query"]) for r in recs}),
                     score=lambda output, rec: {"NDCG@10": rerank_score(output, rec["qrels"])})

@@ -9,7 +9,7 @@ HELMET's unseeded train.shuffle(), replayed from numpy's global state after set_
 """
 from common import UserError
 from tasks import judge
-from tasks.common import shuffle_order
+from tasks.common import expect, shuffle_order
 from tasks.local import (LAYOUT, MIN_TOKENS, document_task, keypoints, rows, split_path, train_demos,
                          unseeded_shuffle_seeds)
 from tasks.longqa import infbench_files, infbench_records, post_process
@@ -35,6 +35,9 @@ def multi_lexsum_records(run, shots, keep, count):
     train_path, val_path = multi_lexsum_files(run.data_dir)
     val, test, rank = rows(val_path), [], {}
     for i, r in enumerate(val):  # all_data.filter(summary/short is not None), then filter_length on the sources
+        where = f"{val_path}: row {i + 1}"
+        if not all(isinstance(x, str) for x in expect(r, "sources", list, "the case's documents (texts)", where)):
+            raise ValueError(f"{where}: field 'sources' is {str(r['sources'])[:60]}: expected a list of texts")
         if r["summary/short"] is not None:
             rank[i] = len(rank)  # its place among the filtered rows, which HELMET's demo draws follow
             if run.helmet_version == "985b73b" or count("\n\n".join(r["sources"])) >= MIN_TOKENS["multi_lexsum"]:

@@ -345,13 +345,15 @@ def test_cli_end_to_end(tiny_ckpt, tmp_path, tok):
     assert report["lm_eval"]["tiny_local"]["acc,none"] == pytest.approx(correct / len(docs))
 
 
-def main_error(capsys, argv):
-    """The one `error:` line that ev.main prints before it exits with status 1 (in-process: faster than the CLI)."""
+def main_error(capsys, argv, code=1):
+    """The one `error:` line that ev.main prints before it exits with status `code` (in-process: faster than the
+    CLI, the same code from the argument parser to the exception boundary)."""
     capsys.readouterr()
     with pytest.raises(SystemExit) as e:
         ev.main([str(a) for a in argv])
     lines = capsys.readouterr().err.strip().splitlines()
-    assert e.value.code == 1 and lines[-1].startswith("error: ") and sum(x.startswith("error") for x in lines) == 1
+    assert e.value.code == code and lines[-1].startswith("error: "), lines
+    assert sum(x.startswith("error") for x in lines) == 1 and not any("Traceback" in x for x in lines), lines
     return lines[-1]
 
 
@@ -384,10 +386,10 @@ def run_cli(*args, cwd=ROOT, env=None, timeout=120):
                           text=True, cwd=cwd, env=env, timeout=timeout)
 
 
-def assert_error(proc, *fragments):
-    """Exit status 1 and, as the last line of stderr, the only `error: ` line, holding every fragment."""
+def assert_error(proc, *fragments, code=1):
+    """Exit status `code` and, as the last line of stderr, the only `error: ` line, holding every fragment."""
     lines = proc.stderr.strip().splitlines()
-    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert proc.returncode == code and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert lines[-1].startswith("error: ") and sum(x.startswith("error") for x in lines) == 1, proc.stderr[-3000:]
     for f in fragments:
         assert f in lines[-1], (f, lines[-1])
@@ -537,9 +539,10 @@ def test_cli_bad_checkpoint(tiny_ckpt, tmp_path, case, fragments):
 def test_cli_samples_must_be_positive(tiny_ckpt, tmp_path, capsys):
     for n in (0, -1):  # no NaN scores: an error before anything loads
         assert_error(run_cli("--ckpt", tiny_ckpt, "--tasks", "json_kv", "--lengths", "512", "--samples", n,
-                             "--out", tmp_path / "r.json"), f"--samples {n}: give a positive number of samples")
-    assert "--ppl-docs 0: give a positive number of documents" in main_error(
-        capsys, ["--ckpt", tiny_ckpt, "--tasks", "none", "--ppl", "x.txt", "--ppl-docs", "0"])
+                             "--out", tmp_path / "r.json"), f"argument --samples: must be an integer >= 1, got {n}",
+                     code=2)
+    assert "argument --ppl-docs: must be an integer >= 1, got 0" in main_error(
+        capsys, ["--ckpt", tiny_ckpt, "--tasks", "none", "--ppl", "x.txt", "--ppl-docs", "0"], code=2)
     assert not (tmp_path / "r.json").exists()
 
 
@@ -673,3 +676,216 @@ def test_cli_runs_every_category_on_a_copy_of_helmets_data_layout(tiny_ckpt, tmp
     report = json.loads(out.read_text())
     assert report["protocol"]["chat_template"] == "off"  # a base model: completion mode everywhere, as HELMET
     assert report["tasks"]["multi_lexsum"]["8192"]["judged"] == 1 and server.requests
+
+
+# ------------------------------------------------------------------------------------------------------------
+# 8. the unhappy path (issue 15): every bad setting, file and fault ends in one `error:` line and a non-zero exit,
+# and nothing already written changes. In-process through ev.main (the same parser and exception boundary as the
+# command line, without a process start per case) where a case needs a stub model; a process where the exit code
+# or a signal is the point.
+
+
+NUMERIC = {"--samples": ["0", "-1", "x"], "--seed": ["-1", "x", "1.5"],  # --seed 0 is a seed like any other
+           "--ppl-length": ["0", "-1", "x"], "--ppl-docs": ["0", "-1", "x"], "--lm-eval-limit": ["0", "-1", "x"],
+           "--prefill-chunk": ["0", "-1", "x"], "--judge-timeout": ["0", "-1", "x"], "--lengths": ["0", "-1", "x"]}
+
+
+@pytest.mark.parametrize("option,value", [(o, v) for o, vs in NUMERIC.items() for v in vs])
+def test_every_numeric_option_refuses_zero_negative_and_a_wrong_type(option, value, tiny_ckpt, tmp_path, capsys):
+    """One `error:` line naming the option and a non-zero exit (argparse's 2 for the declared ranges, 1 for
+    --lengths' own parser), before any model loads: nothing is written."""
+    code = 1 if option == "--lengths" else 2
+    line = main_error(capsys, ["--ckpt", tiny_ckpt, "--tasks", "json_kv", option, value, "--out", tmp_path / "r.json"],
+                      code=code)
+    assert option in line and value in line, line
+    assert not os.listdir(tmp_path)
+
+
+def test_a_bad_option_at_the_real_command_line_is_one_line_and_exit_2(tiny_ckpt, tmp_path):
+    for option in ("--prefill-chunk", "--ppl-length", "--judge-timeout"):
+        assert_error(run_cli("--ckpt", tiny_ckpt, option, "0"), f"evaluate.py: argument {option}: must be", code=2)
+
+
+def old_outputs(tmp_path):
+    """A previous run's results and samples, which a failing run must leave as they are."""
+    (tmp_path / "r.json").write_text('{"old": true}')
+    (tmp_path / "r_samples.jsonl").write_text('{"old": 1}\n')
+    return lambda: ((tmp_path / "r.json").read_text(), (tmp_path / "r_samples.jsonl").read_text()) == \
+        ('{"old": true}', '{"old": 1}\n')
+
+
+def data_copy(tmp_path, rel, edit):
+    """HELMET's fixture data folder, copied, with `edit(rows)` -> rows applied to one .jsonl file (or, given bytes,
+    that file's content replaced)."""
+    data = tmp_path / "data"
+    shutil.copytree(FIXTURES, data)
+    path = data / rel
+    if isinstance(edit, bytes):
+        path.write_bytes(edit)
+    else:
+        rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+        path.write_text("".join(json.dumps(r) + "\n" for r in edit(rows)))
+    return data
+
+
+def edit_all(**fields):
+    return lambda rows: [dict(r, **fields) for r in rows]
+
+
+BAD_FILES = [  # (task, file under data/, edit, what the line must say)
+    ("ruler_niah_mk_2", "ruler/niah_multikey_2/validation_8192.jsonl", edit_all(outputs=5),
+     "validation_8192.jsonl: field 'outputs' is 5: expected the gold strings"),
+    ("kilt_nq", "kilt/nq-dev-multikilt_1000_k50_dep6.jsonl", edit_all(ctxs="passages"),
+     "nq-dev-multikilt_1000_k50_dep6.jsonl or "),
+    ("kilt_nq", "kilt/nq-dev-multikilt_1000_k50_dep6.jsonl", edit_all(ctxs=[]),
+     "field 'ctxs' is []: expected a non-empty list of passages"),
+    ("msmarco_rerank_psg", "msmarco/test_reranking_data_k50_dep3.jsonl", edit_all(ctxs=[]),
+     "test_reranking_data_k50_dep3.jsonl or "),
+    ("narrativeqa", "narrativeqa/test.jsonl", edit_all(document="the story"),
+     "test.jsonl: row 1: field 'document' is \"the story\": expected an object"),
+    ("infbench_choice_eng", "infbench/longbook_choice_eng.jsonl",
+     lambda rows: [dict(r, options=r["options"][:3]) for r in rows], "row 1: field 'options' is"),
+    ("json_kv", "json_kv/test_k105_dep6.jsonl", lambda rows: [], "test_k105_dep6.jsonl: no records (an empty file)"),
+    ("icl_trec_coarse", "icl/trec/test.jsonl", lambda rows: [], "icl/trec/test.jsonl: no rows"),
+    ("icl_trec_coarse", "icl/trec/train.jsonl", lambda rows: [], "icl/trec/train.jsonl: no rows"),
+    ("kilt_nq", "kilt/nq-dev-multikilt_1000_k50_dep6.jsonl", b'{"question": "caf\xe9"}\n',
+     "nq-dev-multikilt_1000_k50_dep6.jsonl:1: not a JSON line: invalid UTF-8 at byte"),
+    ("narrativeqa", "narrativeqa/test.jsonl", b'{"document": "\xff"}\n', "test.jsonl: row 1: invalid UTF-8 at byte"),
+]
+
+
+@pytest.mark.parametrize("task,rel,edit,says", BAD_FILES, ids=[f"{t}-{i}" for i, (t, *_) in enumerate(BAD_FILES)])
+def test_a_helmet_file_of_the_wrong_shape_is_one_line_naming_file_and_field(task, rel, edit, says, monkeypatch, tok,
+                                                                            tmp_path, capsys):
+    data = data_copy(tmp_path, rel, edit)
+    unchanged = old_outputs(tmp_path)
+    model = StubModel(tok, lambda prompt: " x")
+    monkeypatch.setattr(ev, "load_checkpoint", lambda *a, **k: (model, tok))
+    line = main_error(capsys, ["--ckpt", "hub/id", "--helmet-data", data, "--tasks", task, "--lengths", "8k",
+                               "--samples", "1", "--out", tmp_path / "r.json"])
+    assert says in line, line
+    assert not model.calls and unchanged()  # found before any generation; the previous run's files as they were
+    if "field" in says and "or " not in says:
+        assert rel.rsplit("/", 1)[-1] in line
+
+
+def test_fewer_rows_than_samples_is_one_warning_kept_in_the_results(monkeypatch, tok, tmp_path, capsys):
+    monkeypatch.setattr(ev, "load_checkpoint", lambda *a, **k: (StubModel(tok, helmet_file_oracle(), 8192 + 2), tok))
+    rows = len(open(files("json_kv")[0]).read().splitlines())
+    kilt = [json.loads(x) for x in open(files("kilt_nq")[0])]
+    questions = len({r["question"] for r in kilt})
+    depths = [{"question": "q", "id": 7, "depth": d} for d in (0.0, 0.5, 1.0)]  # one question, three rows
+    assert TASKS["kilt_nq"].count(depths) == 1 and TASKS["json_kv"].count(depths) == 3
+    report = ev.main(["--ckpt", "hub/id", "--helmet-data", FIXTURES, "--tasks", "json_kv,kilt_nq", "--lengths", "8k",
+                      "--samples", "1000", "--out", str(tmp_path / "r.json")])
+    err = capsys.readouterr().err
+    warnings = [x for x in err.splitlines() if x.startswith("warning: ")]
+    assert len(warnings) == 2 and f"json_kv @ 8192: {rows} samples, fewer than the 1000 asked" in warnings[0]
+    assert f"kilt_nq @ 8192: {questions} samples" in warnings[1]  # KILT counts questions, not rows (one per depth)
+    saved = json.loads((tmp_path / "r.json").read_text())
+    assert saved["warnings"] == [w[len("warning: "):] for w in warnings]
+    assert saved["tasks"]["json_kv"]["8192"]["samples_asked"] == 1000 and saved["tasks"]["json_kv"]["8192"]["n"] == rows
+
+
+def judged_setup(monkeypatch, tok, respond):
+    from tasks import local
+    from tests.test_tasks_judge import Server
+    from tests.test_tasks_local import SMALL
+    for k, v in SMALL.items():
+        monkeypatch.setitem(local.MIN_TOKENS, k, v)
+    for var in ("NO_PROXY", "no_proxy"):
+        monkeypatch.setenv(var, "127.0.0.1,localhost")
+    model = StubModel(tok, lambda prompt: " an answer")
+    monkeypatch.setattr(ev, "load_checkpoint", lambda *a, **k: (model, tok))
+    return Server(respond)
+
+
+@pytest.mark.parametrize("answer,says", [
+    ("silent", "no complete answer within 0.5 s (--judge-timeout)"),
+    ({"fluency": 1}, "the answer's content is {\"fluency\": 1}, not text"),
+])
+def test_a_judge_that_hangs_or_answers_no_text_is_one_line(answer, says, monkeypatch, tok, tmp_path, capsys):
+    import time
+    from tests.test_tasks_judge import completion
+
+    def respond(body):
+        if answer == "silent":
+            time.sleep(20)
+        return 200, completion(answer)
+    server = judged_setup(monkeypatch, tok, respond)
+    unchanged = old_outputs(tmp_path)
+    start = time.monotonic()
+    line = main_error(capsys, ["--ckpt", "hub/id", "--helmet-data", FIXTURES, "--tasks", "narrativeqa", "--lengths",
+                               "8k", "--samples", "1", "--judge-url", server.url, "--judge-timeout", "0.5",
+                               "--out", tmp_path / "r.json"])
+    assert says in line and unchanged() and time.monotonic() - start < 15
+    assert not (tmp_path / "r_judge_cache.jsonl").exists() or not (tmp_path / "r_judge_cache.jsonl").read_text()
+    server.httpd.server_close()
+
+
+def test_bad_ppl_and_lm_eval_fail_before_the_model_runs(tiny_ckpt, tmp_path):
+    unchanged = old_outputs(tmp_path)
+    (tmp_path / "bad.txt").write_bytes(b"good text \xff\xfe then not")
+    common = ["--ckpt", tiny_ckpt, "--tasks", "json_kv", "--lengths", "512", "--samples", "1", "--out",
+              tmp_path / "r.json"]
+    assert_error(run_cli(*common, "--ppl", tmp_path / "bad.txt"), f"--ppl {tmp_path / 'bad.txt'}: invalid UTF-8 at "
+                                                                   f"byte 10")
+    assert_error(run_cli(*common, "--ppl", tmp_path / "nothere.txt"), "nothere.txt: no such file or directory")
+    proc = run_cli(*common, "--lm-eval", "no_such_task", env={"HF_DATASETS_OFFLINE": "1"})
+    assert_error(proc, "--lm-eval: no lm-eval task no_such_task")
+    assert "json_kv @ 512" not in proc.stderr  # refused before the HELMET run, not after it
+    assert unchanged() and sorted(os.listdir(tmp_path)) == ["bad.txt", "r.json", "r_samples.jsonl"]
+
+
+@pytest.mark.slow
+def test_a_rerun_that_fails_or_is_interrupted_leaves_the_previous_results(tiny_ckpt, tmp_path):
+    """A failure after some tasks ran (a --ppl folder that is no token domain), and Ctrl-C during generation: one
+    line (exit 1, exit 130), the previous results and samples byte for byte, this run's measurements in .partial."""
+    import signal
+    import time
+    args = ["--ckpt", tiny_ckpt, "--tasks", "json_kv", "--lengths", "512", "--samples", "1", "--out",
+            tmp_path / "r.json"]
+    assert run_cli(*args).returncode == 0
+    before = {f: (tmp_path / f).read_bytes() for f in ("r.json", "r_samples.jsonl")}
+    (tmp_path / "not_a_domain").mkdir()
+    proc = run_cli(*args, "--ppl", tmp_path / "not_a_domain")
+    assert_error(proc, "not_a_domain")
+    assert "json_kv @ 512: 1/1" in proc.stderr  # it failed after measuring
+    assert {f: (tmp_path / f).read_bytes() for f in before} == before
+    assert json.loads((tmp_path / "r.partial.json").read_text())["tasks"]["json_kv"]["512"]["n"] == 1
+    assert len((tmp_path / "r_samples.partial.jsonl").read_text().splitlines()) == 1
+    cmd = [sys.executable, os.path.join(ROOT, "evaluate.py"), *map(str, args[:-4]), "--samples", "200", "--lengths",
+           "1024", "--out", str(tmp_path / "r.json")]
+    p = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    err = ""
+    while "json_kv @ 1024: 2/200" not in err:  # generating
+        line = p.stderr.readline()
+        assert line, err
+        err += line
+    p.send_signal(signal.SIGINT)
+    start = time.monotonic()
+    rest = p.stderr.read()
+    assert p.wait(timeout=60) == 130 and time.monotonic() - start < 30
+    lines = [x for x in (err + rest).strip().splitlines() if x.startswith("error")]
+    assert lines == ["error: interrupted; temporary files removed, nothing half-written"] and "Traceback" not in rest
+    assert {f: (tmp_path / f).read_bytes() for f in before} == before
+
+
+def test_ctrl_c_during_a_judge_wait_is_one_line_and_130(tmp_path):
+    """The judge's wait (a request thread joined with a timeout) gives way to Ctrl-C at once."""
+    import signal
+    import time
+    from tests.test_tasks_judge import Server, completion
+    server = Server(lambda body: (time.sleep(30), (200, completion("late")))[1])
+    script = ("import sys; sys.path.insert(0, %r)\nfrom common import one_line_errors\nfrom tasks.judge import Judge\n"
+              "with one_line_errors():\n    print('asking', flush=True)\n    Judge(%r, 'x', timeout=60).ask('q')\n"
+              % (ROOT, server.url))
+    p = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env={**os.environ, "NO_PROXY": "127.0.0.1", "no_proxy": "127.0.0.1"})
+    assert p.stdout.readline() == "asking\n"
+    time.sleep(1)
+    p.send_signal(signal.SIGINT)
+    assert p.wait(timeout=20) == 130
+    assert p.stderr.read().strip().splitlines() == ["error: interrupted; temporary files removed, nothing "
+                                                    "half-written"]
+    server.httpd.server_close()

@@ -10,6 +10,7 @@ import re
 import socket
 import sys
 import threading
+import time
 
 import pytest
 
@@ -376,3 +377,64 @@ def test_judged_mean_scales_as_helmet_collect_results():
     assert jm.judged_mean([0.5, None], "gpt-4-f1") == 50.0
     assert jm.judged_mean([None], "gpt-4-f1") is None
     assert math.isclose(jm.judged_mean([0.25, 0.75], "recall"), 0.5)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# 5. no endpoint can hang a run, and an answer that is not text is never cached
+
+
+class Trickle:
+    """A server that sends its headers, then one byte of the body every `every` seconds (a body never complete in
+    the judge's time): socket timeouts alone never fire on it."""
+
+    def __init__(self, every=0.2, total=60):
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                self.rfile.read(int(self.headers["Content-Length"]))
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(total))
+                self.end_headers()
+                try:
+                    for _ in range(total):
+                        self.wfile.write(b" ")
+                        self.wfile.flush()
+                        time.sleep(every)
+                except OSError:
+                    pass  # the client gave up
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+
+
+@pytest.mark.parametrize("kind", ["silent", "trickling"])
+def test_a_silent_or_trickling_endpoint_ends_in_one_judge_error(kind, client, monkeypatch):
+    for var in ("NO_PROXY", "no_proxy"):
+        monkeypatch.setenv(var, "127.0.0.1,localhost")
+    if kind == "silent":
+        s = Server(lambda body: (time.sleep(30), (200, completion("late")))[1])
+    else:
+        s = Trickle()
+    judge = jm.Judge(s.url, "judge-x", timeout=0.5, retries=3, backoff=0.05)
+    start = time.monotonic()
+    with pytest.raises(jm.JudgeError, match=r"no complete answer within 0.5 s \(--judge-timeout\) after \d attempt"):
+        judge.ask("a prompt")
+    assert time.monotonic() - start < 3 * 0.5 + 1  # the deadline per prompt: 3 x the timeout
+    s.httpd.shutdown()
+    s.httpd.server_close()
+
+
+@pytest.mark.parametrize("content", [{"text": "a"}, ["a"], 3])
+def test_an_answer_that_is_not_text_is_a_judge_error_and_not_cached(server, client, tmp_path, content):
+    server.respond = lambda body: (200, completion(content))
+    cache = tmp_path / "cache.jsonl"
+    judge = jm.Judge(server.url, "judge-x", cache_path=str(cache))
+    for _ in range(2):  # asked again, and refused again: nothing was cached
+        with pytest.raises(jm.JudgeError, match="the answer's content is .*, not text"):
+            judge.ask("a prompt")
+    assert not cache.exists() and len(server.requests) == 2

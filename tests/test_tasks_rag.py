@@ -190,7 +190,7 @@ def test_ndcg_hand_computed():
 
 
 def test_popqa_without_a_positive_popularity_names_the_file(tmp_path):
-    row = {"id": 1, "question": "q", "answers": ["a"], "ctxs": [], "s_pop": 0}
+    row = {"id": 1, "question": "q", "answers": ["a"], "ctxs": [{"title": "t", "text": "x"}], "s_pop": 0}
     path = tmp_path / "popqa.jsonl"
     path.write_text(json.dumps(row) + "\n")
     with pytest.raises(UserError, match=r"popqa.jsonl: a PopQA record has s_pop 0: HELMET's log10 filter needs"):
