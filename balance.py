@@ -1,5 +1,6 @@
 """
-What balanced steps buy for a config, before any GPU is rented: `python bench.py balance CONFIG [--dp 8 16 64]`.
+What balanced steps buy for a config, before any GPU is rented: `python bench.py balance CONFIG [--dp 8 16 64]`;
+and measured on CPU: `python bench.py balance --cpu-run [STEPS]` (cpu_run).
 
 With FSDP every micro-step runs at the pace of its slowest data-parallel rank (with sequence parallelism: its
 slowest SP group), so a step costs the sum over micro-steps of the heaviest rank's work. This draws `--steps` steps
@@ -75,10 +76,74 @@ def simulate(lengths, per_step, dp, per_micro, cost):
     return paper / steps, balanced / steps, ideal / steps
 
 
+def cpu_run(steps=8, seq_len=8192, reps=1):
+    """Measured, not simulated: real 2-rank gloo train.py runs on CPU of a 1-layer model with a 512-token
+    vocabulary (byte tokens, so that attention, not the output layer, is the cost) on a skewed mixture: 25% of
+    the sequences one document of seq_len tokens, 75% packs of 128-512-token documents, 4 sequences per rank per
+    step. The paper's ordering and balanced steps alternate, `reps` runs each; tokens/s over steps 2..steps."""
+    import base64
+    import json
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+
+    import tokenfiles
+    from tokenizer import load_tokenizer
+    root = tempfile.mkdtemp(prefix="balance-run-")
+    vocab = os.path.join(root, "bytes.tiktoken")
+    with open(vocab, "w") as f:
+        f.writelines(f"{base64.b64encode(bytes([i])).decode()} {i}\n" for i in range(256))
+    meta = tokenfiles.token_meta(load_tokenizer(vocab), "random bytes")
+    rng = np.random.default_rng(0)
+    for name, sizes in (("long", [seq_len] * 8), ("short", rng.integers(128, 512, 2000))):
+        with tokenfiles.ShardWriter(os.path.join(root, name), meta) as w:
+            for n in sizes:
+                w.add(rng.integers(0, 256, int(n)))
+                w.end_document()
+    base = dict(data_root=root, tokenizer=vocab, seq_len=seq_len, tokens_per_step=8 * seq_len, max_steps=steps,
+                mixture=[dict(path="long", proportion=0.25, length=seq_len, mode="chunk"),
+                         dict(path="short", proportion=0.75, length=seq_len, mode="pack")],
+                model_overrides={"vocab_size": 512, "num_hidden_layers": 1}, compute_dtype="float32",
+                activation_checkpointing=False, allow_repeat=True, hf_weights=False, warmup_fraction=0.0)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    here = os.path.dirname(os.path.abspath(__file__))
+    results = {False: [], True: []}
+    for rep in range(reps):
+        for balanced in (False, True):
+            out = os.path.join(root, f"run-{balanced}-{rep}")
+            config = os.path.join(root, f"config-{balanced}-{rep}.py")
+            with open(config, "w") as f:
+                f.writelines(f"{k} = {v!r}\n" for k, v in dict(base, out_dir=out, balance_steps=balanced).items())
+            before = _busy_cpu_seconds()
+            proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                   "--nproc_per_node=2", os.path.join(here, "train.py"), config], env=env,
+                                  cwd=here, capture_output=True, text=True)
+            if proc.returncode:
+                raise SystemExit(f"train.py failed:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
+            times = [r["step_s"] for r in map(json.loads, open(os.path.join(out, "metrics.jsonl"))) if "step_s" in r]
+            busy = _busy_cpu_seconds() - before
+            results[balanced].append((base["tokens_per_step"] * (len(times) - 1) / sum(times[1:]), busy))
+            print(f"{'balanced' if balanced else 'paper':<9} run {rep + 1}: {results[balanced][-1][0]:,.0f} tokens/s "
+                  f"(steps 2-{len(times)}; all processes' CPU seconds during the run {busy:.0f}, its own ~2 x "
+                  f"{sum(times):.0f})", flush=True)
+    shutil.rmtree(root)
+    paper, balanced = (float(np.median([t for t, _ in results[k]])) for k in (False, True))
+    print(f"2 ranks, CPU, skewed mixture: paper ordering {paper:,.0f} tokens/s, balanced {balanced:,.0f} tokens/s "
+          f"({balanced / paper:.2f}x)")
+
+
+def _busy_cpu_seconds():
+    fields = open("/proc/stat").readline().split()[1:]
+    return sum(int(fields[i]) for i in (0, 1, 2, 5, 6)) / os.sysconf("SC_CLK_TCK")
+
+
 def main(argv):
     import data
     import settings
     from model import LlamaConfig
+    if argv[:1] == ["--cpu-run"]:  # python bench.py balance --cpu-run [STEPS]
+        return cpu_run(*(int(a) for a in argv[1:2]))
     ap = argparse.ArgumentParser(prog="bench.py balance", description=__doc__.strip().split("\n\n")[0])
     ap.add_argument("config")
     ap.add_argument("--dp", type=int, nargs="+", default=[8, 16, 64],

@@ -11,6 +11,7 @@ Cases (forward + backward each):
                     documents of 1024 tokens: model.py (packed, fused chunked loss) against Hugging Face
                     transformers' LlamaForCausalLM (SDPA) with the same weights (the documents as a batch, full logits)
   train-1doc-4k/8k  the same on one document of 4096 / 8192 tokens (one timed step per fresh run: a step takes s)
+                    (BENCH_FUSED_LOSS=0 in the environment: model.py with the recomputing loss, for a before/after)
 
 Every measurement runs in a fresh process, so its peak memory (max RSS on CPU, max allocated on CUDA) is its own;
 ours and the reference alternate, `--reps` times each. Figures are medians, and ratios are reference / ours. This
@@ -107,6 +108,7 @@ def train_case(case, impl, dev):
     ids = torch.randint(0, config.vocab_size, (B, L), device=dev)
     labels = torch.cat([ids[:, 1:], torch.full((B, 1), -100, device=dev)], dim=1)
     model = Llama(config).to(dev)
+    model.fused_loss = os.environ.get("BENCH_FUSED_LOSS", "1") != "0"  # 0: the recomputing form, as before issue 18
     if impl == "ours":  # packed, document-masked, fused chunked loss
         cu = torch.arange(0, B * L + 1, L, dtype=torch.int32, device=dev)
         loss = lambda: model(ids.reshape(-1), cu_seqlens=cu, labels=labels.reshape(-1))[0]  # noqa: E731

@@ -210,3 +210,13 @@ def test_balanced_steps_give_the_same_losses_and_gradients_float64(tmp_path_fact
     assert_same(worker(tmp, "balanced4sp2", 4, sp_size=2), reference, "4 ranks, SP 2")
     assert_same(worker(tmp, "balanced2x2", 2, micro_batch_sequences=2), reference, "2 sequences per micro-batch")
     assert_same(worker(tmp, "resumed", 2, resume_at=1), reference, "data reopened after step 1")
+
+
+@pytest.mark.slow
+def test_cpu_run_trains_both_orderings_on_two_ranks(capsys):
+    """The measured comparison runs end to end (its figures are for a quiet machine, not asserted here)."""
+    pytest.importorskip("tiktoken")
+    import balance
+    balance.cpu_run(steps=2, seq_len=512)
+    out = capsys.readouterr().out
+    assert "paper     run 1:" in out and "balanced  run 1:" in out and "tokens/s" in out.splitlines()[-1]

@@ -16,7 +16,8 @@
 # princeton-nlp/prolong-data-64K imported per domain into data/prolong-64K (`python data.py import-mds`).
 
 # The recipe's 64K stage (optimiser, schedule shape, precision, RoPE base 8e6, 64K sequences, data root); what
-# follows is all that the ablation base changes: the init, the data mixture and the length of the run.
+# follows is all that the ablation base changes: the init, the data mixture, the length of the run, and the
+# paper's own micro-batch ordering (no balanced steps), so that no_reorder.py measures what Table 15 measured.
 include("../prolong_64k.py")
 include("_mixture.py")  # the ablations' long/short split and ShortMix, shared with base_512k.py
 _gpus = 8  # the GPU count this arm is checked for (tests/test_ablations.py)
@@ -26,5 +27,6 @@ init_from = "meta-llama/Meta-Llama-3-8B"  # the base model, not the recipe's Ins
 mixture = _mixture(_long, _short, _books_repos, _shortmix)
 
 max_steps = 1280  # 5B tokens of 4M
+balance_steps = False  # each rank its own sequences, micro-batches sorted (sort_microbatches), as the paper
 checkpoint_interval = 320
 keep_checkpoints = 2
