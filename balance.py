@@ -121,10 +121,12 @@ def cpu_run(steps=8, seq_len=8192, reps=1):
                                   cwd=here, capture_output=True, text=True)
             if proc.returncode:
                 raise SystemExit(f"train.py failed:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
-            times = [r["step_s"] for r in map(json.loads, open(os.path.join(out, "metrics.jsonl"))) if "step_s" in r]
+            records = map(json.loads, open(os.path.join(out, "metrics.jsonl")))
+            times = [r["step_s"] for r in records if "step_s" in r]
             busy = _busy_cpu_seconds() - before
             results[balanced].append((base["tokens_per_step"] * (len(times) - 1) / sum(times[1:]), busy))
-            print(f"{'balanced' if balanced else 'paper':<9} run {rep + 1}: {results[balanced][-1][0]:,.0f} tokens/s "
+            print(f"{'balanced' if balanced else 'paper':<9} run {rep + 1}: {results[balanced][-1][0]:,.0f} "
+                  f"tokens/s "
                   f"(steps 2-{len(times)}; all processes' CPU seconds during the run {busy:.0f}, its own ~2 x "
                   f"{sum(times):.0f})", flush=True)
     shutil.rmtree(root)
@@ -163,7 +165,8 @@ def main(argv):
                            allow_repeat=True)
         lengths, source = [mix.sequence_lengths(g) for g in range(n)], "the domains on disk"
     else:
-        lengths, source = table_lengths(cfg["mixture"], seq_len, n, args.seed), "balance.LENGTH_TABLE (data not on disk)"
+        lengths = table_lengths(cfg["mixture"], seq_len, n, args.seed)
+        source = "balance.LENGTH_TABLE (data not on disk)"
     cost = flop_cost(getattr(LlamaConfig, args.model)())
     single = np.mean([len(x) == 1 for x in lengths])
     print(f"bench.py balance {args.config}: {args.steps} steps of {per_step} sequences x {seq_len:,} tokens, "

@@ -3,9 +3,9 @@ The output layer's cross-entropy, in chunks of tokens, never holding the (tokens
 
 Two forms, one result (tests/test_loss.py checks both against F.cross_entropy in float64):
 - `fused_cross_entropy` (the default, model.fused_loss = True): the summed loss. Because the loss is a *sum*, its
-  upstream gradient is one scalar, so each chunk's gradients with respect to the hidden states and the output weight
-  can be computed in the forward pass, straight from the chunk's logits (softmax - one_hot), and backward only
-  scales them. Three (tokens x hidden x vocabulary) matmuls, as an unchunked cross-entropy does, and one pass over
+  upstream gradient is one scalar, so each chunk's gradients with respect to the hidden states and the output
+  weight can be computed in the forward pass, straight from the chunk's logits (softmax - one_hot), and backward
+  only scales them. Three (tokens x hidden x vocabulary) matmuls, as an unchunked cross-entropy does, and one pass over
   each chunk's logits fewer. The price: from forward to backward it holds the weight's gradient, a (vocabulary x
   hidden) float32 buffer (2 GiB for Llama-3-8B; 0.5 GiB for Llama-3.2-1B's tied head) and the (tokens x hidden)
   gradient of the hidden states, in place of the hidden states themselves.

@@ -76,7 +76,8 @@ def test_sequence_lengths_are_those_of_the_sequence_without_reading_it(mixture_s
 
 
 @pytest.mark.parametrize("dp,per_rank,per_micro", [(2, 4, 1), (4, 2, 1), (2, 4, 2)])
-def test_balanced_step_covers_the_steps_sequences_and_moves_the_cursor_alike(mixture_spec, dp, per_rank, per_micro):
+def test_balanced_step_covers_the_steps_sequences_and_moves_the_cursor_alike(mixture_spec, dp, per_rank,
+                                                                             per_micro):
     def cost(lengths):
         return float((lengths.astype(float) ** 2).sum())
 
