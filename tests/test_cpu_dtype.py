@@ -1,7 +1,5 @@
 """settings.cpu_compute_dtype: a CPU run whose compute dtype is much slower than float32 says so in one line and
 computes in float32, unless the settings ask for that dtype themselves."""
-import pytest
-
 import settings
 
 
@@ -45,4 +43,4 @@ def test_fast_enough_or_float32_says_nothing(tmp_path):
 def test_the_probe_measures_a_real_ratio():
     ratio = settings.matmul_slowdown("bfloat16", seconds=0.05)
     assert 0.05 < ratio < 1000
-    assert settings.matmul_slowdown("float32", seconds=0.05) == pytest.approx(1.0, rel=0.6)
+    assert 0.2 < settings.matmul_slowdown("float32", seconds=0.05) < 5  # the same dtype: about 1 (a shared machine)
