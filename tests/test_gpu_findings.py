@@ -129,3 +129,17 @@ def test_train_stops_in_one_line_when_the_estimate_exceeds_the_gpu():
     # an estimate it cannot make is said, and the run goes on
     assert memory.check_fits(dict(cfg, init_from="org/unknown"), 8, torch.device("cuda"), lines.append) is None
     assert lines[-1].startswith("memory estimate: n/a")
+
+
+@pytest.mark.parametrize("command,argv,says", [
+    ("memory", ["no/such/config.py"], "error: "),
+    ("memory", ["configs/prolong_64k.py", "--gpus", "3", "--sp", "2"], "error: --gpus 3 is not a multiple"),
+    ("extend", ["--out", "/nonexistent-dir-for-test/x"], "error: no CUDA device"),
+])
+def test_bench_memory_and_extend_fail_in_one_line(monkeypatch, capsys, command, argv, says):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    module = __import__(command)
+    with pytest.raises(SystemExit) as exit_:
+        module.main(argv)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 1 and err.startswith(says) and err.count("\n") == 1, err
