@@ -237,6 +237,7 @@ class GpuCheck:
         torch = self.torch
         import attention
         T = q.shape[0]
+        attention.activate(self.device, backend)  # routes aten's flash kernels: FA3 for fa3, FA2 for varlen
         docs = attention.prepare(cu, T, self.device, backend=backend)
         backward = not (backend == "flex" and self.device.type == "cpu")  # flex has no CPU backward
         qx, kx, vx = (x.detach().to(dtype).requires_grad_(backward) for x in (q, k, v))
