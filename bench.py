@@ -31,7 +31,6 @@ import statistics
 import subprocess
 import sys
 import time
-import weakref
 
 CASES = ("attention-16docs", "attention-1doc", "loss-4k", "train-step", "train-1doc-4k", "train-1doc-8k")
 
@@ -175,7 +174,9 @@ def main():
         print(json.dumps(result))
         return
     import torch
-    peak = args.peak_flops or peak_flops(torch.device(args.device), torch.float32)[0] or float("nan")
+    import throughput
+    peak = args.peak_flops or throughput.peak_flops_per_device(torch.device(args.device), torch.float32)[0] \
+        or float("nan")
     print(f"torch {torch.__version__}, device {args.device}, {os.cpu_count()} CPUs, {args.reps} runs each, "
           f"MFU against {peak / 1e9:,.0f} GFLOP/s")
     print(f"{'case':<18} {'impl':<10} {'median s':>9} {'tokens/s':>10} {'MFU':>6} {'peak MiB':>9} "
@@ -197,78 +198,12 @@ def main():
               f"{med['reference'][1] / med['ours'][1]:.2f}x less peak memory")
 
 
-def peak_flops(device, dtype):
-    """(peak FLOP/s or None, where it comes from) from train.py's table (older train.py returned a bare number)."""
-    import train
-    peak = train.peak_flops_per_device(device, dtype)
-    return peak if isinstance(peak, tuple) else (peak, "train.py's table")
-
-
 def _cuda():
     try:
         import torch
         return torch.cuda.is_available()
     except ImportError:
         return False
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# memory of tensors created on the CPU (no allocator statistics there)
-
-
-class TensorMemory:
-    """Within a `with` block: the peak bytes of live tensor storages created inside it, and the largest one.
-    Counts storages (a view is free), forgets each when it is really freed (a weakref on the storage, whose Python
-    object lives exactly as long as the storage), and ignores results that share an input's storage (views and
-    in-place results of tensors made before, such as a weight's transpose).
-    `include_meta`: count meta tensors too (memory.py's estimates: shapes without data)."""
-
-    def __init__(self, include_meta=False):
-        from torch.utils._python_dispatch import TorchDispatchMode
-
-        tracker = self
-
-        class _Mode(TorchDispatchMode):
-            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-                out = func(*args, **(kwargs or {}))
-                tracker._record(out, (args, kwargs))
-                return out
-
-        self.live = self.peak = self.largest = 0
-        self.include_meta = include_meta
-        self._ids = set()
-        self._mode = _Mode()
-
-    def _record(self, out, inputs=()):
-        import torch
-        from torch.utils._pytree import tree_flatten
-        seen = None
-        for t in tree_flatten(out)[0]:
-            if not isinstance(t, torch.Tensor) or (t.device.type == "meta" and not self.include_meta):
-                continue
-            storage = t.untyped_storage()
-            if id(storage) in self._ids:
-                continue
-            if seen is None:  # the inputs' storages, once per op (a view or in-place result is not new memory)
-                seen = {id(x.untyped_storage()) for x in tree_flatten(inputs)[0] if isinstance(x, torch.Tensor)}
-            if id(storage) in seen:
-                continue
-            size = storage.nbytes()
-            self._ids.add(id(storage))
-            self.live += size
-            self.peak, self.largest = max(self.peak, self.live), max(self.largest, size)
-            weakref.finalize(storage, self._free, id(storage), size)
-
-    def _free(self, key, size):
-        self._ids.discard(key)
-        self.live -= size
-
-    def __enter__(self):
-        self._mode.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        return self._mode.__exit__(*exc)
 
 
 if __name__ == "__main__":

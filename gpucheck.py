@@ -338,7 +338,7 @@ class GpuCheck:
 
         import attention
         import train
-        from bench import peak_flops
+        from throughput import peak_flops_per_device
         from torch.distributed.device_mesh import init_device_mesh
         import torch.distributed as dist
         if not dist.is_initialized():
@@ -386,7 +386,7 @@ class GpuCheck:
             return
         dt = statistics.median(times[1:])
         flops = train.step_flops(model.config, [cu])
-        peak, source = peak_flops(self.device, dtype)
+        peak, source = peak_flops_per_device(self.device, dtype)
         mfu = (f"MFU {100 * flops / dt / peak:.1f}% of {peak / 1e12:g} TFLOP/s ({source})" if peak
                else f"MFU n/a ({source})")
         row("train", f"steady step, T={T}", backend, dtype,
@@ -413,7 +413,7 @@ class GpuCheck:
         """The flex BlockMask built from cu_seqlens: bytes held and peak while building, 64K and 512K."""
         torch = self.torch
         import attention
-        from bench import TensorMemory
+        from memory import TensorMemory
         for T, n_docs in ((65536, 8), (524288, 64)):
             cu = torch.arange(0, T + 1, T // n_docs, dtype=torch.int32)
             t0 = time.perf_counter()

@@ -6,7 +6,7 @@ The one idea: the model runs one training step's forward and backward on the `me
 no GPU, a second for Llama-3-8B at 64K) exactly as train.py runs it on a GPU (the config's compute dtype,
 activation checkpointing per block, the chunked/fused loss, torch's varlen attention kernel for half
 precision, and Ulysses sequence parallelism with `sp` ranks: each rank's slice of the tokens, the whole
-sequence for 1/sp of the heads), while bench.TensorMemory counts the bytes of every live tensor storage:
+sequence for 1/sp of the heads), while TensorMemory counts the bytes of every live tensor storage:
 activations, recomputation, the loss's buffers, the attention kernel's outputs and log-sum-exps, the
 all-to-all buffers. The exchange itself is stood in for by an empty buffer of the received shape
 (`_no_exchange`): memory, not data, is what is measured.
@@ -28,6 +28,7 @@ import contextlib
 import math
 import os
 import sys
+import weakref
 from unittest import mock
 
 from common import UserError, one_line_errors, read_json
@@ -132,7 +133,6 @@ def measure_step(config, tokens, dtype, checkpointing=True, sp=1, device="meta",
     import torch
     from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
 
-    from bench import TensorMemory
     from model import Llama
     half = dtype in (torch.float16, torch.bfloat16)
     import attention
@@ -184,7 +184,6 @@ def optimizer_transient(config, gpus, param_dtype):
     """Peak bytes AdamW's step (foreach, train.py's settings) allocates beyond its states, on meta shards."""
     import torch
 
-    from bench import TensorMemory
     from model import Llama
     with torch.device("meta"):
         model = Llama(config)
@@ -290,6 +289,65 @@ def eval_lengths_that_fit(lengths, model, log, free_bytes=None, margin=2 * GiB):
     return kept
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# memory of tensors created on the CPU (no allocator statistics there)
+
+
+class TensorMemory:
+    """Within a `with` block: the peak bytes of live tensor storages created inside it, and the largest one.
+    Counts storages (a view is free), forgets each when it is really freed (a weakref on the storage, whose Python
+    object lives exactly as long as the storage), and ignores results that share an input's storage (views and
+    in-place results of tensors made before, such as a weight's transpose).
+    `include_meta`: count meta tensors too (memory.py's estimates: shapes without data)."""
+
+    def __init__(self, include_meta=False):
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        tracker = self
+
+        class _Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                out = func(*args, **(kwargs or {}))
+                tracker._record(out, (args, kwargs))
+                return out
+
+        self.live = self.peak = self.largest = 0
+        self.include_meta = include_meta
+        self._ids = set()
+        self._mode = _Mode()
+
+    def _record(self, out, inputs=()):
+        import torch
+        from torch.utils._pytree import tree_flatten
+        seen = None
+        for t in tree_flatten(out)[0]:
+            if not isinstance(t, torch.Tensor) or (t.device.type == "meta" and not self.include_meta):
+                continue
+            storage = t.untyped_storage()
+            if id(storage) in self._ids:
+                continue
+            if seen is None:  # the inputs' storages, once per op (a view or in-place result is not new memory)
+                seen = {id(x.untyped_storage()) for x in tree_flatten(inputs)[0] if isinstance(x, torch.Tensor)}
+            if id(storage) in seen:
+                continue
+            size = storage.nbytes()
+            self._ids.add(id(storage))
+            self.live += size
+            self.peak, self.largest = max(self.peak, self.live), max(self.largest, size)
+            weakref.finalize(storage, self._free, id(storage), size)
+
+    def _free(self, key, size):
+        self._ids.discard(key)
+        self.live -= size
+
+    def __enter__(self):
+        self._mode.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self._mode.__exit__(*exc)
+
+
 def main(argv):
     ap = argparse.ArgumentParser(prog="bench.py memory", description="per-GPU memory of a config's training "
                                  "step, from a run on the meta device (see memory.py)")
@@ -302,8 +360,8 @@ def main(argv):
     with one_line_errors():
         if args.gpus < 1 or (args.sp is not None and args.sp < 1):
             raise UserError("--gpus and --sp must be at least 1")
-        import train
-        cfg = train.load_config([args.config])
+        import settings
+        cfg = settings.load_config([args.config])
         rows, info = estimate(cfg, args.gpus, args.sp, args.model)
         print(f"bench.py memory {args.config}")
         print(table(rows, info))

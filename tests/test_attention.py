@@ -152,7 +152,7 @@ def test_block_mask_on_random_packs_and_block_sizes():
 def test_block_mask_memory_at_512k_is_blocks_squared_not_tokens_squared():
     """A 512K pack of 64 documents: every tensor created while building is at most (T/128)^2 elements, the
     live total stays within a few such tensors, and no T x T tensor ever exists."""
-    from bench import TensorMemory
+    from memory import TensorMemory
     T, n = 524288, 524288 // 128
     cu = torch.arange(0, T + 1, T // 64, dtype=torch.int32)
     with TensorMemory() as mem:

@@ -10,7 +10,7 @@ import time
 import pytest
 import torch
 
-import bench
+import memory
 import gpucheck
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -129,7 +129,7 @@ def test_timings_take_fewer_repetitions_when_a_call_is_slow():
 
 
 def test_tensor_memory_counts_live_storages_not_views():
-    with bench.TensorMemory() as mem:
+    with memory.TensorMemory() as mem:
         a = torch.zeros(1000)  # 4000 bytes
         view = a[None, :500]
         b = torch.ones(2000)  # 8000 more

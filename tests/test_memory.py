@@ -105,7 +105,6 @@ def test_the_whole_estimate_bounds_a_real_fsdp2_step():
     import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
 
-    import bench
     import train
     created = not dist.is_initialized()
     if created:
@@ -117,7 +116,7 @@ def test_the_whole_estimate_bounds_a_real_fsdp2_step():
                    activation_checkpointing=True)
         ids = torch.randint(0, 32000, (T,))
         batch = SimpleNamespace(input_ids=ids, labels=ids, cu_seqlens=torch.tensor([0, T], dtype=torch.int32))
-        with bench.TensorMemory() as mem:
+        with memory.TensorMemory() as mem:
             mesh = init_device_mesh("cpu", (1,), mesh_dim_names=("fsdp",))
             model = train.build_model(cfg, mesh, torch.device("cpu"), log=lambda m: None)
             optimizer = train.build_optimizer(model, cfg)
