@@ -167,6 +167,9 @@ def exit_process(main, *args):
         code = e.code if isinstance(e.code, int) else 0 if e.code is None else 1
         if not isinstance(e.code, (int, type(None))):
             print(e.code, file=sys.stderr)
+    except KeyboardInterrupt:  # Ctrl-C outside the command's own boundary (as it leaves it): still one line, 130
+        print("error: interrupted", file=sys.stderr)
+        code = 130
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)

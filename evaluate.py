@@ -40,8 +40,7 @@ from tokenizer import DataError, load_tokenizer  # noqa: E402
 
 
 def load_checkpoint(ckpt, tokenizer=None, device="cpu", dtype=torch.float32):
-    # imported here so that this file's functions can be used without the model and data code
-    import attention
+    import attention  # imported here so that this file's functions can be used without the model code
     from model import Llama, resolve_checkpoint
     attention.activate(device)  # once, before any model runs: FA3 on Hopper where it is installed (train.py too)
     path = resolve_checkpoint(ckpt)  # a missing local path fails here at once; a hub id is downloaded (once)
