@@ -256,13 +256,14 @@ def test_ctrl_c_in_the_first_seconds_is_one_line_and_130(tmp_path, delay):
     """While the modules import, and then while prepare runs: one line, exit 130, nothing written. (Not in the
     first ~30 ms after exec: Python's own start-up, before the first line of sft.py, is out of any script's reach;
     from that first line on, SIGINT is blocked until its handler is in place.)"""
-    src = write_jsonl(tmp_path / "chat.jsonl", GOOD * 3000)
+    src = write_jsonl(tmp_path / "chat.jsonl", GOOD * 30000)  # still preparing at 2 s on an idle machine
     proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "sft.py"), "prepare", str(tmp_path / "out"), src],
                             env=ENV, stderr=subprocess.PIPE, text=True)
     started = time.time()  # from the exec of sft.py: before it a signal hits the forked test process, not sft.py
     while b"sft.py" not in open(f"/proc/{proc.pid}/cmdline", "rb").read() and time.time() - started < 30:
         time.sleep(0.005)
     time.sleep(delay)
+    assert proc.poll() is None, "prepare finished before the signal: give it more work"
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     line = error_line(subprocess.CompletedProcess(proc.args, proc.returncode, "", err), code=130)
