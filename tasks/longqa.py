@@ -12,7 +12,7 @@ train.shuffle(), one per filtered test row, replayed from numpy's global state a
 """
 import os
 
-from tasks import judge
+import tasks.judge as judge
 from tasks.common import best, calculate_metrics, expect, expect_strings, parse_output, shuffle_order
 from tasks.local import (LAYOUT, MIN_TOKENS, Jsonl, document_task, keypoints, rows, split_path, train_demos,
                          unseeded_shuffle_seeds)

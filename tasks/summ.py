@@ -8,7 +8,7 @@ cut to `samples` only when there are more, and its sources are cut to length - 7
 HELMET's unseeded train.shuffle(), replayed from numpy's global state after set_seed(seed) (tasks/local.py).
 """
 from common import UserError
-from tasks import judge
+import tasks.judge as judge
 from tasks.common import expect, shuffle_order
 from tasks.local import (LAYOUT, MIN_TOKENS, document_task, keypoints, rows, split_path, train_demos,
                          unseeded_shuffle_seeds)
