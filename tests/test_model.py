@@ -41,6 +41,17 @@ def hf_twin(model):
 
 
 @torch.no_grad()
+def packed_vs_alone_error(model, reference, lengths, vocab=VOCAB):
+    """The largest difference between a packed forward pass over documents of `lengths` and `reference`'s logits
+    for each document run alone (shared with test_qwen.py)."""
+    ids = torch.randint(0, vocab, (sum(lengths),))
+    cu = torch.tensor([0] + list(torch.tensor(lengths).cumsum(0)), dtype=torch.int32)
+    with torch.no_grad():
+        packed = model(ids, cu_seqlens=cu)
+    bounds = zip(cu[:-1].tolist(), cu[1:].tolist())
+    return max((packed[s:e] - reference(ids[s:e])).abs().max().item() for s, e in bounds)
+
+
 def hf_logits(hf, ids):
     return hf(ids[None], use_cache=False).logits[0]
 
@@ -60,12 +71,9 @@ def test_packed_documents_equal_each_document_alone(name):
     model = Llama(tiny(**CONFIGS[name])).eval()
     hf = hf_twin(model)
     lengths = [37, 1, 120, 64, 78]
+    assert packed_vs_alone_error(model, lambda ids: hf_logits(hf, ids), lengths) <= 1e-4
     ids = torch.randint(0, VOCAB, (sum(lengths),))
     cu = torch.tensor([0] + list(torch.tensor(lengths).cumsum(0)), dtype=torch.int32)
-    with torch.no_grad():
-        packed = model(ids, cu_seqlens=cu)
-    for start, end in zip(cu[:-1].tolist(), cu[1:].tolist()):
-        assert (packed[start:end] - hf_logits(hf, ids[start:end])).abs().max() <= 1e-4
 
     # the paper's no-document-mask ablation: one causal attention over the concatenation, positions continue
     model.cross_document = True

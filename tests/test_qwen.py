@@ -10,6 +10,7 @@ transformers = pytest.importorskip("transformers")
 from transformers import AutoConfig, AutoModelForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM  # noqa: E402
 
 from model import Llama, LlamaConfig  # noqa: E402
+from test_model import packed_vs_alone_error  # noqa: E402
 
 VOCAB = 512
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "qwen_configs")
@@ -100,13 +101,7 @@ def test_logits_equal_hf(name):
 def test_packed_documents_equal_each_document_alone(name):
     model = random_model(name)
     hf = hf_twin(model)
-    lengths = [37, 1, 90, 64]
-    ids = torch.randint(0, VOCAB, (sum(lengths),))
-    cu = torch.tensor([0] + list(torch.tensor(lengths).cumsum(0)), dtype=torch.int32)
-    with torch.no_grad():
-        packed = model(ids, cu_seqlens=cu)
-    for start, end in zip(cu[:-1].tolist(), cu[1:].tolist()):
-        assert (packed[start:end] - hf_logits(hf, ids[start:end])).abs().max() <= 1e-10
+    assert packed_vs_alone_error(model, lambda ids: hf_logits(hf, ids), [37, 1, 90, 64]) <= 1e-10
 
 
 @pytest.mark.parametrize("name", ["qwen2_tied", "qwen3_gqa_head_dim"])
