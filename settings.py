@@ -146,8 +146,8 @@ def cpu_compute_dtype(cfg, argv, log, slowdown=None):
         log(f"warning: compute_dtype={wanted!r} runs matmuls {slower:.0f}x slower than float32 on this CPU; "
             f"kept, as the settings ask for it")
         return wanted
-    log(f"compute_dtype: {wanted} matmuls are {slower:.0f}x slower than float32 on this CPU, so this run computes "
-        f"in float32 (set compute_dtype={wanted!r} to insist)")
+    log(f"compute_dtype: {wanted} matmuls are {slower:.0f}x slower than float32 on this CPU, so this run "
+        f"computes in float32 (set compute_dtype={wanted!r} to insist)")
     return "float32"
 
 
@@ -314,6 +314,18 @@ def fresh_model_config(cfg):
         return getattr(LlamaConfig, cfg["model"])(**cfg["model_overrides"])
     except (TypeError, ValueError) as e:  # a misspelt field, or heads that do not divide
         raise ConfigError(f"model_overrides {cfg['model_overrides']}: {e}") from None
+
+
+def labels_cross(cfg):
+    """Whether labels cross document boundaries: cross_document_labels, or cross_document when that is
+    None."""
+    labels = cfg["cross_document_labels"]
+    return bool(cfg["cross_document"] if labels is None else labels)
+
+
+def resolved(mixture, root):
+    """A mixture's components with their paths under data_root."""
+    return [dict(c, path=os.path.join(root, c["path"])) for c in mixture]
 
 
 def check_init_from(path):

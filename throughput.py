@@ -1,6 +1,7 @@
 """
 Throughput accounting for train.py's log: the model FLOPs of a step, the peak a device can reach, and from
-them the model FLOPs utilisation (MFU), tokens per second, memory and the time left.
+them the model FLOPs utilisation (MFU), tokens per second, memory and the time left; and the log's line for a
+step.
 
 MFU counts the FLOPs the model needs (forward and backward, attention included, recomputation not), divided by
 what the devices could do in the same time at their dense peak for the compute dtype.
@@ -74,6 +75,16 @@ def measure(step_times, tokens, flops, peak, world, device):
     dt = step_times[-1]
     return dict(tokens_per_s=tokens / dt, mfu=flops / dt / (peak * world) if peak else None,
                 peak_mem_gib=peak_memory_gib(device), step_s=dt)
+
+
+def step_line(record, steps, step_times):
+    """The log's line for a step's record: loss, learning rate, gradient norm, tokens/s, MFU, memory, time
+    left."""
+    mfu, eta = record["mfu"], time_left(step_times, steps - record["step"])
+    return (f"step {record['step']:>6}/{steps} | loss {record['loss']:.4f} | lr {record['lr']:.2e} | grad "
+            f"{record['grad_norm']:.3f} | {record['tokens_per_s']:,.0f} tok/s | MFU "
+            f"{f'{100 * mfu:.1f}%' if mfu is not None else 'n/a'} | mem {record['peak_mem_gib']:.2f} GiB "
+            f"| ETA {format_seconds(eta)}")
 
 
 def time_left(step_times, steps_left):

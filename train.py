@@ -10,11 +10,14 @@ count of the whole step is all-reduced *before* the backward passes, and each mi
 global count; FSDP then sums (not averages) gradients across ranks. So the gradient is the mean over all valid
 tokens of the step whatever the world size, accumulation or document lengths.
 
-Parallelism: FSDP2 (`fully_shard`) on every transformer block and at the root, fp32 master weights with bf16
-compute, activation checkpointing per block. With `sp_size > 1` ranks form a (data-parallel x
-sequence-parallel) mesh: the ranks of one SP group share a sequence, each holds a contiguous slice, and
-Ulysses all-to-alls (seqpar.py) enter through the attention call. Even one process runs under a process group
-(a world of one), so there is a single code path. Checkpoints and exact resume: checkpoint.py.
+Parallelism (parallel.py builds it): FSDP2 (`fully_shard`) on every transformer block and at the root, fp32
+master weights with bf16 compute, activation checkpointing per block. With `sp_size > 1` ranks form a
+(data-parallel x sequence-parallel) mesh: the ranks of one SP group share a sequence, each holds a contiguous
+slice, and Ulysses all-to-alls (seqpar.py) enter through the attention call. Even one process runs under a
+process group (a world of one), so there is a single code path. Checkpoints and exact resume: checkpoint.py.
+
+Read in order: the optimizer and its learning-rate schedule; one optimizer step (micro-batches, gradient
+accumulation, validation loss); the run: main, setup (everything before the first step), the loop.
 """
 import signal
 import sys
@@ -24,7 +27,6 @@ import common
 if __name__ == "__main__":
     common.exit_on_interrupt()  # Ctrl-C while torch imports: one line and 130, not a traceback
 
-import datetime
 import errno
 import math
 import os
@@ -33,111 +35,28 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
-from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
-from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 from torch.distributed.device_mesh import init_device_mesh
-from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
 import attention
 import balance
 import checkpoint
 import data
+import parallel
 import settings
 import throughput
 from common import UserError
-from model import Llama, check_token_ids
-# the settings, their defaults and their checks; train.X for the tests and tools that use them
-from settings import DEFAULTS, ConfigError, load_config, validate  # noqa: F401
-# bench.py and gpucheck.py read these as train.X
+from model import check_token_ids
+# train.X for the tests and tools (gpucheck.py, the test workers) that use these, from where they live:
+# the process group and the sharded model
+from parallel import build_model, init_distributed  # noqa: F401
+# the settings, their defaults and their checks
+from settings import DEFAULTS, ConfigError, labels_cross, load_config, resolved, validate  # noqa: F401
+# a step's FLOPs, the devices' peaks and memory
 from throughput import peak_flops_per_device, peak_memory_gib, step_flops  # noqa: F401
-
-def labels_cross(cfg):
-    """Whether labels cross document boundaries: cross_document_labels, or cross_document when that is
-    None."""
-    labels = cfg["cross_document_labels"]
-    return bool(cfg["cross_document"] if labels is None else labels)
-
-
-def resolved(mixture, root):
-    return [dict(c, path=os.path.join(root, c["path"])) for c in mixture]
 
 
 # ----------------------------------------------------------------------------------------------------------
-# processes, model, optimizer
-
-
-def init_distributed():
-    """torchrun's environment when present, else a world of one (same code path, no launcher needed)."""
-    device_type = "cuda" if torch.cuda.is_available() else "cpu"
-    backend = "nccl" if device_type == "cuda" else "gloo"
-    if "RANK" in os.environ:
-        local_rank = int(os.environ["LOCAL_RANK"])
-        if device_type == "cuda":
-            torch.cuda.set_device(local_rank)
-        # rank 0 alone reads or downloads init_from (16-32 GB) while the others wait in a collective: NCCL's
-        # default 10 minutes would end the job before step 1 on a download slower than ~27 MB/s
-        dist.init_process_group(backend, timeout=datetime.timedelta(hours=2))
-    else:
-        local_rank = 0
-        dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
-    device = torch.device(device_type, local_rank) if device_type == "cuda" else torch.device("cpu")
-    return dist.get_rank(), dist.get_world_size(), device
-
-
-def build_model(cfg, mesh, device, log):
-    """A model sharded with FSDP2 whose full weights come from rank 0 (an HF checkpoint or a seeded fresh
-    init), so every world size starts from bit-identical weights."""
-    param_dtype, compute_dtype = getattr(torch, cfg["param_dtype"]), getattr(torch, cfg["compute_dtype"])
-    full_state, config = {}, None
-    if cfg["init_from"]:
-        def load():
-            source = Llama.from_pretrained(cfg["init_from"], dtype=param_dtype)
-            full_state.update(source.state_dict())
-            return source.config
-        config = on_rank0(load, f"init_from {cfg['init_from']}")
-    else:
-        config = settings.fresh_model_config(cfg)
-        if dist.get_rank() == 0:
-            torch.manual_seed(cfg["seed"])
-            full_state = Llama(config).to(param_dtype).state_dict()
-    if cfg["rope_theta"]:
-        config.rope_theta = float(cfg["rope_theta"])
-    # the checkpoint will say it was trained at seq_len (evaluate.py's default lengths go up to it)
-    config.max_position_embeddings = max(config.max_position_embeddings, cfg["seq_len"])
-    if cfg["sp_size"] > 1:
-        import seqpar
-        try:
-            seqpar.check_heads(config, cfg["sp_size"])
-        except ValueError as e:
-            raise ConfigError(str(e)) from None
-    with torch.device("meta"):
-        model = Llama(config, cross_document=cfg["cross_document"]).to(param_dtype)
-    model.attention_backend = cfg["attention_backend"]
-    model.fused_loss = cfg["fused_loss"]
-    blocks = model.model.layers
-    for i, block in enumerate(blocks):
-        if cfg["compile"]:
-            block.compile()
-        if cfg["activation_checkpointing"]:
-            block = checkpoint_wrapper(block)
-        blocks[i] = block
-    mp = MixedPrecisionPolicy(param_dtype=compute_dtype,
-                              reduce_dtype=torch.promote_types(compute_dtype, torch.float32))
-    for block in blocks:
-        fully_shard(block, mesh=mesh, mp_policy=mp)
-    fully_shard(model, mesh=mesh, mp_policy=mp)
-    for module in (*blocks, model):  # each FSDP module reduces its own parameters' gradients
-        # Sum them across ranks (the loss is already divided by the global count), as a plain SUM: a divide
-        # factor alone makes FSDP reduce with PREMUL_SUM, which gloo does not have.
-        module.set_gradient_divide_factor(1.0)
-        module.set_force_sum_reduction_for_comms(True)
-    model.to_empty(device=device)
-    set_model_state_dict(model, full_state,
-                         options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
-    n_params = sum(p.numel() for p in full_state.values()) if full_state else 0
-    log(f"model: {broadcast_object(n_params) / 1e6:,.1f}M parameters, {config.num_hidden_layers} layers, "
-        f"RoPE base {config.rope_theta:g}, compute {cfg['compute_dtype']}, master {cfg['param_dtype']}")
-    return model
+# the optimizer and its schedule
 
 
 def build_optimizer(model, cfg):
@@ -156,27 +75,6 @@ def lr_at(step, cfg):
         return cfg["lr"] * (step + 1) / warmup
     progress = (step - warmup) / max(1, cfg["max_steps"] - warmup)
     return cfg["min_lr"] + 0.5 * (cfg["lr"] - cfg["min_lr"]) * (1 + math.cos(math.pi * min(progress, 1.0)))
-
-
-def broadcast_object(obj):
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
-def on_rank0(fn, what):
-    """fn() on rank 0 only, its result broadcast; a failure there becomes one ConfigError on every rank
-    (instead of a traceback on rank 0 and the other ranks waiting forever)."""
-    result, error = None, None
-    if dist.get_rank() == 0:
-        try:
-            result = fn()
-        except (ValueError, OSError, KeyError, data.DataError) as e:
-            error = f"{what}: {' '.join(str(e).split())}"
-    result, error = broadcast_object((result, error))
-    if error:
-        raise ConfigError(error)
-    return result
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -200,9 +98,9 @@ def micro_batches(sequences, per_micro_batch, sort=True):
 
 
 def step_batches(r, cost):
-    """This rank's micro-batches of the next step. balance_steps: the whole step's sequences (all ranks') spread
-    by `cost` so that each micro-step's ranks carry equal work (data.balance_step); else this rank's own
-    sequences, sorted (sort_microbatches) as the paper does. The same global sequences either way."""
+    """This rank's micro-batches of the next step. balance_steps: the whole step's sequences (all ranks')
+    spread by `cost` so that each micro-step's ranks carry equal work (data.balance_step); else this rank's
+    own sequences, sorted (sort_microbatches) as the paper does. The same global sequences either way."""
     per_micro = r.cfg["micro_batch_sequences"]
     if r.cfg["balance_steps"]:
         sequences = r.train_data.balanced_step(r.sequences_per_rank, per_micro, cost)
@@ -295,7 +193,8 @@ def main(argv=None):
         cfg = load_config(argv)
         dp, accumulation = validate(cfg, world)
         if device.type == "cpu":  # decided on rank 0 for all: a timing probe's noise must not split the ranks
-            cfg["compute_dtype"] = broadcast_object(settings.cpu_compute_dtype(cfg, argv, log) if rank == 0 else 0)
+            dtype = settings.cpu_compute_dtype(cfg, argv, log) if rank == 0 else None
+            cfg["compute_dtype"] = parallel.broadcast_object(dtype)
         settings.check_init_from(cfg["init_from"])
         train(setup(cfg, rank, world, dp, accumulation, device, log))
     except (UserError, OSError) as e:  # an OSError: a full disk while writing metrics.jsonl, say
@@ -346,43 +245,27 @@ def setup(cfg, rank, world, dp, accumulation, device, log):
     (opened and checked before the slow model build), the model and optimizer, then a resumed or handed-off
     state."""
     r = Run(cfg, rank, world, dp, accumulation, device, log)
-    out_dir, sp = cfg["out_dir"], cfg["sp_size"]
-    resume_from = checkpoint.latest(out_dir) if cfg["resume"] else None
-    if cfg["resume"] and resume_from is None:
-        log(f"resume=True: no checkpoint in {out_dir} yet, so this run starts from step 0")
-    if not cfg["resume"] and os.path.exists(os.path.join(out_dir, "latest")):
-        raise ConfigError(f"{out_dir} already holds a run's checkpoints: resume=True to continue it, or "
-                          f"choose another out_dir")
+    out_dir = cfg["out_dir"]
+    resume_from = resume_point(cfg, log)
     try:
         backend = attention.activate(device, cfg["attention_backend"])
     except ValueError as e:
         raise ConfigError(f"attention_backend: {e}") from None
     # FSDP shards over all ranks; the (dp, sp) mesh says which ranks share a sequence
-    mesh = init_device_mesh(device.type, (dp, sp), mesh_dim_names=("dp", "sp"))
+    mesh = init_device_mesh(device.type, (dp, cfg["sp_size"]), mesh_dim_names=("dp", "sp"))
     fsdp_mesh = init_device_mesh(device.type, (world,), mesh_dim_names=("fsdp",))
-    # the init checkpoint's own tokenizer, a local directory or a hub id (Qwen's is not Llama-3's); neither: Llama-3's
-    tokenizer = data.load_tokenizer(cfg["tokenizer"] or cfg["init_from"])
-    r.tokenizer = tokenizer
+    # the init checkpoint's own tokenizer, a local directory or a hub id (Qwen's is not Llama-3's);
+    # neither: Llama-3's
+    r.tokenizer = data.load_tokenizer(cfg["tokenizer"] or cfg["init_from"])
     open_data(r, mesh.get_local_rank("dp"))
     if device.type == "cuda":  # before the slow model build: a config that cannot fit stops here, in one line
         import memory
         memory.check_fits(cfg, world, device, log)
-    model = r.model = build_model(cfg, fsdp_mesh, device, log)
-    model.attention_backend = backend
-    if not cfg["init_from"]:  # a fresh model's config.json names its tokenizer's ids, not the Llama-3 defaults
-        model.config.bos_token_id, model.config.eos_token_id = tokenizer.bos_id, tokenizer.eos_id
-    if model.config.vocab_size < tokenizer.n_vocab:
-        raise ConfigError(f"tokenizer {tokenizer.name} has {tokenizer.n_vocab} ids but the model's "
-                          f"vocabulary is {model.config.vocab_size}")
-    if sp > 1:
+    open_model(r, fsdp_mesh, backend)
+    if cfg["sp_size"] > 1:
         import seqpar
-        r.split = seqpar.enable(model, mesh["sp"].get_group(), mesh.get_local_rank("sp"))
-    r.optimizer = build_optimizer(model, cfg)
-    # a model fine-tuned on chat data ends its turns with <|eot_id|>: generation (and evaluate.py's --chat
-    # auto) must know, as Llama-3 Instruct's generation_config.json says
-    eos = model.config.eos_token_id
-    eos_token_ids = sorted({*(eos if isinstance(eos, list) else [eos])} | r.train_data.end_of_turn_ids(tokenizer))
-    r.eos_token_ids = eos_token_ids
+        r.split = seqpar.enable(r.model, mesh["sp"].get_group(), mesh.get_local_rank("sp"))
+    r.optimizer = build_optimizer(r.model, cfg)
     if rank == 0:
         os.makedirs(out_dir, exist_ok=True)
         for stale in checkpoint.remove_stale(out_dir):
@@ -392,6 +275,19 @@ def setup(cfg, rank, world, dp, accumulation, device, log):
     if rank == 0:
         checkpoint.trim_metrics(out_dir, r.step)
     return r
+
+
+def resume_point(cfg, log):
+    """The checkpoint to continue from (resume=True), or None. Without resume=True, a run directory that
+    already holds a run is refused: its checkpoints are not overwritten."""
+    out_dir = cfg["out_dir"]
+    resume_from = checkpoint.latest(out_dir) if cfg["resume"] else None
+    if cfg["resume"] and resume_from is None:
+        log(f"resume=True: no checkpoint in {out_dir} yet, so this run starts from step 0")
+    if not cfg["resume"] and os.path.exists(os.path.join(out_dir, "latest")):
+        raise ConfigError(f"{out_dir} already holds a run's checkpoints: resume=True to continue it, or "
+                          f"choose another out_dir")
+    return resume_from
 
 
 def open_data(r, dp_rank):
@@ -408,6 +304,25 @@ def open_data(r, dp_rank):
                                 cross_document_labels=labels_cross(cfg))
         val_data.check_tokenizer(r.tokenizer)
         r.val = [as_tensors(val_data.sequence(g)) for g in range(dp_rank, cfg["val_sequences"], r.dp)]
+
+
+def open_model(r, mesh, backend):
+    """The sharded model (parallel.build_model) on the attention backend that setup activated, checked
+    against the run's tokenizer; and the ids that end its generation, which its checkpoints will name."""
+    tokenizer = r.tokenizer
+    model = parallel.build_model(r.cfg, mesh, r.device, r.log)
+    model.attention_backend = backend
+    if not r.cfg["init_from"]:  # a fresh model's config.json names its tokenizer's ids, not Llama-3's
+        model.config.bos_token_id, model.config.eos_token_id = tokenizer.bos_id, tokenizer.eos_id
+    if model.config.vocab_size < tokenizer.n_vocab:
+        raise ConfigError(f"tokenizer {tokenizer.name} has {tokenizer.n_vocab} ids but the model's "
+                          f"vocabulary is {model.config.vocab_size}")
+    # a model fine-tuned on chat data ends its turns with <|eot_id|>: generation (and evaluate.py's --chat
+    # auto) must know, as Llama-3 Instruct's generation_config.json says
+    eos = model.config.eos_token_id
+    ends = set(eos) if isinstance(eos, list) else {eos}
+    r.eos_token_ids = sorted(ends | r.train_data.end_of_turn_ids(tokenizer))
+    r.model = model
 
 
 def restore(r, resume_from):
@@ -473,14 +388,9 @@ def save(r):
 
 def log_step(r, record, flops, step_times, peak):
     """One line to the log and one record to metrics.jsonl: loss, throughput, MFU, memory, time left."""
-    steps = r.cfg["max_steps"]
     speed = throughput.measure(step_times, r.cfg["tokens_per_step"], flops, peak, r.world, r.device)
     record = dict(step=r.step, **record, **speed)
-    mfu, eta = record["mfu"], throughput.time_left(step_times, steps - r.step)
-    r.log(f"step {r.step:>6}/{steps} | loss {record['loss']:.4f} | lr {record['lr']:.2e} | grad "
-          f"{record['grad_norm']:.3f} | {record['tokens_per_s']:,.0f} tok/s | MFU "
-          f"{f'{100 * mfu:.1f}%' if mfu is not None else 'n/a'} | mem {record['peak_mem_gib']:.2f} GiB | ETA "
-          f"{throughput.format_seconds(eta)}")
+    r.log(throughput.step_line(record, r.cfg["max_steps"], step_times))
     checkpoint.append_metrics(r.rank, r.cfg["out_dir"], record)
 
 
