@@ -316,18 +316,6 @@ def fresh_model_config(cfg):
         raise ConfigError(f"model_overrides {cfg['model_overrides']}: {e}") from None
 
 
-def labels_cross(cfg):
-    """Whether labels cross document boundaries: cross_document_labels, or cross_document when that is
-    None."""
-    labels = cfg["cross_document_labels"]
-    return bool(cfg["cross_document"] if labels is None else labels)
-
-
-def resolved(mixture, root):
-    """A mixture's components with their paths under data_root."""
-    return [dict(c, path=os.path.join(root, c["path"])) for c in mixture]
-
-
 def check_init_from(path):
     """A local init_from must be a whole HF directory; a hub id ('org/name') is fetched later by rank 0."""
     if not path or not is_local_path(path):
@@ -355,3 +343,19 @@ def check_out_dir(path):
     if not os.access(where, os.W_OK | os.X_OK):
         raise ConfigError(f"out_dir {path}: {where} is not writable" + (
             "" if where == os.path.abspath(path) else " (out_dir would be created inside it)"))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# what settings read together mean to the data
+
+
+def labels_cross(cfg):
+    """Whether labels cross document boundaries: cross_document_labels, or cross_document when that is
+    None."""
+    labels = cfg["cross_document_labels"]
+    return bool(cfg["cross_document"] if labels is None else labels)
+
+
+def resolved(mixture, root):
+    """A mixture's components with their paths under data_root."""
+    return [dict(c, path=os.path.join(root, c["path"])) for c in mixture]
