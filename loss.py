@@ -4,18 +4,18 @@ The output layer's cross-entropy, in chunks of tokens, never holding the (tokens
 Two forms, one result (tests/test_loss.py checks both against F.cross_entropy in float64):
 - `fused_cross_entropy` (the default, model.fused_loss = True): the summed loss. Because the loss is a *sum*, its
   upstream gradient is one scalar, so each chunk's gradients with respect to the hidden states and the output
-  weight can be computed in the forward pass, straight from the chunk's logits (softmax - one_hot), and backward
-  only scales them. Three (tokens x hidden x vocabulary) matmuls, as an unchunked cross-entropy does, and one pass over
-  each chunk's logits fewer. The price: from forward to backward it holds the weight's gradient, a (vocabulary x
-  hidden) float32 buffer (2 GiB for Llama-3-8B; 0.5 GiB for Llama-3.2-1B's tied head) and the (tokens x hidden)
-  gradient of the hidden states, in place of the hidden states themselves.
+  weight can be computed in the forward pass, straight from the chunk's softmax (softmax - one_hot), and backward
+  only scales them; the loss is -log of the label's probability, read from the same softmax. Three (tokens x hidden
+  x vocabulary) matmuls, as an unchunked cross-entropy does, and one pass over each chunk's logits. The price: from
+  forward to backward it holds the weight's gradient, a (vocabulary x hidden) float32 buffer (2 GiB for
+  Llama-3-8B; 0.5 GiB for Llama-3.2-1B's tied head) and the (tokens x hidden) gradient of the hidden states, in
+  place of the hidden states themselves.
 - `chunked_cross_entropy` (model.fused_loss = False, and for per-token losses): forward keeps only each token's
   log-sum-exp; backward recomputes every chunk's logits, one extra matmul, and holds nothing the size of the weight
   between the passes. Pick it when that buffer is what does not fit.
 Logits and softmax are in float32 at least, as Hugging Face upcasts them. Chunks without a valid label (a prompt,
-padding) cost nothing in the fused form and contribute exactly zero in both. On CPU each chunk's logits go into one
-buffer reused across chunks, with the softmax computed in it: a fresh 2 GiB tensor per chunk would be paid for in
-page faults, and on 2 cores those cost as much as a matmul.
+padding) cost nothing in the fused form and contribute exactly zero in both. Each chunk's logits go into one buffer,
+with the softmax computed in it (on CPU the buffer is kept from call to call: see `_logits_buffer`).
 """
 import torch
 
@@ -29,6 +29,39 @@ def _chunk_valid_counts(labels, chunk_size):
     return starts, counts
 
 
+_cpu_buffer = None
+
+
+def _logits_buffer(rows, V, dtype, device):
+    """Room for one chunk's logits. On CPU one buffer is kept from call to call: a fresh 2 GiB tensor per training
+    step is paid for in page faults, which on 2 cores cost about as much as the softmax. GPUs' caching allocator
+    already reuses memory, so there it is an ordinary allocation."""
+    global _cpu_buffer
+    if device.type != "cpu":
+        return torch.empty((rows, V), dtype=dtype, device=device)
+    if _cpu_buffer is None or _cpu_buffer.dtype != dtype or _cpu_buffer.numel() < rows * V:
+        _cpu_buffer = None  # the old one is freed before the new one is made
+        _cpu_buffer = torch.empty(rows * V, dtype=dtype)
+    return _cpu_buffer[:rows * V].view(rows, V)
+
+
+# Below this probability a label's -log(p) would lose digits to float32's subnormals (or be infinite).
+TINY = 1e-30
+
+
+def _loss_from_probabilities(p_target, hidden, weight, labels, acc):
+    """Summed -log p of every labelled token. The rare token whose probability is below TINY gets its loss exactly,
+    as log-sum-exp minus its logit, from its own row of logits computed again (one host sync, at the end)."""
+    tiny = p_target < TINY
+    loss = -torch.where(tiny, 1.0, p_target).log().sum()
+    if tiny.any():
+        idx = tiny.nonzero()[:, 0]
+        logits = (hidden[idx] @ weight.T).to(acc)
+        picked = logits.gather(1, labels[idx, None])[:, 0]
+        loss = loss + (torch.logsumexp(logits, dim=-1) - picked).sum()
+    return loss
+
+
 class _FusedCrossEntropy(torch.autograd.Function):
     """Summed cross-entropy whose gradients are computed in forward (see the module docstring)."""
 
@@ -36,37 +69,31 @@ class _FusedCrossEntropy(torch.autograd.Function):
     def forward(ctx, hidden, weight, labels, chunk_size, grad_hidden_needed, grad_weight_needed):
         acc = torch.promote_types(hidden.dtype, torch.float32)
         T, V = hidden.shape[0], weight.shape[0]
-        loss = torch.zeros((), dtype=acc, device=hidden.device)
         grad_hidden = torch.zeros_like(hidden) if grad_hidden_needed else None
         grad_weight = torch.zeros(weight.shape, dtype=acc, device=weight.device) if grad_weight_needed else None
         same = hidden.dtype == acc and weight.dtype == acc  # matmuls can write into float32 buffers directly
         starts, counts = _chunk_valid_counts(labels, chunk_size)
-        buffer = None
+        valid = labels != -100
+        p_target = torch.ones(T, dtype=acc, device=hidden.device)  # each token's probability of its label
         for s, count in zip(starts, counts):
             if count == 0:
                 continue  # no loss, no gradient: not even the logits are needed
             h, target = hidden[s:s + chunk_size], labels[s:s + chunk_size]
             n = h.shape[0]
-            if buffer is None:
-                buffer = torch.empty((min(chunk_size, T), V), dtype=acc, device=hidden.device)
-            logits = buffer[:n]
+            probs = _logits_buffer(min(chunk_size, T), V, acc, hidden.device)[:n]
             if same:
-                torch.mm(h, weight.T, out=logits)
+                torch.mm(h, weight.T, out=probs)
             else:
-                logits.copy_(h @ weight.T)
-            torch.log_softmax(logits, dim=-1, out=logits)  # in place, row by row: log-probabilities
-            rows = torch.arange(n, device=h.device)
-            cols = target.clamp(min=0)
-            valid = target != -100
-            loss -= torch.where(valid, logits[rows, cols], 0.0).sum()
+                probs.copy_(h @ weight.T)
+            torch.softmax(probs, dim=-1, out=probs)  # in place, row by row: the gradient is softmax - one_hot
+            rows, cols = torch.arange(n, device=h.device), target.clamp(min=0)
+            p_target[s:s + n] = torch.where(valid[s:s + n], probs[rows, cols], 1.0)
             if grad_hidden is None and grad_weight is None:
                 continue
-            grad_logits = logits.exp_()  # softmax
-            grad_logits[rows, cols] -= 1.0
+            probs[rows, cols] -= 1.0
             if count < n:  # tokens without a label get no gradient
-                grad_logits.index_fill_(0, (~valid).nonzero()[:, 0], 0.0)
-            if not same:
-                grad_logits = grad_logits.to(hidden.dtype)
+                probs.index_fill_(0, (~valid[s:s + n]).nonzero()[:, 0], 0.0)
+            grad_logits = probs if same else probs.to(hidden.dtype)
             if grad_hidden is not None:
                 torch.mm(grad_logits, weight.to(grad_logits.dtype), out=grad_hidden[s:s + n])
             if grad_weight is not None:
@@ -74,6 +101,7 @@ class _FusedCrossEntropy(torch.autograd.Function):
                     grad_weight.addmm_(grad_logits.T, h)
                 else:
                     grad_weight += (grad_logits.T @ h).to(acc)
+        loss = _loss_from_probabilities(p_target, hidden, weight, labels, acc)
         # Kept on ctx, not saved for backward: activation checkpointing must neither discard nor recompute them.
         ctx.grads = (grad_hidden, grad_weight)
         ctx.weight_dtype = weight.dtype

@@ -46,6 +46,26 @@ def test_fused_equals_full_and_chunked_cross_entropy_float64(chunk):
     assert (gh[labels == -100] == 0).all()  # a token without a label gets no gradient
 
 
+def test_a_label_of_vanishing_probability_keeps_its_exact_loss_in_float32():
+    # The fused loss takes -log p of the softmax it already has. A label 200 nats below the best logit has p ~ 1e-87,
+    # zero in float32: its loss must still be the reference's (about 200), not inf, and its neighbours' unchanged.
+    V, T = 40, 9
+    hidden = torch.randn(T, V) * 0.5
+    hidden[2, 7] = hidden[5, 0] = 200.0  # two tokens' best logit far above everything else
+    hidden = hidden.requires_grad_()
+    weight = torch.eye(V).requires_grad_()  # logits = hidden
+    labels = torch.randint(1, V, (T,))
+    labels[2], labels[5], labels[6] = 3, 1, -100
+    ours = fused_cross_entropy(hidden, weight, labels, chunk_size=4)
+    gh, gw = torch.autograd.grad(ours, (hidden, weight))
+    h64, w64 = hidden.detach().double().requires_grad_(), weight.detach().double().requires_grad_()
+    ref = full(h64, w64, labels)
+    rh, rw = torch.autograd.grad(ref, (h64, w64))
+    assert ref.item() > 400 and torch.isfinite(ours)
+    assert abs(ours.item() - ref.item()) <= 1e-6 * ref.item()
+    assert (gh.double() - rh).abs().max() <= 1e-6 and (gw.double() - rw).abs().max() <= 1e-6 * rw.abs().max()
+
+
 def test_all_masked_and_empty_inputs_give_zero_loss_and_zero_gradients():
     for T in (12, 0):
         hidden = torch.randn(T, 8, requires_grad=True)
