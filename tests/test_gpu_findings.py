@@ -119,8 +119,17 @@ def test_evaluation_default_lengths_fit_the_gpu():
         assert memory.eval_lengths_that_fit(lengths, model, lines.append) == lengths
 
 
-def test_train_stops_in_one_line_when_the_estimate_exceeds_the_gpu():
+def test_train_stops_in_one_line_when_the_estimate_exceeds_the_gpu(monkeypatch):
     cfg = dict(train.DEFAULTS, model="llama3_8b", seq_len=65536, compute_dtype="bfloat16")
+    real, made = memory.estimate, {}
+
+    def estimate_once(cfg, world):  # both GPU sizes below judge one estimate (a meta step of the 8B at 64K)
+        key = repr((sorted(cfg.items()), world))
+        if key not in made:
+            made[key] = real(cfg, world)
+        return made[key]
+
+    monkeypatch.setattr(memory, "estimate", estimate_once)
     lines = []
     with pytest.raises(memory.UserError, match="exceeds this GPU's 40.0 GiB"):
         memory.check_fits(cfg, 8, torch.device("cuda"), lines.append, have=40 * memory.GiB)
@@ -129,6 +138,7 @@ def test_train_stops_in_one_line_when_the_estimate_exceeds_the_gpu():
     # an estimate it cannot make is said, and the run goes on
     assert memory.check_fits(dict(cfg, init_from="org/unknown"), 8, torch.device("cuda"), lines.append) is None
     assert lines[-1].startswith("memory estimate: n/a")
+    assert len(made) == 1  # the two GPU sizes did judge the same estimate
 
 
 @pytest.mark.parametrize("command,argv,says", [
