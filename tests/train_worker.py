@@ -3,7 +3,12 @@ batch.
 
 usage: torchrun --nproc_per_node N tests/train_worker.py OUT.pt
 Rank r of N takes sequences [r * 4/N, (r+1) * 4/N) of the same four-sequence global batch and accumulates over
-them, exactly as train.py does, in float64 with FSDP2 and activation checkpointing."""
+them, exactly as train.py does, in float64 with FSDP2 and activation checkpointing.
+
+Also `byte_tokenizer(DIR)`, for the tests whose train.py runs need a tokenizer but not Llama-3's 128,256 ids
+(test_balance, test_checkpoint): with it the model's vocabulary can be 512, and a CPU run is seconds
+cheaper."""
+import json
 import os
 import sys
 
@@ -34,6 +39,26 @@ def global_batch():
 def config():
     return dict(train.DEFAULTS, model="tiny", model_overrides={"vocab_size": VOCAB, "num_hidden_layers": 3},
                 param_dtype="float64", compute_dtype="float64", activation_checkpointing=True, seed=7)
+
+
+def byte_tokenizer(directory):
+    """A Hugging Face tokenizer.json whose ids are the bytes of the text (no merges: 0-255 is byte 0-255, as
+    GPT-2's byte-level alphabet spells them) and <|begin_of_text|>, <|end_of_text|>, <|eot_id|> at 256-258;
+    load_tokenizer(directory) reads it. Returns directory."""
+    import tokenizers
+    # GPT-2's bytes_to_unicode: printable bytes stand for themselves, the others for chr(256 + n)
+    printable = [*range(0x21, 0x7F), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
+    others = [b for b in range(256) if b not in printable]
+    vocab = {chr(b): b for b in printable} | {chr(256 + n): b for n, b in enumerate(others)}
+    hf = tokenizers.Tokenizer(tokenizers.models.BPE(vocab=vocab, merges=[]))
+    hf.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    hf.decoder = tokenizers.decoders.ByteLevel()
+    hf.add_special_tokens(["<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>"])
+    os.makedirs(directory, exist_ok=True)
+    hf.save(os.path.join(directory, "tokenizer.json"))
+    with open(os.path.join(directory, "tokenizer_config.json"), "w") as f:
+        json.dump({"bos_token": "<|begin_of_text|>", "eos_token": "<|end_of_text|>"}, f)
+    return str(directory)
 
 
 def main(out):
