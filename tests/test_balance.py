@@ -152,34 +152,36 @@ def test_simulator_on_the_recipe_configs_without_their_data(name, capsys):
 # train.py with balance_steps on and off: the same update (real torchrun/gloo process groups, float64)
 
 ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
+VOCAB = 512  # the byte tokenizer's 259 ids, rounded up: what is balanced is the data, not the vocabulary
 
 
-def worker(tmp_path, name, nproc, steps=2, resume_at=None, **overrides):
-    """Losses and gradients of `steps` steps of train.py's setup and step functions: rows 0-1999 of the
-    vocabulary matrices (every token the domains hold) and their column sums, every other parameter whole."""
+def launch(tmp_path, nproc, runs, steps=2):
+    """Losses and gradients of `steps` steps of train.py's setup and step functions for each of `runs`
+    ({name: (settings overrides, resume_at or None)}), all in ONE torchrun launch of nproc ranks."""
     import subprocess
     import sys
-    settings = dict(out_dir=str(tmp_path / name), data_root=str(tmp_path.parent / "domains"), seq_len=128,
-                    mixture=[dict(path="long", proportion=0.4, length=128, mode="chunk"),
-                             dict(path="short", proportion=0.3, length=64, mode="pack"),
-                             dict(path="chat", proportion=0.3, length=128, mode="sft")],
-                    tokens_per_step=128 * 8, max_steps=steps, param_dtype="float64", compute_dtype="float64",
-                    model_overrides={"num_hidden_layers": 2, "initializer_range": 0.2}, allow_repeat=True)
-    settings.update(overrides)
-    config = tmp_path / f"{name}.py"
-    config.write_text("".join(f"{k} = {v!r}\n" for k, v in settings.items()))
-    out = tmp_path / f"{name}.pt"
-    args = ["tests/balance_worker.py", str(config), str(out), str(steps)] + ([str(resume_at)] if resume_at else [])
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                           f"--nproc_per_node={nproc}"] + args, cwd=ROOT, env=ENV, capture_output=True, text=True,
-                          timeout=600)
+    specs = []
+    for name, (overrides, resume_at) in runs.items():
+        settings = dict(out_dir=str(tmp_path / name), data_root=str(tmp_path.parent / "domains"), seq_len=128,
+                        mixture=[dict(path="long", proportion=0.4, length=128, mode="chunk"),
+                                 dict(path="short", proportion=0.3, length=64, mode="pack"),
+                                 dict(path="chat", proportion=0.3, length=128, mode="sft")],
+                        tokens_per_step=128 * 8, max_steps=steps, param_dtype="float64",
+                        compute_dtype="float64", tokenizer=str(tmp_path.parent / "tokenizer"),
+                        allow_repeat=True, model_overrides={"num_hidden_layers": 2, "initializer_range": 0.2,
+                                                            "vocab_size": VOCAB})
+        settings.update(overrides)
+        config = tmp_path / f"{name}.py"
+        config.write_text("".join(f"{k} = {v!r}\n" for k, v in settings.items()))
+        specs.append(str(config) + (f"@{resume_at}" if resume_at else ""))
+    out = tmp_path / f"world{nproc}.pt"
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+    proc = subprocess.run(launcher + ["tests/balance_worker.py", str(out), str(steps)] + specs, cwd=ROOT,
+                          env=ENV, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     import torch
     results = torch.load(out, weights_only=True)
-    for r in results:
-        r["grads"] = {k: (g if g.shape[0] < 100000 else torch.cat([g[:2000], g.sum(0, keepdim=True)]))
-                      for k, g in r["grads"].items()}
-    return results
+    return {name: results[str(tmp_path / f"{name}.py")] for name in runs}
 
 
 def assert_same(a, b, what):
@@ -194,23 +196,31 @@ def assert_same(a, b, what):
 @pytest.mark.slow
 def test_balanced_steps_give_the_same_losses_and_gradients_float64(tmp_path_factory):
     """World sizes 2 and 4, an SP group of 2, two sequences per micro-batch, SFT masks in the mixture, and a
-    data stream reopened mid-run: balance_steps on equals off (<= 1e-10), and every layout equals every other."""
-    pytest.importorskip("llama_models", reason="pip install --no-deps llama-models (the Llama-3 tokenizer file)")
+    data stream reopened mid-run: balance_steps on equals off (<= 1e-10), and every layout equals every other.
+    Two launches (one per world size) run the six layouts."""
+    pytest.importorskip("tokenizers")
+    from train_worker import byte_tokenizer
     base = tmp_path_factory.mktemp("train")
+    byte_tokenizer(base / "tokenizer")
     domains = base / "domains"
     rng = np.random.default_rng(5)
-    write_domain(domains / "long", [rng.integers(0, 2000, int(k)) for k in rng.integers(130, 300, 30)])
-    write_domain(domains / "short", [rng.integers(0, 2000, int(k)) for k in rng.integers(3, 60, 200)])
-    write_domain(domains / "chat", conversations(200, seed=5), with_mask=True)
+    write_domain(domains / "long", [rng.integers(0, 256, int(k)) for k in rng.integers(130, 300, 30)])
+    write_domain(domains / "short", [rng.integers(0, 256, int(k)) for k in rng.integers(3, 60, 200)])
+    chats = [(ids % 256, mask) for ids, mask in conversations(200, seed=5)]  # ids of the byte tokenizer
+    write_domain(domains / "chat", chats, with_mask=True)
     tmp = base / "runs"
     tmp.mkdir()
-    reference = worker(tmp, "paper2", 2, balance_steps=False)
+    two = launch(tmp, 2, {"paper2": ({"balance_steps": False}, None), "balanced2": ({}, None),
+                          "balanced2x2": ({"micro_batch_sequences": 2}, None), "resumed": ({}, 1)})
+    reference = two["paper2"]
     assert reference[0]["loss"] > 5  # a fresh model: near ln(vocab)
-    assert_same(worker(tmp, "balanced2", 2), reference, "2 ranks")
-    assert_same(worker(tmp, "balanced4", 4), reference, "4 ranks")
-    assert_same(worker(tmp, "balanced4sp2", 4, sp_size=2), reference, "4 ranks, SP 2")
-    assert_same(worker(tmp, "balanced2x2", 2, micro_batch_sequences=2), reference, "2 sequences per micro-batch")
-    assert_same(worker(tmp, "resumed", 2, resume_at=1), reference, "data reopened after step 1")
+    assert reference[0]["grads"]["lm_head.weight"].shape[0] == VOCAB  # every gradient compared whole
+    assert_same(two["balanced2"], reference, "2 ranks")
+    assert_same(two["balanced2x2"], reference, "2 sequences per micro-batch")
+    assert_same(two["resumed"], reference, "data reopened after step 1")
+    four = launch(tmp, 4, {"balanced4": ({}, None), "balanced4sp2": ({"sp_size": 2}, None)})
+    assert_same(four["balanced4"], reference, "4 ranks")
+    assert_same(four["balanced4sp2"], reference, "4 ranks, SP 2")
 
 
 @pytest.mark.slow
