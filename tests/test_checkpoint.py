@@ -1,22 +1,85 @@
 """Sharded checkpoints (checkpoint.py) through train.py with real torchrun/gloo groups: exact resume on
 another world size in float64, the HF directory next to the sharded state, export, stage hand-off, and every
-checkpoint error a user can cause, each one clear line through the command line."""
+checkpoint error a user can cause, each one clear line through the command line.
+
+Most runs here use `small`: the same stdlib text as test_train's `domains`, tokenised byte by byte
+(train_worker.byte_tokenizer), so the model's vocabulary is 512 instead of Llama-3's 128,256 and each run
+costs seconds less; what is checked (resharding, files, errors) does not depend on the vocabulary.
+`trained` is one such run with two checkpoints, shared by the tests that damage a copy of it. An error whose
+command-line path another case already takes is checked by calling the function that raises it."""
+import glob
 import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import types
 
 import pytest
 import torch
 
 # domains is a fixture
-from tests.test_train import ENV, ROOT, domains, metrics, run, tiny_config  # noqa: F401
+from tests.test_train import ENV, ROOT, STDLIB, domains, metrics, run, tiny_config  # noqa: F401
+import checkpoint  # noqa: E402
 import data  # noqa: E402
 from model import Llama, LlamaConfig  # noqa: E402
 
 pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    """Domains of the same text as `domains`, one token per byte, and their tokenizer (259 ids)."""
+    pytest.importorskip("tokenizers")
+    from tests.train_worker import byte_tokenizer
+    root = tmp_path_factory.mktemp("bytes")
+    tokenizer = byte_tokenizer(root / "tokenizer")
+    files = sorted(glob.glob(os.path.join(STDLIB, "json", "*.py"))
+                   + glob.glob(os.path.join(STDLIB, "email", "*.py")))
+    data.tokenize([(p, [open(p, encoding="utf-8").read()]) for p in files], str(root / "code"),
+                  tokenizer=tokenizer, threads=1)
+    return root
+
+
+def small_config(tmp_path, small, model_overrides=None, **overrides):
+    """tiny_config on `small`: its tokenizer, a 1-layer model with a 512-id vocabulary."""
+    return tiny_config(tmp_path, small, tokenizer=str(small / "tokenizer"),
+                       model_overrides={"num_hidden_layers": 1, "vocab_size": 512, **(model_overrides or {})},
+                       **overrides)
+
+
+# `trained`'s settings: the model preset says 64 positions, the run trains at seq_len 128
+TRAINED = dict(checkpoint_interval=2, max_steps=4, model_overrides={"max_position_embeddings": 64})
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, small):
+    """A 4-step run checkpointed at steps 2 and 4; a test copies it (use_trained) before damaging it."""
+    where = tmp_path_factory.mktemp("trained")
+    run(["train.py", small_config(where, small, **TRAINED)])
+    steps = sorted(d for d in os.listdir(where / "run") if d.startswith("step_"))
+    assert steps == ["step_0000002", "step_0000004"]
+    return where / "run"
+
+
+def use_trained(tmp_path, small, trained):
+    """A copy of `trained` as tmp_path/run and a config whose out_dir it is."""
+    config = small_config(tmp_path, small, **TRAINED)
+    shutil.copytree(trained, tmp_path / "run")
+    return config, tmp_path / "run"
+
+
+def in_one_line(call, *fragments):
+    """A CheckpointError from a direct call: one line holding every fragment, as train.py prints it after
+    'error: ' (one case of each such error also goes through the command line)."""
+    with pytest.raises(checkpoint.CheckpointError) as caught:
+        call()
+    err = str(caught.value)
+    assert "\n" not in err, err
+    for fragment in fragments:
+        assert fragment in err, (fragment, err)
+    return err
 
 
 def one_line_error(proc, *fragments):
@@ -44,56 +107,52 @@ def optimizer_state(step_dir, tmp_path):
 # ----------------------------------------------------------------------------------------------------------
 
 
-def test_resume_on_fewer_ranks_is_exact_in_float64(tmp_path, domains):
-    """4 ranks train 6 steps; the step-3 checkpoint resumed on 2 ranks gives the same losses and weights."""
-    settings = dict(param_dtype="float64", compute_dtype="float64", tokens_per_step=512, max_steps=6,
-                    checkpoint_interval=3, keep_checkpoints=3)
-    straight = tiny_config(tmp_path / "a", domains, **settings)
+def test_resume_on_fewer_ranks_is_exact_in_float64(tmp_path, small):
+    """4 ranks train 4 steps; the step-2 checkpoint resumed on 2 ranks gives the same losses and weights."""
+    settings = dict(param_dtype="float64", compute_dtype="float64", tokens_per_step=512, max_steps=4,
+                    checkpoint_interval=2, keep_checkpoints=3)
+    straight = small_config(tmp_path / "a", small, **settings)
     run(["train.py", straight], nproc=4)
     a = tmp_path / "a" / "run"
     # every rank wrote its own shard file of the sharded state
-    assert len([f for f in os.listdir(a / "step_0000003" / "train_state") if f.endswith(".distcp")]) == 4
+    assert len([f for f in os.listdir(a / "step_0000002" / "train_state") if f.endswith(".distcp")]) == 4
 
-    resumed = tiny_config(tmp_path / "b", domains, **settings)
+    resumed = small_config(tmp_path / "b", small, **settings)
     b = tmp_path / "b" / "run"
     os.makedirs(b)
-    shutil.copytree(a / "step_0000003", b / "step_0000003")  # as if the run had been killed after step 3
-    (b / "latest").write_text("step_0000003\n")
+    shutil.copytree(a / "step_0000002", b / "step_0000002")  # as if the run had been killed after step 2
+    (b / "latest").write_text("step_0000002\n")
     proc = run(["train.py", resumed, "--resume=True"], nproc=2)
     assert "saved by 4 ranks, now 2" in proc.stdout
 
-    loss_a = [m["loss"] for m in metrics(a) if "loss" in m][3:]
+    loss_a = [m["loss"] for m in metrics(a) if "loss" in m][2:]
     loss_b = [m["loss"] for m in metrics(b) if "loss" in m]
-    assert len(loss_b) == 3 and max(abs(x - y) for x, y in zip(loss_a, loss_b)) < 1e-12, (loss_a, loss_b)
-    final_a, final_b = weights(a / "step_0000006"), weights(b / "step_0000006")
+    assert len(loss_b) == 2 and max(abs(x - y) for x, y in zip(loss_a, loss_b)) < 1e-12, (loss_a, loss_b)
+    final_a, final_b = weights(a / "step_0000004"), weights(b / "step_0000004")
     assert all(final_a[k].dtype == torch.float64 for k in final_a)
     assert max((final_a[k] - final_b[k]).abs().max().item() for k in final_a) < 1e-12
     # the optimizer moments came back too (a resume that dropped them would change the weights above as well)
-    state_a = optimizer_state(a / "step_0000006", tmp_path)
-    state_b = optimizer_state(b / "step_0000006", tmp_path)
+    state_a = optimizer_state(a / "step_0000004", tmp_path)
+    state_b = optimizer_state(b / "step_0000004", tmp_path)
     for name in state_a:
         assert state_a[name]["exp_avg_sq"].dtype == torch.float64
         assert torch.allclose(state_a[name]["exp_avg_sq"], state_b[name]["exp_avg_sq"], rtol=1e-10, atol=0)
-        assert int(state_b[name]["step"]) == 6
+        assert int(state_b[name]["step"]) == 4
 
 
-def test_hf_directory_loads_in_transformers_and_export_writes_the_same(tmp_path, domains):
+def test_hf_directory_loads_in_transformers_and_export_writes_the_same(tmp_path, small, trained):
     transformers = pytest.importorskip("transformers")
-    with_hf = tiny_config(tmp_path / "a", domains, max_steps=2, seq_len=128,
-                          model_overrides={"num_hidden_layers": 1, "max_position_embeddings": 64})
-    run(["train.py", with_hf])
-    step = tmp_path / "a" / "run" / "step_0000002"
+    step = trained / "step_0000004"
     config = json.load(open(step / "config.json"))
     assert config["max_position_embeddings"] == 128  # trained at seq_len 128, though the preset said 64
     hf = transformers.AutoModelForCausalLM.from_pretrained(str(step), dtype=torch.float32)
     ours = Llama.from_pretrained(str(step))
-    ids = torch.randint(0, 128256, (1, 50))
+    ids = torch.randint(0, 512, (1, 50))
     assert torch.allclose(hf(ids).logits[0], ours(ids[0]), atol=1e-4)
 
-    without = tiny_config(tmp_path / "b", domains, max_steps=2, hf_weights=False,
-                          model_overrides={"num_hidden_layers": 1, "max_position_embeddings": 64})
+    without = small_config(tmp_path / "b", small, **TRAINED, hf_weights=False)  # `trained` again, bare
     run(["train.py", without])
-    bare = tmp_path / "b" / "run" / "step_0000002"
+    bare = tmp_path / "b" / "run" / "step_0000004"
     assert not any(f.endswith(".safetensors") for f in os.listdir(bare))
     proc = run(["train.py", without, f"--out_dir={tmp_path / 'c'}", f"--init_from={bare}"], check=False)
     one_line_error(proc, "no *.safetensors", "checkpoint.py export")
@@ -103,16 +162,14 @@ def test_hf_directory_loads_in_transformers_and_export_writes_the_same(tmp_path,
     ref, got = weights(step), weights(exported)
     assert ref.keys() == got.keys() and all(torch.equal(ref[k], got[k]) for k in ref)
     assert json.load(open(exported / "config.json"))["max_position_embeddings"] == 128
-    assert os.path.exists(exported / "tokenizer.model")
+    assert os.path.exists(exported / "tokenizer.json")  # the run's tokenizer travels with the weights
 
 
-def test_stage_hand_off_takes_weights_and_optimizer_and_restarts_the_schedule(tmp_path, domains):
-    first = tiny_config(tmp_path / "a", domains, max_steps=3)
-    run(["train.py", first])
-    stage1 = tmp_path / "a" / "run" / "step_0000003"
-    second = tiny_config(tmp_path / "b", domains, max_steps=2, init_from=str(stage1), load_optimizer=True,
-                         rope_theta=2e6, seq_len=256, lr=1e-3, warmup_fraction=0.5,
-                         mixture=[{"path": "code", "proportion": 1.0, "length": 256, "mode": "chunk"}])
+def test_stage_hand_off_takes_weights_and_optimizer_and_restarts_the_schedule(tmp_path, small, trained):
+    stage1 = trained / "step_0000004"  # 4 steps of stage 1
+    second = small_config(tmp_path / "b", small, max_steps=2, init_from=str(stage1), load_optimizer=True,
+                          rope_theta=2e6, seq_len=256, lr=1e-3, warmup_fraction=0.5,
+                          mixture=[{"path": "code", "proportion": 1.0, "length": 256, "mode": "chunk"}])
     proc = run(["train.py", second])
     assert "optimizer state from" in proc.stdout and "RoPE base 2e+06" in proc.stdout
     stage2 = tmp_path / "b" / "run" / "step_0000002"
@@ -120,12 +177,12 @@ def test_stage_hand_off_takes_weights_and_optimizer_and_restarts_the_schedule(tm
     assert config["rope_theta"] == 2e6 and config["max_position_embeddings"] >= 256
     lrs = [m["lr"] for m in metrics(tmp_path / "b" / "run") if "lr" in m]
     assert lrs == [pytest.approx(1e-3)] * 2  # warmup of 1 step: the stage's own schedule, from its start
-    # AdamW's step counter continues from stage 1 (3 steps) instead of restarting at 0
+    # AdamW's step counter continues from stage 1 (4 steps) instead of restarting at 0
     state = optimizer_state(stage2, tmp_path)
-    assert {int(s["step"]) for s in state.values()} == {5}
+    assert {int(s["step"]) for s in state.values()} == {6}
     # without load_optimizer the counter starts over
-    fresh = tiny_config(tmp_path / "c", domains, max_steps=2, init_from=str(stage1), seq_len=256,
-                        mixture=[{"path": "code", "proportion": 1.0, "length": 256, "mode": "chunk"}])
+    fresh = small_config(tmp_path / "c", small, max_steps=2, init_from=str(stage1), seq_len=256,
+                         mixture=[{"path": "code", "proportion": 1.0, "length": 256, "mode": "chunk"}])
     run(["train.py", fresh])
     state = optimizer_state(tmp_path / "c" / "run" / "step_0000002", tmp_path)
     assert {int(s["step"]) for s in state.values()} == {2}
@@ -186,25 +243,30 @@ def test_really_full_disk_while_checkpointing(tmp_path, domains, part, size):
         subprocess.run(["umount", str(mount)])
 
 
-def test_resume_refuses_a_damaged_state_in_one_line(tmp_path, domains):
+def test_resume_refuses_a_damaged_state_in_one_line(tmp_path, small, trained):
     """train_state.json of the wrong shape, a damaged train_state/.metadata (without DCP's logged tracebacks);
     a metrics.jsonl whose last line a crash cut short resumes, without that line."""
-    config = tiny_config(tmp_path, domains, checkpoint_interval=2, max_steps=2)
-    run(["train.py", config])
-    run_dir = tmp_path / "run"
-    step = run_dir / "step_0000002"
+    config, run_dir = use_trained(tmp_path, small, trained)
+    step = run_dir / "step_0000004"
     state_file = step / "train_state.json"
     good = json.loads(state_file.read_text())
-    resume = ["train.py", config, "--resume=True", "--max_steps=4"]
-    for bad, words in (({}, ["'step' is missing"]), ([], ["a JSON list"]),
-                       ({**good, "data": None}, ["'data'"]),
-                       ({k: v for k, v in good.items() if k != "data"}, ["'data' is missing"]),
-                       ({**good, "rng": "abc"}, ["'rng'"]), ({**good, "rng": [300] * 5}, ["'rng'", "bytes"]),
-                       ({**good, "step": "2"}, ["'step'"]),
-                       ({**good, "data": {"seed": 0}}, ["data cursor"]),
-                       ({**good, "model_config": {"hidden_size": "64"}}, ["model_config"])):
+    resume = ["train.py", config, "--resume=True", "--max_steps=6"]
+    # through the command line: one shape error, and the cursor that only the data stream can refuse
+    for bad, words in (({}, ["'step' is missing"]), ({**good, "data": {"seed": 0}}, ["data cursor"])):
         state_file.write_text(json.dumps(bad))
         one_line_error(run(resume, check=False), str(step), *words)
+    # the other shapes, from the function train.py's resume calls first
+    for bad, words in (([], ["a JSON list"]), ({**good, "data": None}, ["'data'"]),
+                       ({k: v for k, v in good.items() if k != "data"}, ["'data' is missing"]),
+                       ({**good, "rng": "abc"}, ["'rng'"]), ({**good, "rng": [300] * 5}, ["'rng'", "bytes"]),
+                       ({**good, "step": "2"}, ["'step'"])):
+        state_file.write_text(json.dumps(bad))
+        in_one_line(lambda: checkpoint.read_train_state(str(step)), str(step), *words)
+    # a model_config that is no model's: read_train_state passes it, the model check refuses it
+    state_file.write_text(json.dumps({**good, "model_config": {"hidden_size": "64"}}))
+    model = types.SimpleNamespace(config=LlamaConfig.from_hf_dict(good["model_config"]))
+    in_one_line(lambda: checkpoint.check_same_model(checkpoint.read_train_state(str(step)), model, "float32",
+                                                    str(step)), str(step), "model_config")
     state_file.write_text(json.dumps(good))
     metadata = step / "train_state" / ".metadata"
     whole = metadata.read_bytes()
@@ -213,9 +275,9 @@ def test_resume_refuses_a_damaged_state_in_one_line(tmp_path, domains):
     one_line_error(proc, ".metadata is damaged")  # one line: DCP's two logged tracebacks are silenced
     metadata.write_bytes(whole)
     with open(run_dir / "metrics.jsonl", "a") as f:
-        f.write('{"step": 3, "loss": 11.')  # killed while writing step 3's line
+        f.write('{"step": 5, "loss": 11.')  # killed while writing step 5's line
     run(resume)
-    assert [m["step"] for m in metrics(run_dir) if "loss" in m] == [1, 2, 3, 4]
+    assert [m["step"] for m in metrics(run_dir) if "loss" in m] == [1, 2, 3, 4, 5, 6]
 
 
 def test_export_over_a_stale_sharded_checkpoint(tmp_path, domains):
@@ -237,36 +299,33 @@ def test_export_over_a_stale_sharded_checkpoint(tmp_path, domains):
     assert mode("model.safetensors") == mode("config.json")
 
 
-def test_damaged_checkpoints_and_resume_errors(tmp_path, domains):
-    config = tiny_config(tmp_path, domains, checkpoint_interval=2, max_steps=4)
-    run(["train.py", config])
-    run_dir = tmp_path / "run"
+def test_damaged_checkpoints_and_resume_errors(tmp_path, small, trained):
+    config, run_dir = use_trained(tmp_path, small, trained)
     latest = run_dir / "step_0000004"
-    saved = tmp_path / "saved"
-    shutil.copytree(run_dir, saved)
-
-    def restore():
-        shutil.rmtree(run_dir)
-        shutil.copytree(saved, run_dir)
-
     resume = ["train.py", config, "--resume=True", "--max_steps=6"]
     # a truncated shard of the sharded state: which file, and how to fall back to the previous checkpoint
     shard = next(f for f in os.listdir(latest / "train_state") if f.endswith(".distcp"))
+    whole = (latest / "train_state" / shard).read_bytes()
     with open(latest / "train_state" / shard, "r+b") as f:
         f.truncate(100)
     err = one_line_error(run(resume, check=False), "cannot read", "train_state",
                          f"echo step_0000002 > {run_dir / 'latest'}")
-    restore()
+    (latest / "train_state" / shard).write_bytes(whole)
+    # train_state.json cut short, and a `latest` that names nothing: the functions resuming calls first
+    # (test_resume_refuses_a_damaged_state_in_one_line takes this command-line path)
+    state = (latest / "train_state.json").read_text()
     (latest / "train_state.json").write_text('{"step": 4, "da')
-    one_line_error(run(resume, check=False), "train_state.json", "echo step_0000002")
-    restore()
+    in_one_line(lambda: checkpoint.read_train_state(str(latest)), "train_state.json", "echo step_0000002")
+    (latest / "train_state.json").write_text(state)
     (run_dir / "latest").write_text("\x00garbage\n")
-    one_line_error(run(resume, check=False), "not the name of a checkpoint directory", "echo step_0000004")
-    restore()
-    proc = run(resume + ["--model_overrides={'num_hidden_layers': 2}"], check=False)
+    in_one_line(lambda: checkpoint.latest(str(run_dir)), "not the name of a checkpoint directory",
+                "echo step_0000004")
+    (run_dir / "latest").write_text("step_0000004\n")
+    proc = run(resume + ["--model_overrides={'num_hidden_layers': 2, 'vocab_size': 512}"], check=False)
     one_line_error(proc, "trained as another model", "num_hidden_layers 1 -> 2")
-    proc = run(resume + ["--param_dtype=float64"], check=False)
-    one_line_error(proc, "float32 master weights but param_dtype is float64")
+    model = types.SimpleNamespace(config=LlamaConfig.from_hf_dict(json.loads(state)["model_config"]))
+    in_one_line(lambda: checkpoint.check_same_model(json.loads(state), model, "float64", str(latest)),
+                "float32 master weights but param_dtype is float64")
     assert open(run_dir / "latest").read().strip() == "step_0000004"  # nothing lost by any of these
     # a truncated model.safetensors used as the start of another run
     with open(latest / "model.safetensors", "r+b") as f:
