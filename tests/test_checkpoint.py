@@ -206,8 +206,8 @@ train.main([{config!r}])
 """
 
 
-def test_full_disk_while_checkpointing(tmp_path, domains):
-    config = tiny_config(tmp_path, domains, checkpoint_interval=2, max_steps=6)
+def test_full_disk_while_checkpointing(tmp_path, small):
+    config = small_config(tmp_path, small, checkpoint_interval=2, max_steps=6)
     proc = subprocess.run([sys.executable, "-c", DISK_FULL.format(root=ROOT, config=config)], cwd=ROOT,
                           env=ENV, capture_output=True, text=True, timeout=600)
     run_dir = tmp_path / "run"
@@ -280,14 +280,14 @@ def test_resume_refuses_a_damaged_state_in_one_line(tmp_path, small, trained):
     assert [m["step"] for m in metrics(run_dir) if "loss" in m] == [1, 2, 3, 4, 5, 6]
 
 
-def test_export_over_a_stale_sharded_checkpoint(tmp_path, domains):
+def test_export_over_a_stale_sharded_checkpoint(tmp_path, small):
     """The stale index would win over a new single file (HF reads the index first): it and its shards go."""
-    config = tiny_config(tmp_path, domains, max_steps=1, hf_weights=False)
+    config = small_config(tmp_path, small, max_steps=1, hf_weights=False)
     run(["train.py", config])
     out = tmp_path / "out"
-    stale = Llama(LlamaConfig.tiny(num_hidden_layers=1))
+    stale = Llama(LlamaConfig.tiny(num_hidden_layers=1, vocab_size=512))  # the run's shapes, other weights
     from hf_checkpoint import save_safetensors
-    save_safetensors(stale.state_dict(), str(out), max_shard_bytes=2**24)
+    save_safetensors(stale.state_dict(), str(out), max_shard_bytes=2**17)
     assert "model.safetensors.index.json" in os.listdir(out)
     proc = subprocess.run([sys.executable, "checkpoint.py", "export", str(tmp_path / "run" / "step_0000001"),
                            str(out)], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
@@ -335,8 +335,8 @@ def test_damaged_checkpoints_and_resume_errors(tmp_path, small, trained):
     assert "Traceback" not in err
 
 
-def test_resume_without_a_checkpoint_says_so(tmp_path, domains):
-    proc = run(["train.py", tiny_config(tmp_path, domains, max_steps=1), "--resume=True"])
+def test_resume_without_a_checkpoint_says_so(tmp_path, small):
+    proc = run(["train.py", small_config(tmp_path, small, max_steps=1), "--resume=True"])
     assert "no checkpoint in" in proc.stdout and "starts from step 0" in proc.stdout
 
 
