@@ -14,8 +14,9 @@ Two forms, one result (tests/test_loss.py checks both against F.cross_entropy in
   log-sum-exp; backward recomputes every chunk's logits, one extra matmul, and holds nothing the size of the weight
   between the passes. Pick it when that buffer is what does not fit.
 Logits and softmax are in float32 at least, as Hugging Face upcasts them. Chunks without a valid label (a prompt,
-padding) cost nothing in the fused form and contribute exactly zero in both. Each chunk's logits go into one buffer,
-with the softmax computed in it (on CPU the buffer is kept from call to call: see `_logits_buffer`).
+padding) cost nothing in the fused form and contribute exactly zero in both. On CPU each chunk's logits go into one
+buffer reused across chunks, with the softmax computed in it: a fresh 2 GiB tensor per chunk would be paid for in
+page faults, and on 2 cores those cost as much as a matmul.
 """
 import torch
 
@@ -29,22 +30,6 @@ def _chunk_valid_counts(labels, chunk_size):
     return starts, counts
 
 
-_cpu_buffer = None
-
-
-def _logits_buffer(rows, V, dtype, device):
-    """Room for one chunk's logits. On CPU one buffer is kept from call to call: a fresh 2 GiB tensor per training
-    step is paid for in page faults, which on 2 cores cost about as much as the softmax. GPUs' caching allocator
-    already reuses memory, so there it is an ordinary allocation."""
-    global _cpu_buffer
-    if device.type != "cpu":
-        return torch.empty((rows, V), dtype=dtype, device=device)
-    if _cpu_buffer is None or _cpu_buffer.dtype != dtype or _cpu_buffer.numel() < rows * V:
-        _cpu_buffer = None  # the old one is freed before the new one is made
-        _cpu_buffer = torch.empty(rows * V, dtype=dtype)
-    return _cpu_buffer[:rows * V].view(rows, V)
-
-
 # Below this probability a label's -log(p) would lose digits to float32's subnormals (or be infinite).
 TINY = 1e-30
 
@@ -54,7 +39,7 @@ def _loss_from_probabilities(p_target, hidden, weight, labels, acc):
     as log-sum-exp minus its logit, from its own row of logits computed again (one host sync, at the end)."""
     tiny = p_target < TINY
     loss = -torch.where(tiny, 1.0, p_target).log().sum()
-    if tiny.any():
+    if hidden.device.type != "meta" and tiny.any():  # meta (memory.py's estimates) has shapes, no values
         idx = tiny.nonzero()[:, 0]
         logits = (hidden[idx] @ weight.T).to(acc)
         picked = logits.gather(1, labels[idx, None])[:, 0]
@@ -75,12 +60,15 @@ class _FusedCrossEntropy(torch.autograd.Function):
         starts, counts = _chunk_valid_counts(labels, chunk_size)
         valid = labels != -100
         p_target = torch.ones(T, dtype=acc, device=hidden.device)  # each token's probability of its label
+        buffer = None
         for s, count in zip(starts, counts):
             if count == 0:
                 continue  # no loss, no gradient: not even the logits are needed
             h, target = hidden[s:s + chunk_size], labels[s:s + chunk_size]
             n = h.shape[0]
-            probs = _logits_buffer(min(chunk_size, T), V, acc, hidden.device)[:n]
+            if buffer is None:  # one buffer for every chunk: on CPU a fresh 2 GiB tensor costs page faults
+                buffer = torch.empty((min(chunk_size, T), V), dtype=acc, device=hidden.device)
+            probs = buffer[:n]
             if same:
                 torch.mm(h, weight.T, out=probs)
             else:
