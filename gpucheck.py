@@ -177,7 +177,8 @@ class GpuCheck:
         """Median ms of a few calls of `fn` (already warmed up: its first call took `first_s`): five when a
         call is quick, fewer when it is slow, none past what the section has left (then the first call's
         time)."""
-        reps = max(0, min(5, int(min(2.0, self.left() / 4) / max(first_s, 1e-6))))
+        # at CPU size one repetition shows the loop works: toy timings on a CPU say nothing
+        reps = max(0, min(1 if self.smoke else 5, int(min(2.0, self.left() / 4) / max(first_s, 1e-6))))
         times = [first_s]
         for _ in range(reps):
             self.sync()
@@ -337,22 +338,25 @@ class GpuCheck:
         from types import SimpleNamespace
 
         import attention
+        import parallel
+        import settings
+        import throughput
         import train
         from throughput import peak_flops_per_device
         from torch.distributed.device_mesh import init_device_mesh
         import torch.distributed as dist
         if not dist.is_initialized():
-            train.init_distributed()
+            parallel.init_distributed()
         backend = attention.default_backend(self.device)
         if self.smoke:
             overrides, T, dtype = dict(model="tiny", compute_dtype="float32"), 512, torch.float32
         else:
             overrides, T, dtype = dict(model="llama3_2_1b", compute_dtype="bfloat16"), 65536, torch.bfloat16
-        cfg = dict(train.DEFAULTS, attention_backend=backend, activation_checkpointing=True, compile=False,
+        cfg = dict(settings.DEFAULTS, attention_backend=backend, activation_checkpointing=True, compile=False,
                    **overrides)
         mesh = init_device_mesh(self.device.type, (1,), mesh_dim_names=("fsdp",))
         t0 = time.perf_counter()
-        model = train.build_model(cfg, mesh, self.device, log=lambda msg: None)
+        model = parallel.build_model(cfg, mesh, self.device, log=lambda msg: None)
         optimizer = train.build_optimizer(model, cfg)
         row("train", "build", backend, dtype, f"model and optimizer in {time.perf_counter() - t0:.1f} s")
         g = torch.Generator().manual_seed(0)
@@ -385,14 +389,14 @@ class GpuCheck:
         if len(times) < 2:
             return
         dt = statistics.median(times[1:])
-        flops = train.step_flops(model.config, [cu])
+        flops = throughput.step_flops(model.config, [cu])
         peak, source = peak_flops_per_device(self.device, dtype)
         mfu = (f"MFU {100 * flops / dt / peak:.1f}% of {peak / 1e12:g} TFLOP/s ({source})" if peak
                else f"MFU n/a ({source})")
         row("train", f"steady step, T={T}", backend, dtype,
             f"loss {loss:.4f}, {T / dt:,.0f} tokens/s, {mfu}, peak memory "
-            f"{train.peak_memory_gib(self.device):.2f} GiB, {dt:.2f} s")
-        self._memory_estimate(dict(cfg, seq_len=T), train.peak_memory_gib(self.device))
+            f"{throughput.peak_memory_gib(self.device):.2f} GiB, {dt:.2f} s")
+        self._memory_estimate(dict(cfg, seq_len=T), throughput.peak_memory_gib(self.device))
         del model, optimizer
 
     def _memory_estimate(self, cfg, measured_gib):

@@ -5,7 +5,7 @@
 #
 # Hardware: a multiple of 8 GPUs with 80 GB or more (each 512K sequence is spread over an SP group of 8 GPUs,
 # 64K tokens each); the data-parallel size (GPUs / 8) must divide the 16 sequences of a step. Time, estimated
-# from train.step_flops for this mixture (not measured): ~1.5 EFLOP per step (attention over 512K documents
+# from throughput.step_flops for this mixture (not measured): ~1.5 EFLOP per step (attention over 512K documents
 # dominates), ~8 minutes a step on 8 H100s at 40% MFU (~14 days), so plan on 64 GPUs (~1 minute a step, ~1.7
 # days).
 #   torchrun --nnodes 8 --nproc_per_node 8 --rdzv_backend c10d --rdzv_endpoint HOST:29500 train.py \

@@ -4,7 +4,7 @@
 # Hardware: NVIDIA GPUs with 80 GB or more (H100/H200/A100-80GB), bf16, one node or several through torchrun's
 # rendezvous; any GPU count that divides the 64 sequences of a step (each GPU runs 64 / N micro-batches of one
 # 64K sequence). Memory per GPU on 8 GPUs: ~16 GB of sharded weights, gradients and Adam state, ~16 GB of
-# per-block activation checkpoints, ~14 GiB of recomputation. Time, estimated from train.step_flops (not
+# per-block activation checkpoints, ~14 GiB of recomputation. Time, estimated from throughput.step_flops (not
 # measured): ~405 PFLOP per step (attention over 64K documents is half of it), so ~2.1 minutes a step on 8
 # H100s at 40% MFU, ~7.5 days for the run; ~1 day on 64 GPUs.
 #   torchrun --nproc_per_node 8 train.py configs/prolong_64k.py

@@ -6,7 +6,7 @@
 #
 # Hardware: as in the paper, 8 GPUs with 80 GB (H100/A100-80GB) or more, bf16; any GPU count that divides the
 # 64 sequences of a step. Memory per GPU on 8 GPUs as in stage 1 (~16 GB of sharded weights, gradients and
-# Adam state plus 64K activation checkpoints). Time, estimated from train.step_flops (not measured): ~1.9e17
+# Adam state plus 64K activation checkpoints). Time, estimated from throughput.step_flops (not measured): ~1.9e17
 # FLOP per step (conversations are short, so attention is ~3% of it), ~1 minute a step on 8 H100s at 40% MFU,
 # ~4 hours in all.
 #   python sft.py prepare data/ultrachat HuggingFaceH4/ultrachat_200k   # train_sft split, Llama-3 chat format

@@ -6,7 +6,7 @@
 MODE exact (4 processes), float64:
     attention: Ulysses attention with sp = 4 and sp = 2 (on sub-groups) against attention.attend on the full
     sequence in this process: output and q/k/v gradients, and the bytes each exchange sends;
-    model: train.build_model + seqpar.enable + train.accumulate_gradients with (dp=1, sp=4) and (dp=2, sp=2)
+    model: parallel.build_model + seqpar.enable + train.accumulate_gradients with (dp=1, sp=4) and (dp=2, sp=2)
     against an unsharded Llama that sees the whole global batch in this process: loss and every parameter
     gradient.
 MODE train: a few train.train_step calls (fp32, AdamW) with sp = world size (1 = no sequence parallelism).
@@ -25,6 +25,8 @@ from torch.distributed.device_mesh import init_device_mesh
 import attention
 import data
 import seqpar
+import parallel
+import settings
 import train
 from common import exit_process
 from model import Llama
@@ -116,7 +118,7 @@ MODEL = dict(vocab_size=1000, hidden_size=64, num_hidden_layers=2, num_attention
 
 
 def build_model(cfg, mesh):
-    return train.build_model(cfg, mesh, torch.device("cpu"), lambda msg: None)
+    return parallel.build_model(cfg, mesh, torch.device("cpu"), lambda msg: None)
 
 
 def full_grads(model):
@@ -131,7 +133,7 @@ def model_checks(rank, world):
     fsdp_mesh = init_device_mesh("cpu", (world,), mesh_dim_names=("fsdp",))
     results, reference = [], None
     for dp, sp in [(1, 4), (2, 2)]:
-        cfg = dict(train.DEFAULTS, param_dtype="float64", compute_dtype="float64", sp_size=sp, model="tiny",
+        cfg = dict(settings.DEFAULTS, param_dtype="float64", compute_dtype="float64", sp_size=sp, model="tiny",
                    model_overrides=MODEL)
         mesh = init_device_mesh("cpu", (dp, sp), mesh_dim_names=("dp", "sp"))
         model = build_model(cfg, fsdp_mesh)
@@ -165,7 +167,7 @@ def model_checks(rank, world):
 
 def train_mode(rank, world, steps=4):
     sp = world
-    cfg = dict(train.DEFAULTS, param_dtype="float32", compute_dtype="float32", sp_size=sp, model="tiny",
+    cfg = dict(settings.DEFAULTS, param_dtype="float32", compute_dtype="float32", sp_size=sp, model="tiny",
                model_overrides=MODEL, lr=1e-2, min_lr=1e-3, max_steps=steps, warmup_fraction=0.0,
                grad_clip=1.0)
     fsdp_mesh = init_device_mesh("cpu", (world,), mesh_dim_names=("fsdp",))
@@ -187,7 +189,7 @@ def train_mode(rank, world, steps=4):
 
 
 def main(mode, out_path):
-    rank, world, _ = train.init_distributed()
+    rank, world, _ = parallel.init_distributed()
     if mode == "exact":
         assert world == 4, "the exact checks need 4 processes"
         result = dict(attention=attention_checks(rank, world), model=model_checks(rank, world))

@@ -10,6 +10,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import parallel  # noqa: E402
 import train  # noqa: E402
 from common import exit_process  # noqa: E402
 from torch.distributed.device_mesh import init_device_mesh  # noqa: E402
@@ -17,9 +18,9 @@ from train_worker import config  # noqa: E402  the same tiny float64 model as th
 
 
 def main(sequences, out):
-    rank, world, device = train.init_distributed()
+    rank, world, device = parallel.init_distributed()
     mesh = init_device_mesh("cpu", (world,))
-    model = train.build_model(config(), mesh, device, log=lambda msg: None)
+    model = parallel.build_model(config(), mesh, device, log=lambda msg: None)
     batch = torch.load(sequences, weights_only=True)
     per_rank = len(batch) // world
     mine = [train.data.Sequence(*s) for s in batch[rank * per_rank:(rank + 1) * per_rank]]

@@ -143,11 +143,11 @@ def test_cross_document_labels_respect_conversation_masks(tmp_path):
 
 
 def test_cross_document_labels_setting_follows_cross_document_unless_set():
-    cfg = dict(train.DEFAULTS)
-    assert cfg["cross_document_labels"] is None and not train.labels_cross(cfg)
-    assert train.labels_cross(dict(cfg, cross_document=True))
-    assert not train.labels_cross(dict(cfg, cross_document=True, cross_document_labels=False))
-    assert train.labels_cross(dict(cfg, cross_document_labels=True))
+    cfg = dict(settings.DEFAULTS)
+    assert cfg["cross_document_labels"] is None and not settings.labels_cross(cfg)
+    assert settings.labels_cross(dict(cfg, cross_document=True))
+    assert not settings.labels_cross(dict(cfg, cross_document=True, cross_document_labels=False))
+    assert settings.labels_cross(dict(cfg, cross_document_labels=True))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -160,13 +160,13 @@ def test_sort_microbatches_switch_orders_but_changes_no_loss(world_of_one):
             for i, cu in enumerate([[0, 8], [0, 2, 4, 6, 8], [0, 4, 8], [0, 1, 8]])]
     kept = train.micro_batches(seqs, 1, sort=False)
     ordered = train.micro_batches(seqs, 1)  # sort=True by default, as the setting
-    assert train.DEFAULTS["sort_microbatches"] is True
+    assert settings.DEFAULTS["sort_microbatches"] is True
     assert [b.input_ids.tolist() for b in kept] == [s.input_ids.tolist() for s in seqs]
     assert [b.cu_seqlens.tolist() for b in ordered] == [[0, 8], [0, 1, 8], [0, 4, 8], [0, 2, 4, 6, 8]]
     results = []
     for batches in (kept, ordered):
         model = tiny_model(False, num_hidden_layers=1)
-        optimizer = train.build_optimizer(model, dict(train.DEFAULTS, lr=1e-2))
+        optimizer = train.build_optimizer(model, dict(settings.DEFAULTS, lr=1e-2))
         loss, grad_norm = train.train_step(model, optimizer, batches, torch.device("cpu"), 1.0)
         results.append((loss, grad_norm, torch.cat([p.detach().flatten() for p in model.parameters()])))
     (loss_a, norm_a, params_a), (loss_b, norm_b, params_b) = results
@@ -188,7 +188,7 @@ def ablation_domains(tmp_path_factory):
     from test_train import recipe_domains
     root = tmp_path_factory.mktemp("ablation_data")
     # one config naming every directory of every arm (recipe_domains makes its source copy once)
-    union = {c["path"]: c for path in ABLATIONS for c in train.load_config([path])["mixture"]}
+    union = {c["path"]: c for path in ABLATIONS for c in settings.load_config([path])["mixture"]}
     (root / "_all.py").write_text(f"mixture = {list(union.values())!r}\n")
     recipe_domains(root, str(root / "_all.py"))
     return root
@@ -196,7 +196,7 @@ def ablation_domains(tmp_path_factory):
 
 def arm(path):
     """(config, intended GPU count) of an arm, read as train.py would."""
-    return train.load_config([path]), settings.read_file(path)["_gpus"]
+    return settings.load_config([path]), settings.read_file(path)["_gpus"]
 
 
 def scaled(cfg, root, out):
@@ -241,23 +241,23 @@ def test_every_ablation_validates_and_runs_one_scaled_down_step(ablation_domains
         assert (cfg["seq_len"], cfg["sp_size"]) == ((524288, 8) if big else (65536, 1)), name
         if not big:
             assert cfg["init_from"] in ("meta-llama/Meta-Llama-3-8B", "meta-llama/Meta-Llama-3-8B-Instruct")
-        dp, accumulation = train.validate(dict(cfg, data_root=str(ablation_domains)), gpus)
+        dp, accumulation = settings.validate(dict(cfg, data_root=str(ablation_domains)), gpus)
         per_step = dp * accumulation * cfg["seq_len"] * cfg["micro_batch_sequences"]
         assert per_step == cfg["tokens_per_step"], name
 
         # one scaled-down step through train.py's own functions: data, labels, ordering, model switches,
         # optimiser
         small = scaled(cfg, ablation_domains, tmp_path / name)
-        dp, accumulation = train.validate(small, 1)
-        mix = data.Mixture(train.resolved(small["mixture"], small["data_root"]), small["seq_len"],
+        dp, accumulation = settings.validate(small, 1)
+        mix = data.Mixture(settings.resolved(small["mixture"], small["data_root"]), small["seq_len"],
                            num_sequences=accumulation, allow_repeat=True,
-                           cross_document_labels=train.labels_cross(small))
+                           cross_document_labels=settings.labels_cross(small))
         sequences = [train.as_tensors(next(mix)) for _ in range(accumulation)]
         # labels cross boundaries only with masks off; a 128-token pack of this data seldom holds a boundary,
         # so the arm's first short domain is checked in 4,096-token packs
         pack = next(c for c in small["mixture"] if c["mode"] == "pack")
-        packs = data.Mixture(train.resolved([dict(pack, proportion=1, length=4096)], small["data_root"]),
-                             4096, cross_document_labels=train.labels_cross(small))
+        packs = data.Mixture(settings.resolved([dict(pack, proportion=1, length=4096)], small["data_root"]),
+                             4096, cross_document_labels=settings.labels_cross(small))
         with_boundaries = [s for s in map(packs.sequence, range(4)) if len(s.cu_seqlens) > 2]
         assert with_boundaries, name
         for s in with_boundaries:

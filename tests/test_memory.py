@@ -105,20 +105,22 @@ def test_the_whole_estimate_bounds_a_real_fsdp2_step():
     import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
 
+    import parallel
+    import settings
     import train
     created = not dist.is_initialized()
     if created:
-        train.init_distributed()
+        parallel.init_distributed()
     try:
         over = dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
                     intermediate_size=352, vocab_size=32000)
-        cfg = dict(train.DEFAULTS, model="tiny", model_overrides=over, compute_dtype="float32", seq_len=T,
+        cfg = dict(settings.DEFAULTS, model="tiny", model_overrides=over, compute_dtype="float32", seq_len=T,
                    activation_checkpointing=True)
         ids = torch.randint(0, 32000, (T,))
         batch = SimpleNamespace(input_ids=ids, labels=ids, cu_seqlens=torch.tensor([0, T], dtype=torch.int32))
         with memory.TensorMemory() as mem:
             mesh = init_device_mesh("cpu", (1,), mesh_dim_names=("fsdp",))
-            model = train.build_model(cfg, mesh, torch.device("cpu"), log=lambda m: None)
+            model = parallel.build_model(cfg, mesh, torch.device("cpu"), log=lambda m: None)
             optimizer = train.build_optimizer(model, cfg)
             train.train_step(model, optimizer, [batch], torch.device("cpu"), 1.0)  # the moments now exist
             mem.peak = mem.live

@@ -15,7 +15,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import seqpar  # noqa: E402
 import sources  # noqa: E402
-import train  # noqa: E402
+import settings  # noqa: E402
 from common import sha256_file  # noqa: E402
 from model import Llama, LlamaConfig  # noqa: E402
 
@@ -116,7 +116,7 @@ RECIPES = {  # config: (init_from, rope_theta, sp_size, seq_len, tokens per step
 @pytest.mark.parametrize("name", RECIPES)
 def test_qwen_recipe_configs(name):
     init, theta, sp, seq_len, tokens, steps, fixture = RECIPES[name]
-    cfg = train.load_config([os.path.join(ROOT, "configs", f"{name}.py")])
+    cfg = settings.load_config([os.path.join(ROOT, "configs", f"{name}.py")])
     assert (cfg["init_from"], cfg["rope_theta"], cfg["sp_size"], cfg["seq_len"], cfg["tokens_per_step"],
             cfg["max_steps"]) == (init, theta, sp, seq_len, tokens, steps)
     assert (cfg["lr"], cfg["min_lr"], cfg["warmup_fraction"]) == (1e-5, 1e-6, 0.1)  # the recipe's optimiser

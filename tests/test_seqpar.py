@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import seqpar
-import train
+import settings
 from model import LlamaConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -172,6 +172,6 @@ def test_splittable_heads_pass():
 
 
 def test_sp_not_dividing_world_size_is_a_clear_error():
-    cfg = dict(train.DEFAULTS, sp_size=4)
-    with pytest.raises(train.ConfigError, match="sp_size 4 does not divide the world size 6"):
-        train.validate(cfg, 6)
+    cfg = dict(settings.DEFAULTS, sp_size=4)
+    with pytest.raises(settings.ConfigError, match="sp_size 4 does not divide the world size 6"):
+        settings.validate(cfg, 6)

@@ -6,7 +6,6 @@ import os
 import pytest
 
 import settings
-import train
 from model import LlamaConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -30,7 +29,7 @@ def test_include_is_relative_to_the_including_file_from_any_directory(tmp_path, 
     arm = write(tmp_path / "arms" / "deep" / "arm.py", 'include("../mid.py")\nmin_lr = _share * lr\n')
     for cwd in (tmp_path / "arms" / "deep", tmp_path, ROOT):
         monkeypatch.chdir(cwd)
-        cfg = train.load_config([os.path.relpath(arm, cwd)])
+        cfg = settings.load_config([os.path.relpath(arm, cwd)])
         assert (cfg["lr"], cfg["max_steps"], cfg["min_lr"]) == (1e-3, 9, 5e-4)  # later assignments win
         assert "_share" not in cfg and "include" not in cfg
     assert settings.read_file(arm)["_share"] == 0.5  # a file's helpers, for tests and tools
@@ -38,9 +37,9 @@ def test_include_is_relative_to_the_including_file_from_any_directory(tmp_path, 
 
 def test_every_config_loads_the_same_from_another_directory(tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)
-    here = {p: train.load_config([os.path.relpath(p, ROOT)]) for p in CONFIGS}
+    here = {p: settings.load_config([os.path.relpath(p, ROOT)]) for p in CONFIGS}
     monkeypatch.chdir(tmp_path)
-    assert {p: train.load_config([p]) for p in CONFIGS} == here
+    assert {p: settings.load_config([p]) for p in CONFIGS} == here
     assert len(CONFIGS) >= 25
     for p in CONFIGS:  # one mechanism: no config reads another by a path relative to the working directory
         text = open(p).read()
@@ -59,7 +58,7 @@ def test_include_errors_name_the_file_and_line(tmp_path, text, included, message
     if included is not None:
         write(tmp_path / ("loop.py" if "loop" in text else "bad.py"), included)
     with pytest.raises(settings.ConfigError) as info:
-        train.load_config([top])
+        settings.load_config([top])
     assert message.format(d=tmp_path) in str(info.value) and "\n" not in str(info.value)
 
 
@@ -68,14 +67,14 @@ def test_include_errors_name_the_file_and_line(tmp_path, text, included, message
 
 
 def test_every_setting_has_exactly_one_rule_and_the_defaults_keep_them():
-    assert set(settings.RULES) == set(train.DEFAULTS)
-    for key, value in train.DEFAULTS.items():
+    assert set(settings.RULES) == set(settings.DEFAULTS)
+    for key, value in settings.DEFAULTS.items():
         assert settings.RULES[key][1](value), key
     for name in settings.PRESETS:
         assert callable(getattr(LlamaConfig, name)), name
 
 
-NUMERIC = [k for k, v in train.DEFAULTS.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+NUMERIC = [k for k, v in settings.DEFAULTS.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
 NUMERIC += ["rope_theta", "peak_flops"]  # None by default: the checkpoint's RoPE base, the table's peak
 ZERO_OK = {"seed", "eval_interval", "checkpoint_interval", "keep_checkpoints", "min_lr", "warmup_fraction",
            "weight_decay", "beta1", "beta2"}  # 0 means something for these (README: Training)
@@ -92,7 +91,7 @@ def good(tmp_path):
 def refusal(argv, world=1):
     """The one-line ConfigError that load_config + validate give for argv, or None when they accept it."""
     try:
-        train.validate(train.load_config(argv), world)
+        settings.validate(settings.load_config(argv), world)
     except settings.ConfigError as e:
         assert "\n" not in str(e), str(e)
         return str(e)

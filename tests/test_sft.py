@@ -21,7 +21,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import data  # noqa: E402
 import sft  # noqa: E402
-import train  # noqa: E402
+import settings  # noqa: E402
 from model import Llama, LlamaConfig  # noqa: E402
 from tokenizer import chat_ids  # noqa: E402
 from tests.test_data import error_line, fuzz_numbers, tree  # noqa: E402
@@ -399,7 +399,7 @@ def chat_domain(tmp_path_factory):
 
 
 def test_recipe_config_has_the_papers_numbers(tmp_path, chat_domain):
-    cfg = train.load_config([os.path.join(ROOT, "configs", "sft_ultrachat.py")])
+    cfg = settings.load_config([os.path.join(ROOT, "configs", "sft_ultrachat.py")])
     assert (cfg["seq_len"], cfg["tokens_per_step"], cfg["max_steps"], cfg["sp_size"], cfg["rope_theta"]) == \
         (65536, 4 * 2**20, 250, 1, None)
     assert (cfg["lr"], cfg["min_lr"], cfg["warmup_fraction"], cfg["weight_decay"], cfg["grad_clip"],
@@ -409,7 +409,7 @@ def test_recipe_config_has_the_papers_numbers(tmp_path, chat_domain):
     assert cfg["allow_repeat"] and cfg["activation_checkpointing"] and cfg["compute_dtype"] == "bfloat16"
     shutil.copytree(chat_domain / "chat", tmp_path / "ultrachat")
     for gpus in (8, 64):
-        dp, accumulation = train.validate(dict(cfg, data_root=str(tmp_path)), gpus)
+        dp, accumulation = settings.validate(dict(cfg, data_root=str(tmp_path)), gpus)
         assert dp * accumulation * 65536 == 4 * 2**20
 
 

@@ -422,10 +422,10 @@ def test_a_full_disk_keeps_every_whole_record_and_a_rerun_completes(tmp_path, to
 
 
 def test_configs_mix_synthetic(tmp_path):
-    import train
+    import settings
     for p in (1, 3, 10, 50):
-        cfg = train.load_config([os.path.join(ROOT, "configs", f"sft_synthetic_{p}.py")])
-        base = train.load_config([os.path.join(ROOT, "configs", "sft_ultrachat.py")])
+        cfg = settings.load_config([os.path.join(ROOT, "configs", f"sft_synthetic_{p}.py")])
+        base = settings.load_config([os.path.join(ROOT, "configs", "sft_ultrachat.py")])
         assert {k: v for k, v in cfg.items() if k not in ("mixture", "out_dir")} == \
             {k: v for k, v in base.items() if k not in ("mixture", "out_dir")}
         mix = {c["path"]: c for c in cfg["mixture"]}
