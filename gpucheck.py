@@ -177,8 +177,7 @@ class GpuCheck:
         """Median ms of a few calls of `fn` (already warmed up: its first call took `first_s`): five when a
         call is quick, fewer when it is slow, none past what the section has left (then the first call's
         time)."""
-        # at CPU size one repetition shows the loop works: toy timings on a CPU say nothing
-        reps = max(0, min(1 if self.smoke else 5, int(min(2.0, self.left() / 4) / max(first_s, 1e-6))))
+        reps = max(0, min(5, int(min(2.0, self.left() / 4) / max(first_s, 1e-6))))
         times = [first_s]
         for _ in range(reps):
             self.sync()
