@@ -407,6 +407,7 @@ def ckpt_copy(src, dst, config=None, weights=True, tokenizer=True):
     return dst
 
 
+@pytest.mark.slow  # a full command-line run
 @pytest.mark.parametrize("lengths, fragments", [
     ("64", ["length 64 is too short for json_kv: it needs at least", "tokens, its smallest prompt (",
             "plus the 100 tokens it generates"]),
@@ -489,6 +490,7 @@ def test_resolve_checkpoint_local_paths_never_reach_the_hub(tmp_path, monkeypatc
         assert says in str(info.value) and "\n" not in str(info.value)
 
 
+@pytest.mark.slow  # a full command-line run
 def test_cli_missing_local_checkpoint_and_unreachable_hub_id(tiny_ckpt, tmp_path):
     (tmp_path / "ck").mkdir()
     assert_error(run_cli("--ckpt", "ck/nothere", cwd=tmp_path),
@@ -497,6 +499,7 @@ def test_cli_missing_local_checkpoint_and_unreachable_hub_id(tiny_ckpt, tmp_path
                  "no local directory someorg/somemodel, and as a hub checkpoint it is not in the local hub cache")
 
 
+@pytest.mark.slow  # a full command-line run
 def test_cli_helmet_data_empty_or_misspelt(tiny_ckpt, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert_error(run_cli("--ckpt", tiny_ckpt, "--helmet-data", tmp_path / "empty", "--lengths", "8k"),
@@ -510,6 +513,7 @@ def test_cli_helmet_data_empty_or_misspelt(tiny_ckpt, tmp_path, capsys):
         capsys, ["--ckpt", tiny_ckpt, "--helmet-data", FIXTURES, "--tasks", "kilt_nq"])  # the default length
 
 
+@pytest.mark.slow  # a full command-line run
 @pytest.mark.parametrize("case, fragments", [
     ("config_not_json", ["config.json is not valid JSON ("]),
     ("no_safetensors", ["has no .safetensors files"]),
@@ -536,6 +540,7 @@ def test_cli_bad_checkpoint(tiny_ckpt, tmp_path, case, fragments):
     assert_error(run_cli("--ckpt", ckpt, "--tasks", "json_kv", "--lengths", "512", "--samples", "1"), *fragments)
 
 
+@pytest.mark.slow  # a full command-line run
 def test_cli_samples_must_be_positive(tiny_ckpt, tmp_path, capsys):
     for n in (0, -1):  # no NaN scores: an error before anything loads
         assert_error(run_cli("--ckpt", tiny_ckpt, "--tasks", "json_kv", "--lengths", "512", "--samples", n,
@@ -546,6 +551,7 @@ def test_cli_samples_must_be_positive(tiny_ckpt, tmp_path, capsys):
     assert not (tmp_path / "r.json").exists()
 
 
+@pytest.mark.slow  # a full command-line run
 def test_cli_helmet_file_missing_a_field(tiny_ckpt, tmp_path):
     os.makedirs(tmp_path / "data" / "kilt")
     for name in ("nq-dev-multikilt_1000_k50_dep6", "popqa_test_1000_k50_dep6"):  # popqa's file without its s_pop
@@ -701,6 +707,7 @@ def test_every_numeric_option_refuses_zero_negative_and_a_wrong_type(option, val
     assert not os.listdir(tmp_path)
 
 
+@pytest.mark.slow  # a full command-line run
 def test_a_bad_option_at_the_real_command_line_is_one_line_and_exit_2(tiny_ckpt, tmp_path):
     for option in ("--prefill-chunk", "--ppl-length", "--judge-timeout"):
         assert_error(run_cli("--ckpt", tiny_ckpt, option, "0"), f"evaluate.py: argument {option}: must be", code=2)
@@ -823,6 +830,7 @@ def test_a_judge_that_hangs_or_answers_no_text_is_one_line(answer, says, monkeyp
     server.httpd.server_close()
 
 
+@pytest.mark.slow  # a full command-line run
 def test_bad_ppl_and_lm_eval_fail_before_the_model_runs(tiny_ckpt, tmp_path):
     unchanged = old_outputs(tmp_path)
     (tmp_path / "bad.txt").write_bytes(b"good text \xff\xfe then not")
