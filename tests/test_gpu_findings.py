@@ -12,6 +12,8 @@ from torch.distributed.utils import _to_kwargs
 
 import attention
 import memory
+import parallel
+import settings
 import train
 from model import Llama, LlamaConfig
 
@@ -25,9 +27,9 @@ def test_the_process_group_waits_long_enough_for_rank_0_to_load_init_from(monkey
 
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("LOCAL_RANK", "0")
-    monkeypatch.setattr(train.dist, "init_process_group", init)
+    monkeypatch.setattr(parallel.dist, "init_process_group", init)
     with pytest.raises(RuntimeError, match="stop here"):
-        train.init_distributed()
+        parallel.init_distributed()
     # 32 GB at 5 MB/s is 1.8 hours; NCCL's default is 10 minutes
     assert seen["timeout"] >= datetime.timedelta(hours=2)
 
@@ -120,7 +122,7 @@ def test_evaluation_default_lengths_fit_the_gpu():
 
 
 def test_train_stops_in_one_line_when_the_estimate_exceeds_the_gpu(monkeypatch):
-    cfg = dict(train.DEFAULTS, model="llama3_8b", seq_len=65536, compute_dtype="bfloat16")
+    cfg = dict(settings.DEFAULTS, model="llama3_8b", seq_len=65536, compute_dtype="bfloat16")
     real, made = memory.estimate, {}
 
     def estimate_once(cfg, world):  # both GPU sizes below judge one estimate (a meta step of the 8B at 64K)

@@ -26,6 +26,8 @@ import torch.nn.functional as F
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import data  # noqa: E402
+import parallel  # noqa: E402
+import settings  # noqa: E402
 import train  # noqa: E402
 from model import Llama, LlamaConfig  # noqa: E402
 
@@ -270,7 +272,7 @@ def test_training_lowers_held_out_loss(tmp_path, byte_domains):
 def recipe_domains(root, config):
     """Each domain the recipe names, as a copy of one small real domain: the names and structure are the
     recipe's."""
-    cfg = train.load_config([config])
+    cfg = settings.load_config([config])
     source = None
     for comp in cfg["mixture"]:
         target = root / comp["path"]
@@ -298,10 +300,10 @@ def test_recipe_configs_validate(tmp_path, name, seq_len, tokens, steps, theta, 
     assert abs(short - 0.37) < 1e-9  # ShortMix
     cfg["data_root"] = str(tmp_path)
     for gpus in (8, 64):
-        dp, accumulation = train.validate(cfg, gpus)
+        dp, accumulation = settings.validate(cfg, gpus)
         assert dp * accumulation * seq_len == tokens
-    with pytest.raises(train.ConfigError, match="sp_size 8 does not divide"):
-        train.validate(dict(cfg, sp_size=8), 12)
+    with pytest.raises(settings.ConfigError, match="sp_size 8 does not divide"):
+        settings.validate(dict(cfg, sp_size=8), 12)
 
 
 DRY_RUN = """
@@ -347,9 +349,9 @@ def test_bad_settings_are_caught_before_any_work(tmp_path, domains):
              (["--data_root=/nonexistent"], "not found"),
              (["--sp_size=3"], "sp_size 3 does not divide")]
     for overrides, message in cases:
-        with pytest.raises(train.ConfigError, match=message):
-            cfg = train.load_config([good] + overrides)
-            train.validate(cfg, 1 if "--sp_size=3" not in overrides else 2)
+        with pytest.raises(settings.ConfigError, match=message):
+            cfg = settings.load_config([good] + overrides)
+            settings.validate(cfg, 1 if "--sp_size=3" not in overrides else 2)
     proc = run(["train.py", good, "--learning_rate=0.1"], check=False)
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0
     assert proc.stderr.startswith("error: unknown setting 'learning_rate'")
@@ -370,8 +372,8 @@ def test_bad_settings_through_the_command_line(tmp_path, domains):
              ("--compute_dtype=float33", "'compute_dtype'"), (f"--out_dir={tmp_path / 'afile'}", "is a file"),
              ("--out_dir=", "'out_dir'"))
     for override, word in cases:
-        with pytest.raises(train.ConfigError) as caught:
-            train.validate(train.load_config([good, override]), 1)
+        with pytest.raises(settings.ConfigError) as caught:
+            settings.validate(settings.load_config([good, override]), 1)
         assert "\n" not in str(caught.value) and word in str(caught.value), (override, str(caught.value))
     assert not os.path.exists(tmp_path / "run")
     through_cli = [cases[0], cases[7], cases[8]]
@@ -414,7 +416,7 @@ def test_fresh_run_refuses_to_overwrite_a_run(tmp_path, domains):
 
 def test_learning_rate_schedule():
     """Linear warmup to lr, then a cosine (not linear) decay to min_lr, checked at exact points."""
-    cfg = dict(train.DEFAULTS, max_steps=110, lr=1e-5, min_lr=1e-6, warmup_fraction=1 / 11)
+    cfg = dict(settings.DEFAULTS, max_steps=110, lr=1e-5, min_lr=1e-6, warmup_fraction=1 / 11)
     lrs = [train.lr_at(s, cfg) for s in range(111)]
     assert lrs[0] == pytest.approx(1e-6) and lrs[4] == pytest.approx(5e-6) and lrs[9] == pytest.approx(1e-5)
     assert lrs[10] == pytest.approx(1e-5)  # decay starts after the 10 warmup steps
@@ -431,10 +433,10 @@ def test_train_step_clips_and_decays_only_matrices():
     from tests.train_worker import VOCAB, global_batch
     started = not dist.is_initialized()
     if started:
-        train.init_distributed()
+        parallel.init_distributed()
     try:
         torch.manual_seed(3)
-        cfg = dict(train.DEFAULTS, lr=1e-2, weight_decay=0.1, beta1=0.9, beta2=0.95)
+        cfg = dict(settings.DEFAULTS, lr=1e-2, weight_decay=0.1, beta1=0.9, beta2=0.95)
         model = Llama(LlamaConfig.tiny(vocab_size=VOCAB, num_hidden_layers=2)).double()
         for p in model.parameters():  # norm weights away from 1, so that a decay of them would show
             if p.dim() == 1:
