@@ -2,12 +2,11 @@
 another world size in float64, the HF directory next to the sharded state, export, stage hand-off, and every
 checkpoint error a user can cause, each one clear line through the command line.
 
-Most runs here use `small`: the same stdlib text as test_train's `domains`, tokenised byte by byte
-(train_worker.byte_tokenizer), so the model's vocabulary is 512 instead of Llama-3's 128,256 and each run
+Most runs here use test_train's `byte_domains`: the same stdlib text as its `domains`, tokenised byte by
+byte (train_worker.byte_tokenizer), so the model's vocabulary is 512 instead of Llama-3's 128,256 and each run
 costs seconds less; what is checked (resharding, files, errors) does not depend on the vocabulary.
 `trained` is one such run with two checkpoints, shared by the tests that damage a copy of it. An error whose
 command-line path another case already takes is checked by calling the function that raises it."""
-import glob
 import json
 import os
 import shutil
@@ -19,8 +18,9 @@ import types
 import pytest
 import torch
 
-# domains is a fixture
-from tests.test_train import ENV, ROOT, STDLIB, domains, metrics, run, tiny_config  # noqa: F401
+# domains and byte_domains are fixtures
+from tests.test_train import (ENV, ROOT, byte_domains, domains, metrics, run, run_together,  # noqa: F401
+                              tiny_config)
 import checkpoint  # noqa: E402
 import data  # noqa: E402
 from model import Llama, LlamaConfig  # noqa: E402
@@ -28,23 +28,10 @@ from model import Llama, LlamaConfig  # noqa: E402
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def small(tmp_path_factory):
-    """Domains of the same text as `domains`, one token per byte, and their tokenizer (259 ids)."""
-    pytest.importorskip("tokenizers")
-    from tests.train_worker import byte_tokenizer
-    root = tmp_path_factory.mktemp("bytes")
-    tokenizer = byte_tokenizer(root / "tokenizer")
-    files = sorted(glob.glob(os.path.join(STDLIB, "json", "*.py"))
-                   + glob.glob(os.path.join(STDLIB, "email", "*.py")))
-    data.tokenize([(p, [open(p, encoding="utf-8").read()]) for p in files], str(root / "code"),
-                  tokenizer=tokenizer, threads=1)
-    return root
-
-
-def small_config(tmp_path, small, model_overrides=None, **overrides):
-    """tiny_config on `small`: its tokenizer, a 1-layer model with a 512-id vocabulary."""
-    return tiny_config(tmp_path, small, tokenizer=str(small / "tokenizer"),
+def small_config(tmp_path, byte_domains, model_overrides=None, **overrides):
+    """test_train's byte_config (its tokenizer, a 1-layer model of 512 ids), with `model_overrides` added to
+    that model's rather than replacing them."""
+    return tiny_config(tmp_path, byte_domains, tokenizer=str(byte_domains / "tokenizer"),
                        model_overrides={"num_hidden_layers": 1, "vocab_size": 512, **(model_overrides or {})},
                        **overrides)
 
@@ -54,18 +41,18 @@ TRAINED = dict(checkpoint_interval=2, max_steps=4, model_overrides={"max_positio
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, small):
+def trained(tmp_path_factory, byte_domains):
     """A 4-step run checkpointed at steps 2 and 4; a test copies it (use_trained) before damaging it."""
     where = tmp_path_factory.mktemp("trained")
-    run(["train.py", small_config(where, small, **TRAINED)])
+    run(["train.py", small_config(where, byte_domains, **TRAINED)])
     steps = sorted(d for d in os.listdir(where / "run") if d.startswith("step_"))
     assert steps == ["step_0000002", "step_0000004"]
     return where / "run"
 
 
-def use_trained(tmp_path, small, trained):
+def use_trained(tmp_path, byte_domains, trained):
     """A copy of `trained` as tmp_path/run and a config whose out_dir it is."""
-    config = small_config(tmp_path, small, **TRAINED)
+    config = small_config(tmp_path, byte_domains, **TRAINED)
     shutil.copytree(trained, tmp_path / "run")
     return config, tmp_path / "run"
 
@@ -107,17 +94,17 @@ def optimizer_state(step_dir, tmp_path):
 # ----------------------------------------------------------------------------------------------------------
 
 
-def test_resume_on_fewer_ranks_is_exact_in_float64(tmp_path, small):
+def test_resume_on_fewer_ranks_is_exact_in_float64(tmp_path, byte_domains):
     """4 ranks train 4 steps; the step-2 checkpoint resumed on 2 ranks gives the same losses and weights."""
     settings = dict(param_dtype="float64", compute_dtype="float64", tokens_per_step=512, max_steps=4,
                     checkpoint_interval=2, keep_checkpoints=3)
-    straight = small_config(tmp_path / "a", small, **settings)
+    straight = small_config(tmp_path / "a", byte_domains, **settings)
     run(["train.py", straight], nproc=4)
     a = tmp_path / "a" / "run"
     # every rank wrote its own shard file of the sharded state
     assert len([f for f in os.listdir(a / "step_0000002" / "train_state") if f.endswith(".distcp")]) == 4
 
-    resumed = small_config(tmp_path / "b", small, **settings)
+    resumed = small_config(tmp_path / "b", byte_domains, **settings)
     b = tmp_path / "b" / "run"
     os.makedirs(b)
     shutil.copytree(a / "step_0000002", b / "step_0000002")  # as if the run had been killed after step 2
@@ -140,7 +127,7 @@ def test_resume_on_fewer_ranks_is_exact_in_float64(tmp_path, small):
         assert int(state_b[name]["step"]) == 4
 
 
-def test_hf_directory_loads_in_transformers_and_export_writes_the_same(tmp_path, small, trained):
+def test_hf_directory_loads_in_transformers_and_export_writes_the_same(tmp_path, byte_domains, trained):
     transformers = pytest.importorskip("transformers")
     step = trained / "step_0000004"
     config = json.load(open(step / "config.json"))
@@ -150,25 +137,25 @@ def test_hf_directory_loads_in_transformers_and_export_writes_the_same(tmp_path,
     ids = torch.randint(0, 512, (1, 50))
     assert torch.allclose(hf(ids).logits[0], ours(ids[0]), atol=1e-4)
 
-    without = small_config(tmp_path / "b", small, **TRAINED, hf_weights=False)  # `trained` again, bare
+    without = small_config(tmp_path / "b", byte_domains, **TRAINED, hf_weights=False)  # `trained` again, bare
     run(["train.py", without])
     bare = tmp_path / "b" / "run" / "step_0000004"
     assert not any(f.endswith(".safetensors") for f in os.listdir(bare))
-    proc = run(["train.py", without, f"--out_dir={tmp_path / 'c'}", f"--init_from={bare}"], check=False)
+    exported = tmp_path / "exported"  # the export, and the bare checkpoint refused as init_from, at once
+    from_bare = ["train.py", without, f"--out_dir={tmp_path / 'c'}", f"--init_from={bare}"]
+    proc, _ = run_together((from_bare, 1, False), (["checkpoint.py", "export", str(bare), str(exported)],))
     one_line_error(proc, "no *.safetensors", "checkpoint.py export")
-    exported = tmp_path / "exported"
-    subprocess.run([sys.executable, "checkpoint.py", "export", str(bare), str(exported)], cwd=ROOT, env=ENV,
-                   check=True, capture_output=True)
     ref, got = weights(step), weights(exported)
     assert ref.keys() == got.keys() and all(torch.equal(ref[k], got[k]) for k in ref)
     assert json.load(open(exported / "config.json"))["max_position_embeddings"] == 128
     assert os.path.exists(exported / "tokenizer.json")  # the run's tokenizer travels with the weights
 
 
-def test_stage_hand_off_takes_weights_and_optimizer_and_restarts_the_schedule(tmp_path, small, trained):
+def test_stage_hand_off_takes_weights_and_optimizer_and_restarts_the_schedule(tmp_path, byte_domains,
+                                                                               trained):
     stage1 = trained / "step_0000004"  # 4 steps of stage 1
-    second = small_config(tmp_path / "b", small, max_steps=2, init_from=str(stage1), load_optimizer=True,
-                          rope_theta=2e6, seq_len=256, lr=1e-3, warmup_fraction=0.5,
+    second = small_config(tmp_path / "b", byte_domains, max_steps=2, init_from=str(stage1),
+                          load_optimizer=True, rope_theta=2e6, seq_len=256, lr=1e-3, warmup_fraction=0.5,
                           mixture=[{"path": "code", "proportion": 1.0, "length": 256, "mode": "chunk"}])
     proc = run(["train.py", second])
     assert "optimizer state from" in proc.stdout and "RoPE base 2e+06" in proc.stdout
@@ -181,7 +168,7 @@ def test_stage_hand_off_takes_weights_and_optimizer_and_restarts_the_schedule(tm
     state = optimizer_state(stage2, tmp_path)
     assert {int(s["step"]) for s in state.values()} == {6}
     # without load_optimizer the counter starts over
-    fresh = small_config(tmp_path / "c", small, max_steps=2, init_from=str(stage1), seq_len=256,
+    fresh = small_config(tmp_path / "c", byte_domains, max_steps=2, init_from=str(stage1), seq_len=256,
                          mixture=[{"path": "code", "proportion": 1.0, "length": 256, "mode": "chunk"}])
     run(["train.py", fresh])
     state = optimizer_state(tmp_path / "c" / "run" / "step_0000002", tmp_path)
@@ -206,8 +193,8 @@ train.main([{config!r}])
 """
 
 
-def test_full_disk_while_checkpointing(tmp_path, small):
-    config = small_config(tmp_path, small, checkpoint_interval=2, max_steps=6)
+def test_full_disk_while_checkpointing(tmp_path, byte_domains):
+    config = small_config(tmp_path, byte_domains, checkpoint_interval=2, max_steps=6)
     proc = subprocess.run([sys.executable, "-c", DISK_FULL.format(root=ROOT, config=config)], cwd=ROOT,
                           env=ENV, capture_output=True, text=True, timeout=600)
     run_dir = tmp_path / "run"
@@ -243,46 +230,50 @@ def test_really_full_disk_while_checkpointing(tmp_path, domains, part, size):
         subprocess.run(["umount", str(mount)])
 
 
-def test_resume_refuses_a_damaged_state_in_one_line(tmp_path, small, trained):
+def test_resume_refuses_a_damaged_state_in_one_line(tmp_path, byte_domains, trained):
     """train_state.json of the wrong shape, a damaged train_state/.metadata (without DCP's logged tracebacks);
     a metrics.jsonl whose last line a crash cut short resumes, without that line."""
-    config, run_dir = use_trained(tmp_path, small, trained)
-    step = run_dir / "step_0000004"
-    state_file = step / "train_state.json"
-    good = json.loads(state_file.read_text())
-    resume = ["train.py", config, "--resume=True", "--max_steps=6"]
-    # through the command line: one shape error, and the cursor that only the data stream can refuse
-    for bad, words in (({}, ["'step' is missing"]), ({**good, "data": {"seed": 0}}, ["data cursor"])):
-        state_file.write_text(json.dumps(bad))
-        one_line_error(run(resume, check=False), str(step), *words)
+    step = "step_0000004"
+    good = json.loads((trained / step / "train_state.json").read_text())
+    # through the command line, each on its own copy of the run, at once: one shape error, the cursor that
+    # only the data stream can refuse, and a damaged .metadata
+    cases = {"shape": ["'step' is missing"], "cursor": ["data cursor"], "metadata": [".metadata is damaged"]}
+    copies = {name: use_trained(tmp_path / name, byte_domains, trained) for name in cases}
+    (copies["shape"][1] / step / "train_state.json").write_text("{}")
+    (copies["cursor"][1] / step / "train_state.json").write_text(json.dumps({**good, "data": {"seed": 0}}))
+    metadata = copies["metadata"][1] / step / "train_state" / ".metadata"
+    whole = metadata.read_bytes()
+    metadata.write_bytes(whole[:10] + b"garbage!" + whole[18:])
+    procs = run_together(*[(["train.py", config, "--resume=True", "--max_steps=6"], 1, False)
+                           for config, _ in copies.values()])
+    for (name, (_, run_dir)), proc in zip(copies.items(), procs):
+        # one line each; for .metadata, DCP's two logged tracebacks are silenced
+        one_line_error(proc, str(run_dir / step), *cases[name])
     # the other shapes, from the function train.py's resume calls first
+    config, run_dir = copies["shape"]
+    state_file = run_dir / step / "train_state.json"
     for bad, words in (([], ["a JSON list"]), ({**good, "data": None}, ["'data'"]),
                        ({k: v for k, v in good.items() if k != "data"}, ["'data' is missing"]),
                        ({**good, "rng": "abc"}, ["'rng'"]), ({**good, "rng": [300] * 5}, ["'rng'", "bytes"]),
                        ({**good, "step": "2"}, ["'step'"])):
         state_file.write_text(json.dumps(bad))
-        in_one_line(lambda: checkpoint.read_train_state(str(step)), str(step), *words)
+        in_one_line(lambda: checkpoint.read_train_state(str(run_dir / step)), str(run_dir / step), *words)
     # a model_config that is no model's: read_train_state passes it, the model check refuses it
     state_file.write_text(json.dumps({**good, "model_config": {"hidden_size": "64"}}))
     model = types.SimpleNamespace(config=LlamaConfig.from_hf_dict(good["model_config"]))
-    in_one_line(lambda: checkpoint.check_same_model(checkpoint.read_train_state(str(step)), model, "float32",
-                                                    str(step)), str(step), "model_config")
+    in_one_line(lambda: checkpoint.check_same_model(checkpoint.read_train_state(str(run_dir / step)), model,
+                                                    "float32", str(run_dir / step)), str(run_dir / step),
+                "model_config")
     state_file.write_text(json.dumps(good))
-    metadata = step / "train_state" / ".metadata"
-    whole = metadata.read_bytes()
-    metadata.write_bytes(whole[:10] + b"garbage!" + whole[18:])
-    proc = run(resume, check=False)
-    one_line_error(proc, ".metadata is damaged")  # one line: DCP's two logged tracebacks are silenced
-    metadata.write_bytes(whole)
     with open(run_dir / "metrics.jsonl", "a") as f:
         f.write('{"step": 5, "loss": 11.')  # killed while writing step 5's line
-    run(resume)
+    run(["train.py", config, "--resume=True", "--max_steps=6"])
     assert [m["step"] for m in metrics(run_dir) if "loss" in m] == [1, 2, 3, 4, 5, 6]
 
 
-def test_export_over_a_stale_sharded_checkpoint(tmp_path, small):
+def test_export_over_a_stale_sharded_checkpoint(tmp_path, byte_domains):
     """The stale index would win over a new single file (HF reads the index first): it and its shards go."""
-    config = small_config(tmp_path, small, max_steps=1, hf_weights=False)
+    config = small_config(tmp_path, byte_domains, max_steps=1, hf_weights=False)
     run(["train.py", config])
     out = tmp_path / "out"
     stale = Llama(LlamaConfig.tiny(num_hidden_layers=1, vocab_size=512))  # the run's shapes, other weights
@@ -299,20 +290,36 @@ def test_export_over_a_stale_sharded_checkpoint(tmp_path, small):
     assert mode("model.safetensors") == mode("config.json")
 
 
-def test_damaged_checkpoints_and_resume_errors(tmp_path, small, trained):
-    config, run_dir = use_trained(tmp_path, small, trained)
-    latest = run_dir / "step_0000004"
-    resume = ["train.py", config, "--resume=True", "--max_steps=6"]
+def test_damaged_checkpoints_and_resume_errors(tmp_path, byte_domains, trained):
+    """Each command-line case on its own copy of the run, all at once."""
+    copies = {name: use_trained(tmp_path / name, byte_domains, trained) for name in ("shard", "model",
+                                                                                     "init")}
     # a truncated shard of the sharded state: which file, and how to fall back to the previous checkpoint
-    shard = next(f for f in os.listdir(latest / "train_state") if f.endswith(".distcp"))
-    whole = (latest / "train_state" / shard).read_bytes()
-    with open(latest / "train_state" / shard, "r+b") as f:
+    train_state = copies["shard"][1] / "step_0000004" / "train_state"
+    with open(train_state / next(f for f in os.listdir(train_state) if f.endswith(".distcp")), "r+b") as f:
         f.truncate(100)
-    err = one_line_error(run(resume, check=False), "cannot read", "train_state",
-                         f"echo step_0000002 > {run_dir / 'latest'}")
-    (latest / "train_state" / shard).write_bytes(whole)
-    # train_state.json cut short, and a `latest` that names nothing: the functions resuming calls first
-    # (test_resume_refuses_a_damaged_state_in_one_line takes this command-line path)
+    # a truncated model.safetensors used as the start of another run
+    init_from = copies["init"][1] / "step_0000004"
+    with open(init_from / "model.safetensors", "r+b") as f:
+        f.truncate(1000)
+    resume = ["--resume=True", "--max_steps=6"]
+    other_model = "--model_overrides={'num_hidden_layers': 2, 'vocab_size': 512}"
+    shard, model, init = run_together(
+        (["train.py", copies["shard"][0], *resume], 1, False),
+        (["train.py", copies["model"][0], *resume, other_model], 1, False),
+        (["train.py", copies["init"][0], f"--out_dir={tmp_path / 'other'}", f"--init_from={init_from}"], 1,
+         False))
+    one_line_error(shard, "cannot read", "train_state",
+                   f"echo step_0000002 > {copies['shard'][1] / 'latest'}")
+    one_line_error(model, "trained as another model", "num_hidden_layers 1 -> 2")
+    one_line_error(init, f"init_from {init_from}", "model.safetensors")
+    for name in ("shard", "model"):  # nothing lost by either
+        assert open(copies[name][1] / "latest").read().strip() == "step_0000004"
+    # train_state.json cut short, a `latest` that names nothing, master weights of another dtype: the
+    # functions resuming calls (the cases above and test_resume_refuses_a_damaged_state_in_one_line take
+    # their command-line path)
+    run_dir = copies["model"][1]
+    latest = run_dir / "step_0000004"
     state = (latest / "train_state.json").read_text()
     (latest / "train_state.json").write_text('{"step": 4, "da')
     in_one_line(lambda: checkpoint.read_train_state(str(latest)), "train_state.json", "echo step_0000002")
@@ -320,23 +327,13 @@ def test_damaged_checkpoints_and_resume_errors(tmp_path, small, trained):
     (run_dir / "latest").write_text("\x00garbage\n")
     in_one_line(lambda: checkpoint.latest(str(run_dir)), "not the name of a checkpoint directory",
                 "echo step_0000004")
-    (run_dir / "latest").write_text("step_0000004\n")
-    proc = run(resume + ["--model_overrides={'num_hidden_layers': 2, 'vocab_size': 512}"], check=False)
-    one_line_error(proc, "trained as another model", "num_hidden_layers 1 -> 2")
     model = types.SimpleNamespace(config=LlamaConfig.from_hf_dict(json.loads(state)["model_config"]))
     in_one_line(lambda: checkpoint.check_same_model(json.loads(state), model, "float64", str(latest)),
                 "float32 master weights but param_dtype is float64")
-    assert open(run_dir / "latest").read().strip() == "step_0000004"  # nothing lost by any of these
-    # a truncated model.safetensors used as the start of another run
-    with open(latest / "model.safetensors", "r+b") as f:
-        f.truncate(1000)
-    proc = run(["train.py", config, f"--out_dir={tmp_path / 'other'}", f"--init_from={latest}"], check=False)
-    one_line_error(proc, f"init_from {latest}", "model.safetensors")
-    assert "Traceback" not in err
 
 
-def test_resume_without_a_checkpoint_says_so(tmp_path, small):
-    proc = run(["train.py", small_config(tmp_path, small, max_steps=1), "--resume=True"])
+def test_resume_without_a_checkpoint_says_so(tmp_path, byte_domains):
+    proc = run(["train.py", small_config(tmp_path, byte_domains, max_steps=1), "--resume=True"])
     assert "no checkpoint in" in proc.stdout and "starts from step 0" in proc.stdout
 
 
