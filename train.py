@@ -46,13 +46,8 @@ import settings
 import throughput
 from common import UserError
 from model import check_token_ids
-# train.X for the tests and tools (gpucheck.py, the test workers) that use these, from where they live:
-# the process group and the sharded model
-from parallel import build_model, init_distributed  # noqa: F401
-# the settings, their defaults and their checks
-from settings import DEFAULTS, ConfigError, labels_cross, load_config, resolved, validate  # noqa: F401
-# a step's FLOPs, the devices' peaks and memory
-from throughput import peak_flops_per_device, peak_memory_gib, step_flops  # noqa: F401
+from parallel import init_distributed
+from settings import ConfigError, labels_cross, load_config, resolved, validate
 
 
 # ----------------------------------------------------------------------------------------------------------

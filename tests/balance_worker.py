@@ -14,13 +14,15 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import balance  # noqa: E402
+import parallel  # noqa: E402
+import settings  # noqa: E402
 import train  # noqa: E402
 from common import exit_process  # noqa: E402
 
 
 def run(config, steps, resume_at, rank, world, device):
-    cfg = train.load_config([config])
-    dp, accumulation = train.validate(cfg, world)
+    cfg = settings.load_config([config])
+    dp, accumulation = settings.validate(cfg, world)
     r = train.setup(cfg, rank, world, dp, accumulation, device, lambda msg: None)
     cost = balance.flop_cost(r.model.config)
     results = []
@@ -39,7 +41,7 @@ def run(config, steps, resume_at, rank, world, device):
 
 
 def main(out, steps, *configs):
-    rank, world, device = train.init_distributed()
+    rank, world, device = parallel.init_distributed()
     results = {}
     for spec in configs:
         config, _, resume_at = spec.partition("@")

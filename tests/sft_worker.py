@@ -10,6 +10,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import data  # noqa: E402
 import parallel  # noqa: E402
 import train  # noqa: E402
 from common import exit_process  # noqa: E402
@@ -23,7 +24,7 @@ def main(sequences, out):
     model = parallel.build_model(config(), mesh, device, log=lambda msg: None)
     batch = torch.load(sequences, weights_only=True)
     per_rank = len(batch) // world
-    mine = [train.data.Sequence(*s) for s in batch[rank * per_rank:(rank + 1) * per_rank]]
+    mine = [data.Sequence(*s) for s in batch[rank * per_rank:(rank + 1) * per_rank]]
     loss = train.accumulate_gradients(model, train.micro_batches(mine, 1), device)
     grads = {name.replace("_checkpoint_wrapped_module.", ""): p.grad.full_tensor()
              for name, p in model.named_parameters()}

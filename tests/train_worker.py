@@ -15,6 +15,9 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import data  # noqa: E402
+import parallel  # noqa: E402
+import settings  # noqa: E402
 import train  # noqa: E402
 from common import exit_process  # noqa: E402
 from torch.distributed.device_mesh import init_device_mesh  # noqa: E402
@@ -32,12 +35,12 @@ def global_batch():
         labels = ids.roll(-1)
         labels[cu[1:].long() - 1] = -100  # the last token of each document predicts nothing
         labels[:masked] = -100  # e.g. a prompt: fewer valid labels on some ranks than on others
-        sequences.append(train.data.Sequence(ids, labels, cu))
+        sequences.append(data.Sequence(ids, labels, cu))
     return sequences
 
 
 def config():
-    return dict(train.DEFAULTS, model="tiny", model_overrides={"vocab_size": VOCAB, "num_hidden_layers": 3},
+    return dict(settings.DEFAULTS, model="tiny", model_overrides={"vocab_size": VOCAB, "num_hidden_layers": 3},
                 param_dtype="float64", compute_dtype="float64", activation_checkpointing=True, seed=7)
 
 
@@ -62,9 +65,9 @@ def byte_tokenizer(directory):
 
 
 def main(out):
-    rank, world, device = train.init_distributed()
+    rank, world, device = parallel.init_distributed()
     mesh = init_device_mesh("cpu", (world,))
-    model = train.build_model(config(), mesh, device, log=lambda msg: None)
+    model = parallel.build_model(config(), mesh, device, log=lambda msg: None)
     per_rank = 4 // world
     mine = global_batch()[rank * per_rank:(rank + 1) * per_rank]
     loss = train.accumulate_gradients(model, train.micro_batches(mine, 1), device)
